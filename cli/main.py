@@ -1,0 +1,72 @@
+"""The `curate` command: assembles the subcommands and turns user errors into one line on stderr."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from cli.console import err
+from cli.synth import synth
+from curate import __version__
+from curate.errors import CurateError
+
+try:  # typer >= 0.29 vendors click and raises its own copies of click's exceptions
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer on real click
+    from click import exceptions as click_errors
+
+app = typer.Typer(
+    name="curate",
+    help="Curate image-text data with JEST (joint example selection) and train SigLIP models on the result.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"curate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Curate image-text data with JEST (joint example selection) and train SigLIP models on the result.
+
+    Pipeline: download → score → select → export → train → eval. Start with `curate synth data` for a
+    synthetic crawl to try every step on.
+    """
+
+
+app.command(help="Make a noisy synthetic web crawl plus curated and eval sets (for demos and tests).")(synth)
+
+
+def main() -> None:
+    """Console entry point: one-line errors, exit codes 1 (bad input), 2 (bad usage), 130 (interrupted)."""
+    try:
+        result = app(standalone_mode=False, prog_name="curate")
+    except CurateError as error:
+        _fail(str(error), 1)
+    except click_errors.NoArgsIsHelpError:
+        sys.exit(0)  # typer has already printed the help
+    except click_errors.UsageError as error:
+        hint = f" (see: curate {error.ctx.info_name} --help)" if error.ctx and error.ctx.parent else ""
+        _fail(f"{error.format_message()}{hint}", 2)
+    except click_errors.ClickException as error:
+        _fail(error.format_message(), error.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        _fail("interrupted", 130)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(f"[bold red]error:[/] {' '.join(message.split())}", markup=True, highlight=False)
+    sys.exit(code)

@@ -1,0 +1,47 @@
+"""Turn what a user typed (a folder, tar paths, a brace pattern, fsspec URLs) into a list of shard paths."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import braceexpand
+
+from curate.errors import CurateError
+from curate.fileio import filesystem
+
+
+def expand_shards(sources: str | Sequence[str], extension: str = "tar") -> list[str]:
+    """Every shard named by `sources`, in a stable order.
+
+    Each source is a folder (its `*.tar`, sorted), a brace pattern (`data/{00000..00099}.tar`), a glob or one
+    file; local paths and fsspec URLs alike. A source that names nothing is an error, so a typo never
+    silently curates an empty dataset.
+    """
+    if isinstance(sources, str):
+        sources = [sources]
+    paths: list[str] = []
+    for source in sources:
+        for pattern in braceexpand.braceexpand(str(source)):
+            paths.extend(_expand_one(pattern, extension))
+    if not paths:
+        raise CurateError(f"no .{extension} shards found in {', '.join(map(str, sources))}")
+    return paths
+
+
+def _expand_one(pattern: str, extension: str) -> list[str]:
+    fs, path = filesystem(pattern)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+
+    def unstrip(p: str) -> str:
+        return p if protocol in ("file", "local") else fs.unstrip_protocol(p)
+
+    if any(ch in path for ch in "*?["):
+        found = sorted(fs.glob(path))
+        if not found:
+            raise CurateError(f"no files match {pattern}")
+        return [unstrip(p) for p in found]
+    if fs.isdir(path):
+        return [unstrip(p) for p in sorted(fs.glob(f"{path.rstrip('/')}/*.{extension}"))]
+    if fs.isfile(path):
+        return [unstrip(path)]
+    raise CurateError(f"no such file or folder: {pattern}")

@@ -1,0 +1,151 @@
+"""Stream samples out of img2dataset-layout tars without extracting them.
+
+A bad tar, a member with no caption or an image that does not decode is skipped and counted by reason
+in `ReadStats`; the iteration goes on. Nothing here raises on bad data.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from curate.fileio import filesystem
+from curate.shards.paths import expand_shards
+from curate.shards.schema import (
+    CAPTION_EXTENSION,
+    IMAGE_EXTENSIONS,
+    METADATA_EXTENSION,
+    split_member_name,
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    key: str
+    image: bytes
+    image_ext: str
+    caption: str
+    meta: dict
+    shard: str  # file name of the source tar, e.g. "00003.tar"
+
+
+@dataclass
+class ReadStats:
+    samples: int = 0
+    skipped: Counter = field(default_factory=Counter)  # reason -> samples
+    bad_shards: list[tuple[str, str]] = field(default_factory=list)  # (shard, why)
+
+    def summary(self) -> str:
+        parts = [f"{self.samples} samples read"]
+        if self.skipped:
+            reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(self.skipped.items()))
+            parts.append(f"{sum(self.skipped.values())} skipped ({reasons})")
+        if self.bad_shards:
+            parts.append(f"{len(self.bad_shards)} damaged shard(s)")
+        return "; ".join(parts)
+
+
+def iter_members(path: str, stats: ReadStats) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Yield (key, {extension: bytes}) for each run of consecutive members that share a key.
+
+    The tar is read as a stream (`r|*`), so it is never seeked nor extracted and remote files work. A
+    truncated or corrupt tar ends the shard: what was read before the damage is kept, the damage is
+    recorded once in `stats.bad_shards` and the half-read sample is counted as `truncated_tar`.
+    """
+    shard = path.rstrip("/").rsplit("/", 1)[-1]
+    fs, fs_path = filesystem(path)
+    key, members = None, {}
+    try:
+        with fs.open(fs_path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue  # directories, links and devices carry no sample data
+                member_key, extension = split_member_name(info.name)
+                if member_key != key and members:
+                    yield key, members
+                    members = {}
+                key = member_key
+                handle = tar.extractfile(info)
+                members[extension] = handle.read() if handle is not None else b""
+            # A tar cut at a block boundary reads like a short, whole one; only the end-of-archive block
+            # tells them apart, and reading that block is what moves the stream past the last member.
+            if tar.fileobj.tell() <= tar.offset:
+                raise tarfile.ReadError("no end-of-archive marker (truncated)")
+    except (tarfile.TarError, EOFError, OSError, ValueError) as error:
+        stats.bad_shards.append((shard, _describe(error)))
+        if members:
+            stats.skipped["truncated_tar"] += 1
+        return
+    if members:
+        yield key, members
+
+
+def iter_samples(
+    sources: str | Sequence[str], stats: ReadStats | None = None, check_images: bool = True
+) -> Iterator[Sample]:
+    """Every well-formed sample of every shard named by `sources` (see `expand_shards`), in shard order.
+
+    With `check_images`, images are decoded (cheaply: JPEGs at 1/8 scale) and those that fail are skipped
+    as `undecodable_image`; callers that decode anyway, like `score`, turn it off and record failures
+    themselves.
+    """
+    stats = stats if stats is not None else ReadStats()
+    for path in expand_shards(sources):
+        yield from iter_shard(path, stats, check_images)
+
+
+def iter_shard(path: str, stats: ReadStats, check_images: bool = True) -> Iterator[Sample]:
+    shard = path.rstrip("/").rsplit("/", 1)[-1]
+    for key, members in iter_members(path, stats):
+        sample, reason = _to_sample(key, members, shard, check_images)
+        if sample is None:
+            stats.skipped[reason] += 1
+            continue
+        stats.samples += 1
+        yield sample
+
+
+def _to_sample(key: str, members: dict[str, bytes], shard: str, check_images: bool):
+    if any("." in extension for extension in members):
+        return None, "dotted_key"  # "a.b.jpg": webdataset would read key "a", so the pair is ambiguous
+    image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in members), None)
+    if image_ext is None:
+        return None, "missing_image"
+    if CAPTION_EXTENSION not in members:
+        return None, "missing_caption"
+    caption = members[CAPTION_EXTENSION].decode("utf-8", errors="replace").strip()
+    if not caption:
+        return None, "empty_caption"
+    meta: dict = {}
+    if METADATA_EXTENSION in members:
+        try:
+            meta = json.loads(members[METADATA_EXTENSION])
+        except ValueError:
+            return None, "invalid_json"
+        if not isinstance(meta, dict):
+            return None, "invalid_json"
+    image = members[image_ext]
+    if check_images and not image_decodes(image):
+        return None, "undecodable_image"
+    return Sample(key, image, image_ext, caption, meta, shard), None
+
+
+def image_decodes(data: bytes) -> bool:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("RGB", (1, 1))  # JPEG decodes at 1/8 scale: enough to prove the stream is whole
+            image.load()
+        return True
+    except Exception:  # PIL raises a zoo of types for bad data (OSError, SyntaxError, ValueError, ...)
+        return False
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text.splitlines()[0]
