@@ -47,4 +47,5 @@ def progress_bar(description: str, unit: str = "samples") -> Iterator[Callable[[
     try:
         yield update
     finally:
-        bar.stop()
+        if bar.live.is_started:
+            bar.stop()

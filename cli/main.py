@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from cli.console import err
+from cli.download import download_command
 from cli.synth import synth
 from curate import __version__
 from curate.errors import CurateError
@@ -47,6 +48,9 @@ def _root(
 
 
 app.command(help="Make a noisy synthetic web crawl plus curated and eval sets (for demos and tests).")(synth)
+app.command("download", help="Download (url, caption) rows into img2dataset shards, and retry failures.")(
+    download_command
+)
 
 
 def main() -> None:

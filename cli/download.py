@@ -1,0 +1,84 @@
+"""`curate download`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.console import out, progress_bar
+from curate.download import DownloadConfig, DownloadSummary, download, retry_failed
+
+
+def download_command(
+    urls: Annotated[
+        Path,
+        typer.Argument(metavar="URLS", help="Table of urls and captions: .parquet, .csv, .tsv or .jsonl."),
+    ],
+    out_dir: Annotated[
+        Path, typer.Argument(metavar="OUT", help="Folder for the shards (img2dataset layout).")
+    ],
+    url_col: Annotated[str, typer.Option(help="Column holding the image url.")] = "url",
+    caption_col: Annotated[str, typer.Option(help="Column holding the caption.")] = "caption",
+    image_size: Annotated[int, typer.Option(help="Side the images are resized to.")] = 256,
+    resize_mode: Annotated[
+        str, typer.Option(help="border, keep_ratio, keep_ratio_largest, center_crop or no (keep as is).")
+    ] = "border",
+    encode_format: Annotated[str, typer.Option(help="jpg, png or webp.")] = "jpg",
+    processes: Annotated[int, typer.Option(help="Download processes.")] = os.cpu_count() or 1,
+    threads: Annotated[int, typer.Option(help="Download threads per process.")] = 32,
+    samples_per_shard: Annotated[int, typer.Option(help="Rows per output shard.")] = 10_000,
+    extra_columns: Annotated[
+        str, typer.Option(help="Comma-separated input columns to keep in each sample's .json and parquet.")
+    ] = "",
+    timeout: Annotated[int, typer.Option(help="Seconds before a request is given up.")] = 10,
+    retries: Annotated[int, typer.Option(help="img2dataset's own immediate retries per url.")] = 0,
+    retry_failed_rows: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Do not download URLS again: re-download only OUT's failed rows and merge the successes in.",
+        ),
+    ] = False,
+) -> None:
+    """Download images with img2dataset into webdataset shards (NNNNN.tar, .parquet, _stats.json).
+
+    Re-running resumes: finished shards are kept. img2dataset's own log goes to OUT/download.log.
+    img2dataset never retries a failed row; --retry-failed does, keeping each row's key and shard.
+
+    \b
+    example: curate download urls.parquet shards/ --caption-col TEXT --image-size 256
+             curate download urls.parquet shards/ --retry-failed
+    """
+    config = DownloadConfig(
+        url_col=url_col,
+        caption_col=caption_col,
+        image_size=image_size,
+        resize_mode=resize_mode,
+        encode_format=encode_format,
+        processes=processes,
+        threads=threads,
+        samples_per_shard=samples_per_shard,
+        extra_columns=tuple(c.strip() for c in extra_columns.split(",") if c.strip()),
+        timeout=timeout,
+        retries=retries,
+    )
+    with progress_bar("download", unit="shards") as progress:
+        if retry_failed_rows:
+            summary = retry_failed(str(out_dir), config, progress)
+        else:
+            summary = download(str(urls), str(out_dir), config, progress)
+    out.print(_describe(summary))
+
+
+def _describe(summary: DownloadSummary) -> str:
+    failed = summary.count - summary.successes
+    line = f"{summary.successes}/{summary.count} images in {summary.shards} shards at {summary.folder}"
+    if summary.retried:
+        line += f"; retried {summary.retried} failed rows, recovered {summary.recovered}"
+    if failed:
+        reasons = "; ".join(f"{n} × {reason}" for reason, n in summary.failures.most_common(5))
+        line += f"; {failed} failed ({reasons})"
+    return line
