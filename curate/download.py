@@ -29,7 +29,7 @@ from curate.errors import CurateError
 from curate.fileio import atomic_open
 from curate.shards.reader import ReadStats, iter_members
 from curate.shards.schema import SUCCESS
-from curate.shards.writer import add_tar_member
+from curate.shards.writer import add_tar_member, write_sizes
 
 # Columns img2dataset writes itself; everything else in a shard's parquet came from the input table.
 IMG2DATASET_COLUMNS = {
@@ -91,6 +91,7 @@ def download(
         normalised = os.path.join(scratch, "urls.parquet")
         pq.write_table(table, normalised)
         _run_img2dataset(normalised, out, config, list(config.extra_columns), table.num_rows, progress)
+    write_sizes(out)
     return summarise(out)
 
 
@@ -129,6 +130,7 @@ def retry_failed(
         recovered = _merge_retried(scratch / "shards", Path(out))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    write_sizes(out)
     summary = summarise(out)
     summary.retried, summary.recovered = retry_input.num_rows, recovered
     return summary

@@ -3,6 +3,7 @@
 import functools
 import http.server
 import io
+import json
 import threading
 
 import pyarrow as pa
@@ -82,6 +83,7 @@ def test_download_then_retry_failed_merges_recovered_rows(tmp_path, server):
     assert {s.meta["source"] for s in samples} == {"a", "b", "c"}
     assert all(Image.open(io.BytesIO(s.image)).size == (32, 32) for s in samples)
     assert stats.samples == 3 and not stats.skipped
+    assert json.loads((out / "sizes.json").read_text()) == {"00000.tar": 3, "00001.tar": 0}
 
     put_image(root, "missing.png", (0, 0, 255))
     summary = retry_failed(str(out), config)
@@ -92,6 +94,7 @@ def test_download_then_retry_failed_merges_recovered_rows(tmp_path, server):
     table = pq.read_table(out / "00000.parquet").to_pylist()
     assert [r["status"] for r in table] == ["success"] * 4
     assert not (out / "_retry").exists()
+    assert json.loads((out / "sizes.json").read_text()) == {"00000.tar": 4, "00001.tar": 0}
 
     again = retry_failed(str(out), config)  # nothing new to find, nothing duplicated
     assert (again.successes, again.recovered) == (4, 0)
