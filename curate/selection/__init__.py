@@ -1,0 +1,43 @@
+"""The selection core: SigLIP pair losses, criteria, streaming JEST and its baselines (pure tensor code)."""
+
+from curate.selection.losses import (
+    CRITERIA,
+    PairEmbeddings,
+    PairScores,
+    SelectionError,
+    batch_score,
+    pair_losses,
+    pair_scores,
+)
+from curate.selection.samplers import (
+    FIRST_CHUNK,
+    METHODS,
+    Selection,
+    chunk_sizes,
+    sample_independent,
+    sample_jest,
+    sample_random,
+    sample_topk,
+    select_batch,
+    selection_size,
+)
+
+__all__ = [
+    "CRITERIA",
+    "FIRST_CHUNK",
+    "METHODS",
+    "PairEmbeddings",
+    "PairScores",
+    "Selection",
+    "SelectionError",
+    "batch_score",
+    "chunk_sizes",
+    "pair_losses",
+    "pair_scores",
+    "sample_independent",
+    "sample_jest",
+    "sample_random",
+    "sample_topk",
+    "select_batch",
+    "selection_size",
+]

@@ -1,0 +1,192 @@
+"""SigLIP pair losses and selection criteria, computed block by block from embeddings.
+
+For model m with L2-normalised image rows x_i, text rows y_j, scale t and bias b:
+    logit_ij = t <x_i, y_j> + b,    loss_ij = softplus(-z_ij logit_ij),   z_ij = +1 iff i == j.
+A criterion A_ij is a signed sum of such losses: learnability = learner - reference, easy = -reference,
+hard = learner. Nothing here builds a B x B matrix unless a caller asks for that block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from curate.errors import CurateError
+
+CRITERIA = ("learnability", "easy", "hard")
+
+# A block of the criterion matrix holds at most this many elements (64 MiB in fp32); the streaming update
+# keeps a handful of such temporaries alive, which is what bounds its memory to O(B * c).
+DEFAULT_BLOCK_ELEMENTS = 1 << 24
+
+
+class SelectionError(CurateError, ValueError):
+    """Invalid arguments to the selection math (bad shapes, ratio, criterion, ...)."""
+
+
+@dataclass(frozen=True)
+class PairEmbeddings:
+    """One model's embeddings of a super-batch: row i of `image` and `text` are the pair (i, i).
+
+    `logit_scale` is t itself (already exponentiated, as in `curate.logit_scale`), `logit_bias` is b.
+    """
+
+    image: Tensor
+    text: Tensor
+    logit_scale: float
+    logit_bias: float
+
+    def __post_init__(self) -> None:
+        if self.image.dim() != 2 or self.image.shape != self.text.shape:
+            raise SelectionError(
+                f"image and text embeddings must both be [B, D]; got {tuple(self.image.shape)} "
+                f"and {tuple(self.text.shape)}"
+            )
+        if self.image.device != self.text.device:
+            raise SelectionError(f"image on {self.image.device} but text on {self.text.device}")
+
+    @property
+    def size(self) -> int:
+        return self.image.shape[0]
+
+
+def _gemm_dtype(x: Tensor, dtype: torch.dtype) -> torch.dtype:
+    half = x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and dtype == torch.float32
+    return x.dtype if half else dtype
+
+
+def _scaled(x: Tensor, scale: float, dtype: torch.dtype) -> Tensor:
+    """t * x as a GEMM operand. On the CUDA half path it is rounded back to the input dtype, an error no
+    larger than the one already in half-precision embeddings."""
+    return (x.to(dtype) * scale).to(_gemm_dtype(x, dtype))
+
+
+def _mm(x: Tensor, y: Tensor, dtype: torch.dtype, out: Tensor | None = None) -> Tensor:
+    """x @ y.T accumulated and returned in `dtype`.
+
+    CUDA half-precision inputs use the fp32-output GEMM (tensor cores, fp32 accumulation, no fp16
+    rounding of the logits); elsewhere the inputs are upcast first, the only way to accumulate in fp32 on
+    CPU. Upcasting a block costs O(rows * D), small beside the O(rows * cols * D) product.
+    """
+    if _gemm_dtype(x, dtype) != dtype:
+        return torch.mm(x, y.T, out_dtype=dtype, out=out)
+    return torch.mm(x.to(dtype), y.to(dtype).T, out=out)
+
+
+def pair_losses(
+    emb: PairEmbeddings, rows: Tensor, cols: Tensor, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """SigLIP losses of image rows `rows` vs texts `cols` (global indices), [len(rows), len(cols)]."""
+    logits = _mm(emb.image[rows], emb.text[cols], dtype).mul_(emb.logit_scale).add_(emb.logit_bias)
+    positive = rows[:, None] == cols[None, :]
+    return F.softplus(torch.where(positive, -logits, logits))
+
+
+def diagonal_losses(emb: PairEmbeddings, dtype: torch.dtype = torch.float32) -> Tensor:
+    """loss_ii for every i, from row-wise dot products: O(B * D), no matrix."""
+    dots = (emb.image.to(dtype) * emb.text.to(dtype)).sum(-1)
+    return F.softplus(-(dots * emb.logit_scale + emb.logit_bias))
+
+
+@dataclass(frozen=True)
+class PairScores:
+    """The criterion matrix A of one super-batch, never stored: each model enters with a sign."""
+
+    terms: tuple[tuple[float, PairEmbeddings], ...]
+
+    @property
+    def size(self) -> int:
+        return self.terms[0][1].size
+
+    @property
+    def device(self) -> torch.device:
+        return self.terms[0][1].image.device
+
+    def diagonal(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        return sum(sign * diagonal_losses(emb, dtype) for sign, emb in self.terms)
+
+    def block(self, rows: Tensor, cols: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """A[rows][:, cols], exact (diagonal entries included)."""
+        return sum(sign * pair_losses(emb, rows, cols, dtype) for sign, emb in self.terms)
+
+    def cross_sums(
+        self, chunk: Tensor, dtype: torch.dtype = torch.float32, block_elements: int = DEFAULT_BLOCK_ELEMENTS
+    ) -> Tensor:
+        """A[:, chunk].sum(1) + A[chunk, :].sum(0) as a length-B vector, valid at every k not in `chunk`.
+
+        Entries with k in `chunk` may contain the (i, i) pairs with the wrong sign: the sampler masks
+        chosen items, so skipping the z-sign saves two passes over every block. Columns go in blocks of
+        at most `block_elements / len(chunk)`, so memory is O(B * c) whatever B is; the loop bounds are
+        host-side ints, so there is no device sync. By linearity the sum over models is taken per model
+        and never forms the elementwise difference.
+        """
+        n, c = self.size, chunk.shape[0]
+        width = min(n, max(1, block_elements // (2 * c)))
+        out = torch.zeros(n, dtype=dtype, device=self.device)
+        # Both directions share the column block J: images C vs texts J is A[C, J], texts C vs images J is
+        # A[J, C]^T; they fill one [2, c, |J|] buffer so a single reduction serves both. t is folded into
+        # the small left operand. Buffers are reused across blocks: re-allocating 64 MiB per block costs
+        # page faults on CPU.
+        logits = torch.empty(2, c, width, dtype=dtype, device=self.device)
+        losses = torch.empty_like(logits)
+        lefts = [
+            (
+                sign,
+                emb,
+                _scaled(emb.image[chunk], emb.logit_scale, dtype),
+                _scaled(emb.text[chunk], emb.logit_scale, dtype),
+            )
+            for sign, emb in self.terms
+        ]
+        for lo in range(0, n, width):
+            hi = min(n, lo + width)
+            if hi - lo != logits.shape[2]:  # the last, narrower block
+                logits = logits.new_empty(2, c, hi - lo)
+                losses = torch.empty_like(logits)
+            for sign, emb, left_image, left_text in lefts:
+                _mm(left_image, emb.text[lo:hi], dtype, out=logits[0])
+                _mm(left_text, emb.image[lo:hi], dtype, out=logits[1])
+                # torch._C._nn.softplus is F.softplus with an out= buffer (same beta=1, threshold=20).
+                torch._C._nn.softplus(logits.add_(emb.logit_bias), 1, 20, out=losses)
+                out[lo:hi].add_(losses.sum((0, 1)), alpha=sign)
+        return out
+
+
+def pair_scores(
+    criterion: str, reference: PairEmbeddings | None, learner: PairEmbeddings | None
+) -> PairScores:
+    """Validate which embeddings `criterion` needs and build its PairScores."""
+    needs = {"learnability": ("reference", "learner"), "easy": ("reference",), "hard": ("learner",)}
+    if criterion not in needs:
+        raise SelectionError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    given = {"reference": reference, "learner": learner}
+    missing = [name for name in needs[criterion] if given[name] is None]
+    if missing:
+        raise SelectionError(f"criterion {criterion!r} needs {' and '.join(missing)} embeddings")
+    terms = {
+        "learnability": ((1.0, learner), (-1.0, reference)),
+        "easy": ((-1.0, reference),),
+        "hard": ((1.0, learner),),
+    }[criterion]
+    if len(terms) == 2:
+        (_, a), (_, b) = terms
+        if a.size != b.size:
+            raise SelectionError(f"learner has {a.size} examples but reference has {b.size}")
+        if a.image.device != b.image.device:
+            raise SelectionError(f"learner on {a.image.device} but reference on {b.image.device}")
+    return PairScores(terms)  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def batch_score(
+    indices: Tensor,
+    reference: PairEmbeddings | None,
+    learner: PairEmbeddings | None,
+    criterion: str = "learnability",
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Sum over i, j in S of A_ij for the sub-batch S = `indices`; builds only the b x b block."""
+    return pair_scores(criterion, reference, learner).block(indices, indices, dtype).sum()
