@@ -9,6 +9,7 @@ import typer
 
 from cli.console import err
 from cli.download import download_command
+from cli.score import models, score
 from cli.synth import synth
 from curate import __version__
 from curate.errors import CurateError
@@ -51,6 +52,8 @@ app.command(help="Make a noisy synthetic web crawl plus curated and eval sets (f
 app.command("download", help="Download (url, caption) rows into img2dataset shards, and retry failures.")(
     download_command
 )
+app.command(help="Embed every sample with a reference model into one Parquet score file per shard.")(score)
+app.command(help="List the built-in models and how to use open_clip models and checkpoints.")(models)
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import io
 import json
 import tarfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -51,7 +51,12 @@ class ReadStats:
         return "; ".join(parts)
 
 
-def iter_members(path: str, stats: ReadStats) -> Iterator[tuple[str, dict[str, bytes]]]:
+SkipCallback = Callable[[str, str], None]  # (key, reason) of a sample that could not be read
+
+
+def iter_members(
+    path: str, stats: ReadStats, on_skip: SkipCallback | None = None
+) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Yield (key, {extension: bytes}) for each run of consecutive members that share a key.
 
     The tar is read as a stream (`r|*`), so it is never seeked nor extracted and remote files work. A
@@ -81,6 +86,8 @@ def iter_members(path: str, stats: ReadStats) -> Iterator[tuple[str, dict[str, b
         stats.bad_shards.append((shard, _describe(error)))
         if members:
             stats.skipped["truncated_tar"] += 1
+            if on_skip:
+                on_skip(key, "truncated_tar")
         return
     if members:
         yield key, members
@@ -100,12 +107,18 @@ def iter_samples(
         yield from iter_shard(path, stats, check_images)
 
 
-def iter_shard(path: str, stats: ReadStats, check_images: bool = True) -> Iterator[Sample]:
+def iter_shard(
+    path: str, stats: ReadStats, check_images: bool = True, on_skip: SkipCallback | None = None
+) -> Iterator[Sample]:
+    """The samples of one shard; `on_skip(key, reason)` hears of each one skipped, for callers that keep
+    a row per sample (like `score`)."""
     shard = path.rstrip("/").rsplit("/", 1)[-1]
-    for key, members in iter_members(path, stats):
+    for key, members in iter_members(path, stats, on_skip):
         sample, reason = _to_sample(key, members, shard, check_images)
         if sample is None:
             stats.skipped[reason] += 1
+            if on_skip:
+                on_skip(key, reason)
             continue
         stats.samples += 1
         yield sample

@@ -1,0 +1,185 @@
+"""The one place that creates open_clip models and tokenizers (`--model`, `--pretrained`)."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import logging
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from curate import __version__
+from curate.errors import CurateError
+from curate.models.builtin import BUILTINS, register_builtins
+from curate.models.checkpoint import load_checkpoint
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+@dataclass
+class ImageTextModel:
+    """An open_clip model with its preprocessing and tokenizer, returning L2-normalised embeddings."""
+
+    module: torch.nn.Module
+    preprocess: Callable  # PIL image -> float tensor (C, H, W), the model's own eval transform
+    tokenizer: Callable  # list[str] -> long tensor (N, context_length)
+    name: str  # what the user asked for: a built-in, an open_clip name or a checkpoint path
+    pretrained: str  # tag or weights path; "" when the weights came with the checkpoint or are random
+    open_clip_name: str
+    config: dict  # the open_clip model config, saved inside every checkpoint
+
+    @property
+    def image_size(self) -> int:
+        size = self.module.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.config["embed_dim"])
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.module.logit_scale.detach().exp())  # t, not log t
+
+    @property
+    def logit_bias(self) -> float:
+        bias = getattr(self.module, "logit_bias", None)
+        return float(bias.detach()) if bias is not None else 0.0
+
+    def encode(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encode_images(images), self.encode_texts(tokens)
+
+    # Normalised in fp32 whatever autocast produced: unit norm must hold before the float16 round trip.
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.module.encode_image(images).float(), dim=-1)
+
+    def encode_texts(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.module.encode_text(tokens).float(), dim=-1)
+
+    def metadata(self) -> dict[str, str]:
+        """What a score file records, so selection can rebuild pair losses without the model."""
+        return {
+            "curate.model": self.name,
+            "curate.pretrained": self.pretrained,
+            "curate.logit_scale": repr(self.logit_scale),
+            "curate.logit_bias": repr(self.logit_bias),
+            "curate.embed_dim": str(self.embed_dim),
+            "curate.image_size": str(self.image_size),
+            "curate.version": __version__,
+        }
+
+
+def load_model(
+    name: str,
+    pretrained: str | None = None,
+    device: torch.device | str = "cpu",
+    allow_random_init: bool = False,
+) -> ImageTextModel:
+    """Resolve `--model NAME [--pretrained TAG|PATH]` to a model in eval mode on `device`.
+
+    NAME is a checkpoint path (written by `curate train`), a built-in (`siglip-tiny`, `siglip-small`) or
+    an open_clip model name. A model with no weights is refused unless `allow_random_init`: a random
+    reference silently scoring a crawl is the worst failure this tool could have.
+    """
+    register_builtins()
+    if Path(name).suffix in CHECKPOINT_SUFFIXES or Path(name).is_file():
+        model = _from_checkpoint(name)
+    else:
+        open_clip_name = BUILTINS[name].open_clip_name if name in BUILTINS else _known_open_clip_name(name)
+        if not pretrained and not allow_random_init:
+            raise CurateError(
+                f"--model {name} has no weights: pass --pretrained TAG or a weights file, a checkpoint path, "
+                "or --allow-random-init (for tests and benchmarks only)"
+            )
+        model = _create(name, open_clip_name, pretrained or None)
+    model.module.to(device).eval()
+    return model
+
+
+def _from_checkpoint(path: str) -> ImageTextModel:
+    payload = load_checkpoint(path)
+    if "model_name" not in payload:
+        raise CurateError(
+            f"{path} holds open_clip weights without an architecture: pass --model ARCH --pretrained {path}"
+        )
+    open_clip_name = payload["model_name"]
+    _ensure_registered(open_clip_name, payload["model_config"])
+    model = _create(path, open_clip_name, None)
+    try:
+        model.module.load_state_dict(payload["state_dict"])
+    except RuntimeError as error:
+        raise CurateError(f"{path}: weights do not fit {open_clip_name}: {str(error).splitlines()[0]}") from None
+    return model
+
+
+def _create(name: str, open_clip_name: str, pretrained: str | None) -> ImageTextModel:
+    import open_clip
+
+    if pretrained and not Path(pretrained).is_file():
+        tags = open_clip.list_pretrained_tags_by_model(open_clip_name)
+        if pretrained not in tags:
+            known = ", ".join(tags) if tags else "none"
+            raise CurateError(
+                f"--pretrained {pretrained}: not a file, nor a tag open_clip knows for {open_clip_name} (tags: {known})"
+            )
+    try:
+        with _quiet_open_clip():
+            module, _, preprocess = open_clip.create_model_and_transforms(open_clip_name, pretrained=pretrained)
+            tokenizer = open_clip.get_tokenizer(open_clip_name)
+    except RuntimeError as error:
+        if "download" in str(error).lower():
+            raise CurateError(
+                f"could not fetch the pretrained weights '{pretrained}' of {open_clip_name} (no network?); "
+                f"fetch them on a connected machine (open_clip caches them under ~/.cache/huggingface) or pass "
+                "--pretrained /path/to/open_clip_model.safetensors"
+            ) from None
+        raise CurateError(f"cannot create {open_clip_name}: {str(error).splitlines()[0]}") from None
+    except ImportError as error:
+        raise CurateError(f"{open_clip_name} needs an extra package: {error}") from None
+    config = open_clip.get_model_config(open_clip_name)
+    return ImageTextModel(
+        module=module,
+        preprocess=preprocess,
+        tokenizer=tokenizer,
+        name=name,
+        pretrained=pretrained or "",
+        open_clip_name=open_clip_name,
+        config=config,
+    )
+
+
+def _known_open_clip_name(name: str) -> str:
+    import open_clip
+
+    names = open_clip.list_models()
+    if name in names:
+        return name
+    close = difflib.get_close_matches(name, [*BUILTINS, *names], n=3)
+    hint = f"; did you mean {' or '.join(close)}?" if close else "; `curate models` lists them"
+    raise CurateError(f"unknown model {name!r}: not a checkpoint file, a built-in or an open_clip model{hint}")
+
+
+def _ensure_registered(open_clip_name: str, config: dict) -> None:
+    import open_clip
+
+    if open_clip.get_model_config(open_clip_name) == config:
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / f"{open_clip_name}.json").write_text(json.dumps(config))
+        open_clip.add_model_config(folder)
+
+
+@contextlib.contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    """open_clip logs failures on the root logger before raising; we turn them into one line ourselves."""
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)

@@ -1,0 +1,83 @@
+"""Decode and tokenize shards into model-ready batches, in DataLoader workers.
+
+Each worker owns whole shards (shard i goes to worker i mod W), so a shard's batches arrive in order and
+its last batch says so: the main process can write a shard's score file the moment it is complete.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+from torch.utils.data import IterableDataset, get_worker_info
+
+from curate.shards.reader import ReadStats, iter_shard
+from curate.score.schema import OK
+
+
+@dataclass
+class ShardBatch:
+    shard: str  # "00003.tar"
+    keys: list[str]
+    captions: list[str]
+    status: list[str]  # one per key; "ok" rows have an image and tokens, in order
+    images: torch.Tensor  # (n_ok, C, H, W)
+    tokens: torch.Tensor  # (n_ok, context_length)
+    last: bool  # the shard's final batch
+    damage: str = ""  # why the shard's tar ended early, if it did
+    extra: dict = field(default_factory=dict)
+
+
+class ShardBatches(IterableDataset):
+    def __init__(self, paths: list[str], preprocess: Callable, tokenizer: Callable, batch_size: int):
+        self.paths, self.preprocess, self.tokenizer, self.batch_size = paths, preprocess, tokenizer, batch_size
+
+    def __iter__(self) -> Iterator[ShardBatch]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        for path in self.paths[worker::workers]:
+            yield from self._shard(path)
+
+    def _shard(self, path: str) -> Iterator[ShardBatch]:
+        shard = path.rstrip("/").rsplit("/", 1)[-1]
+        stats = ReadStats()
+        rows: list[tuple[str, str, str, torch.Tensor | None]] = []
+
+        def skipped(key: str, reason: str) -> None:
+            rows.append((key, "", reason, None))
+
+        for sample in iter_shard(path, stats, check_images=False, on_skip=skipped):
+            try:
+                with Image.open(io.BytesIO(sample.image)) as image:
+                    pixels = self.preprocess(image.convert("RGB"))  # grayscale and palette images too
+                rows.append((sample.key, sample.caption, OK, pixels))
+            except Exception:  # PIL raises many types for bad bytes; the row says why, the run goes on
+                rows.append((sample.key, sample.caption, "undecodable_image", None))
+            if len(rows) >= self.batch_size:
+                yield self._batch(shard, rows, last=False)
+                rows = []
+        damage = "; ".join(why for _, why in stats.bad_shards)
+        yield self._batch(shard, rows, last=True, damage=damage)
+
+    def _batch(self, shard: str, rows: list, last: bool, damage: str = "") -> ShardBatch:
+        ok = [row for row in rows if row[3] is not None]
+        images = torch.stack([row[3] for row in ok]) if ok else torch.zeros(0)
+        tokens = self.tokenizer([row[1] for row in ok]) if ok else torch.zeros(0, dtype=torch.long)
+        return ShardBatch(
+            shard=shard,
+            keys=[row[0] for row in rows],
+            captions=[row[1] for row in rows],
+            status=[row[2] for row in rows],
+            images=images,
+            tokens=tokens,
+            last=last,
+            damage=damage,
+        )
+
+
+def single_threaded_worker(_: int) -> None:
+    # Decoding workers each using every core would fight the model's own threads on small machines.
+    torch.set_num_threads(1)

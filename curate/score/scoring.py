@@ -1,0 +1,175 @@
+"""`curate score`: embed every sample of every shard with a reference model, one score file per shard."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader
+
+from curate.errors import CurateError
+from curate.fileio import atomic_open
+from curate.models import ImageTextModel, load_model
+from curate.runtime import autocast, resolve_device, resolve_precision
+from curate.score.batches import ShardBatch, ShardBatches, single_threaded_worker
+from curate.score.schema import OK, embeddings_array, score_file, score_schema
+from curate.shards.paths import expand_shards
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    model: str
+    pretrained: str | None = None
+    batch_size: int = 256
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int = 2
+    overwrite: bool = False
+    allow_random_init: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise CurateError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise CurateError(f"--workers must be 0 or more, got {self.workers}")
+
+
+@dataclass
+class ScoreSummary:
+    shards_done: int = 0
+    shards_skipped: int = 0
+    ok: int = 0
+    failed: Counter = field(default_factory=Counter)  # status -> samples
+    damaged: list[tuple[str, str]] = field(default_factory=list)  # (shard, why its tar ended early)
+    seconds: float = 0.0
+    device: str = ""
+
+    @property
+    def samples_per_second(self) -> float:
+        return (self.ok + sum(self.failed.values())) / self.seconds if self.seconds else 0.0
+
+
+def score_shards(
+    shards: str | list[str],
+    out: str,
+    config: ScoreConfig,
+    progress: Callable[[int, int | None], None] | None = None,
+    model: ImageTextModel | None = None,
+) -> ScoreSummary:
+    """Write `out/{shard}.parquet` for every shard without one (all of them with `overwrite`).
+
+    Each file is complete or absent (written under a temporary name, then renamed), so a killed run,
+    re-run, produces exactly what an uninterrupted run would have.
+    """
+    paths = expand_shards(shards)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    summary = ScoreSummary(device=f"{device.type} {precision}")
+    pending = [p for p in paths if config.overwrite or not score_file(out, _name(p)).exists()]
+    summary.shards_skipped = len(paths) - len(pending)
+    if not pending:
+        return summary
+    if model is None:
+        model = load_model(config.model, config.pretrained, device, config.allow_random_init)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    schema = score_schema(model.embed_dim, model.metadata())
+    loader = DataLoader(
+        ShardBatches(pending, model.preprocess, model.tokenizer, config.batch_size),
+        batch_size=None,  # the dataset batches within shards itself
+        num_workers=min(config.workers, len(pending)),
+        worker_init_fn=single_threaded_worker,
+        pin_memory=device.type == "cuda",
+        collate_fn=lambda batch: batch,
+    )
+    total = _expected_samples(pending)
+    open_shards: dict[str, list] = {}
+    start, seen = time.perf_counter(), 0
+    with torch.no_grad():
+        for batch in loader:
+            parts = open_shards.setdefault(batch.shard, [])
+            parts.append((batch, _embed(model, batch, device, precision)))
+            seen += len(batch.keys)
+            if batch.last:
+                _write(out, batch.shard, open_shards.pop(batch.shard), schema, summary)
+            if progress:
+                progress(seen, total)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _embed(model: ImageTextModel, batch: ShardBatch, device: torch.device, precision: str):
+    if not len(batch.images):
+        return None
+    with autocast(precision, device):
+        images, texts = model.encode(
+            batch.images.to(device, non_blocking=True), batch.tokens.to(device, non_blocking=True)
+        )
+    # Stay on the device: the shard is copied to the host once, when it is written (one sync per shard).
+    return images.half(), texts.half(), (images * texts).sum(-1)
+
+
+def _write(out: str, shard: str, parts: list, schema: pa.Schema, summary: ScoreSummary) -> None:
+    keys, captions, status = [], [], []
+    image_parts, text_parts, similarity_parts = [], [], []
+    for batch, embedded in parts:
+        keys += batch.keys
+        captions += batch.captions
+        status += batch.status
+        if embedded is not None:
+            image_parts.append(embedded[0])
+            text_parts.append(embedded[1])
+            similarity_parts.append(embedded[2])
+        if batch.damage:
+            summary.damaged.append((shard, batch.damage))
+    valid = np.array([s == OK for s in status], dtype=bool)
+    dim = schema.field("image_emb").type.list_size
+    image_emb = np.zeros((len(keys), dim), np.float16)
+    text_emb = np.zeros((len(keys), dim), np.float16)
+    similarity = np.full(len(keys), np.nan, np.float32)
+    if image_parts:
+        image_emb[valid] = torch.cat(image_parts).cpu().numpy()
+        text_emb[valid] = torch.cat(text_parts).cpu().numpy()
+        similarity[valid] = torch.cat(similarity_parts).float().cpu().numpy()
+    table = pa.table(
+        {
+            "key": pa.array(keys, pa.string()),
+            "shard": pa.array([shard] * len(keys), pa.string()),
+            "caption": pa.array(captions, pa.string()),
+            "image_emb": embeddings_array(image_emb, valid),
+            "text_emb": embeddings_array(text_emb, valid),
+            "similarity": pa.array(similarity, pa.float32(), mask=~valid),
+            "status": pa.array(status, pa.string()),
+        },
+        schema=schema,
+    )
+    with atomic_open(str(score_file(out, shard)), "wb") as handle:
+        pq.write_table(table, handle)
+    summary.shards_done += 1
+    summary.ok += int(valid.sum())
+    summary.failed.update(s for s in status if s != OK)
+
+
+def _expected_samples(paths: list[str]) -> int | None:
+    """From the shards' `_stats.json` when every one has it (img2dataset and curate write them)."""
+    total = 0
+    for path in paths:
+        stats = Path(path.removesuffix(".tar") + "_stats.json")
+        if not stats.is_file():
+            return None
+        try:
+            total += int(json.loads(stats.read_text())["successes"])
+        except (ValueError, KeyError):
+            return None
+    return total
+
+
+def _name(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
