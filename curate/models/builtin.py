@@ -24,7 +24,11 @@ class BuiltinModel:
 BUILTINS = {
     model.name: model
     for model in (
-        BuiltinModel("siglip-tiny", "curate-tiny", "32 px ViT 4×128, patch 4; text 4×128; 7.4 M params; trains on a CPU"),
+        BuiltinModel(
+            "siglip-tiny",
+            "curate-tiny",
+            "32 px ViT 4×128, patch 4; text 4×128; 7.4 M params; trains on a CPU",
+        ),
         BuiltinModel("siglip-small", "curate-small", "64 px ViT 6×256, patch 8; text 6×256; 22 M params"),
     )
 }

@@ -18,9 +18,16 @@ from curate.fileio import atomic_open
 FORMAT = "curate-checkpoint-v1"
 
 
-def save_checkpoint(path: str | Path, model_name: str, model_config: dict, state_dict: dict, **extra: Any) -> None:
+def save_checkpoint(
+    path: str | Path, model_name: str, model_config: dict, state_dict: dict, **extra: Any
+) -> None:
     """Write atomically: `latest.pt` is always a complete file, even if the writer is killed."""
-    payload = {"format": FORMAT, "model_name": model_name, "model_config": model_config, "state_dict": state_dict}
+    payload = {
+        "format": FORMAT,
+        "model_name": model_name,
+        "model_config": model_config,
+        "state_dict": state_dict,
+    }
     payload.update(extra)
     with atomic_open(str(path), "wb") as handle:
         torch.save(payload, handle)

@@ -114,7 +114,9 @@ def _from_checkpoint(path: str) -> ImageTextModel:
     try:
         model.module.load_state_dict(payload["state_dict"])
     except RuntimeError as error:
-        raise CurateError(f"{path}: weights do not fit {open_clip_name}: {str(error).splitlines()[0]}") from None
+        raise CurateError(
+            f"{path}: weights do not fit {open_clip_name}: {str(error).splitlines()[0]}"
+        ) from None
     return model
 
 
@@ -126,17 +128,21 @@ def _create(name: str, open_clip_name: str, pretrained: str | None) -> ImageText
         if pretrained not in tags:
             known = ", ".join(tags) if tags else "none"
             raise CurateError(
-                f"--pretrained {pretrained}: not a file, nor a tag open_clip knows for {open_clip_name} (tags: {known})"
+                f"--pretrained {pretrained}: not a file, nor a tag open_clip knows for {open_clip_name} "
+                f"(tags: {known})"
             )
     try:
         with _quiet_open_clip():
-            module, _, preprocess = open_clip.create_model_and_transforms(open_clip_name, pretrained=pretrained)
+            module, _, preprocess = open_clip.create_model_and_transforms(
+                open_clip_name, pretrained=pretrained
+            )
             tokenizer = open_clip.get_tokenizer(open_clip_name)
     except RuntimeError as error:
         if "download" in str(error).lower():
             raise CurateError(
                 f"could not fetch the pretrained weights '{pretrained}' of {open_clip_name} (no network?); "
-                f"fetch them on a connected machine (open_clip caches them under ~/.cache/huggingface) or pass "
+                "fetch them on a connected machine (open_clip caches them under ~/.cache/huggingface) or "
+                "pass "
                 "--pretrained /path/to/open_clip_model.safetensors"
             ) from None
         raise CurateError(f"cannot create {open_clip_name}: {str(error).splitlines()[0]}") from None
@@ -162,7 +168,9 @@ def _known_open_clip_name(name: str) -> str:
         return name
     close = difflib.get_close_matches(name, [*BUILTINS, *names], n=3)
     hint = f"; did you mean {' or '.join(close)}?" if close else "; `curate models` lists them"
-    raise CurateError(f"unknown model {name!r}: not a checkpoint file, a built-in or an open_clip model{hint}")
+    raise CurateError(
+        f"unknown model {name!r}: not a checkpoint file, a built-in or an open_clip model{hint}"
+    )
 
 
 def _ensure_registered(open_clip_name: str, config: dict) -> None:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from curate.shards.reader import ReadStats, iter_shard
 from curate.score.schema import OK
+from curate.shards.reader import ReadStats, iter_shard
 
 
 @dataclass
@@ -28,12 +28,14 @@ class ShardBatch:
     tokens: torch.Tensor  # (n_ok, context_length)
     last: bool  # the shard's final batch
     damage: str = ""  # why the shard's tar ended early, if it did
-    extra: dict = field(default_factory=dict)
 
 
 class ShardBatches(IterableDataset):
     def __init__(self, paths: list[str], preprocess: Callable, tokenizer: Callable, batch_size: int):
-        self.paths, self.preprocess, self.tokenizer, self.batch_size = paths, preprocess, tokenizer, batch_size
+        self.paths = paths
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
 
     def __iter__(self) -> Iterator[ShardBatch]:
         info = get_worker_info()

@@ -20,7 +20,7 @@ from curate.fileio import atomic_open
 from curate.models import ImageTextModel, load_model
 from curate.runtime import autocast, resolve_device, resolve_precision
 from curate.score.batches import ShardBatch, ShardBatches, single_threaded_worker
-from curate.score.schema import OK, embeddings_array, score_file, score_schema
+from curate.score.schema import OK, ScoreMetadata, embeddings_array, score_file, score_schema
 from curate.shards.paths import expand_shards
 
 
@@ -75,6 +75,8 @@ def score_shards(
     summary = ScoreSummary(device=f"{device.type} {precision}")
     pending = [p for p in paths if config.overwrite or not score_file(out, _name(p)).exists()]
     summary.shards_skipped = len(paths) - len(pending)
+    if summary.shards_skipped:
+        _check_same_model(out, next(p for p in paths if p not in pending), config)
     if not pending:
         return summary
     if model is None:
@@ -169,6 +171,16 @@ def _expected_samples(paths: list[str]) -> int | None:
         except (ValueError, KeyError):
             return None
     return total
+
+
+def _check_same_model(out: str, done_shard: str, config: ScoreConfig) -> None:
+    """Resuming with another model would mix two models' embeddings in one folder: refuse."""
+    existing = ScoreMetadata.read(score_file(out, _name(done_shard)))
+    if (existing.model, existing.pretrained) != (config.model, config.pretrained or ""):
+        raise CurateError(
+            f"{out} holds scores by --model {existing.model} --pretrained '{existing.pretrained}'; "
+            "score into another folder or pass --overwrite"
+        )
 
 
 def _name(path: str) -> str:

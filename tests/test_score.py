@@ -1,0 +1,178 @@
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import run_cli
+from PIL import Image
+
+from curate.errors import CurateError
+from curate.models import load_model, save_checkpoint
+from curate.score import OK, ScoreConfig, ScoreMetadata, embeddings_numpy, score_shards
+
+TINY = ScoreConfig(model="siglip-tiny", allow_random_init=True, workers=0, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return load_model("siglip-tiny", allow_random_init=True)
+
+
+def test_score_files_have_the_design_schema_and_metadata(tmp_path, small_synth, tiny):
+    summary = score_shards(f"{small_synth}/web", str(tmp_path), TINY, model=tiny)
+    assert summary.shards_done == 4 and summary.ok + sum(summary.failed.values()) == 400
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"0000{i}.parquet" for i in range(4)]
+    table = pq.read_table(tmp_path / "00000.parquet")
+    assert table.schema.names == ["key", "shard", "caption", "image_emb", "text_emb", "similarity", "status"]
+    assert str(table.schema.field("image_emb").type) == "fixed_size_list<element: halffloat>[128]"
+    meta = ScoreMetadata.read(tmp_path / "00000.parquet")
+    assert (meta.model, meta.embed_dim, meta.image_size) == ("siglip-tiny", 128, 32)
+    assert (meta.logit_scale, meta.logit_bias) == (10.0, -10.0)
+
+    shard_keys = pq.read_table(f"{small_synth}/web/00000.parquet").column("key").to_pylist()
+    assert table.column("key").to_pylist() == shard_keys  # every sample, in shard order
+    assert set(table.column("shard").to_pylist()) == {"00000.tar"}
+    ok = np.array([s == OK for s in table.column("status").to_pylist()])
+    images, texts = embeddings_numpy(table["image_emb"]), embeddings_numpy(table["text_emb"])
+    norms = np.linalg.norm(images[ok].astype(np.float32), axis=1)
+    assert np.allclose(norms, 1.0, atol=2e-3) and np.allclose(
+        np.linalg.norm(texts[ok].astype(np.float32), axis=1), 1.0, atol=2e-3
+    )
+    cosine = (images[ok].astype(np.float32) * texts[ok].astype(np.float32)).sum(1)
+    assert np.allclose(table.column("similarity").to_numpy(zero_copy_only=False)[ok], cosine, atol=2e-3)
+
+
+def test_undecodable_images_become_rows_with_a_status_and_no_embedding(tmp_path, small_synth, tiny):
+    score_shards(f"{small_synth}/web", str(tmp_path), TINY, model=tiny)
+    rows = pq.read_table(tmp_path).to_pylist()
+    noise = {
+        r["key"]: r["noise"]
+        for r in pq.read_table(
+            sorted(Path(small_synth, "web").glob("*.parquet")), columns=["key", "noise"]
+        ).to_pylist()
+    }
+    failed = [r for r in rows if r["status"] != OK]
+    assert failed and all(r["status"] == "undecodable_image" for r in failed)
+    assert {r["key"] for r in failed} == {k for k, n in noise.items() if n == "corrupt"}
+    assert all(r["image_emb"] is None and r["similarity"] is None for r in failed)
+
+
+def test_damaged_tars_and_empty_captions_are_reported_per_sample(tmp_path, tiny):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    buffer = io.BytesIO()
+    Image.new("L", (20, 20), 100).save(buffer, format="PNG")  # grayscale: must be converted, not crash
+    with tarfile.open(shards / "00000.tar", "w") as tar:
+        image = buffer.getvalue()
+        members = [("k1.png", image), ("k1.txt", b"a grey square"), ("k2.png", image), ("k2.txt", b"  ")]
+        for name, data in [*members, ("k3.txt", b"no image")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    whole = (shards / "00000.tar").read_bytes()
+    (shards / "00001.tar").write_bytes(
+        whole[: 2048 + 600]
+    )  # k1 (two 1 KiB members) whole, k2 cut in its image
+    summary = score_shards(str(shards), str(tmp_path / "scores"), TINY, model=tiny)
+    first = pq.read_table(tmp_path / "scores/00000.parquet").to_pylist()
+    assert [(r["key"], r["status"]) for r in first] == [
+        ("k1", "ok"),
+        ("k2", "empty_caption"),
+        ("k3", "missing_image"),
+    ]
+    second = pq.read_table(tmp_path / "scores/00001.parquet").to_pylist()
+    assert [(r["key"], r["status"]) for r in second] == [("k1", "ok"), ("k2", "truncated_tar")]
+    assert [shard for shard, _ in summary.damaged] == ["00001.tar"]
+    assert summary.ok == 2 and summary.failed == {"empty_caption": 1, "missing_image": 1, "truncated_tar": 1}
+
+
+def test_same_model_and_data_give_the_same_embeddings_and_resume_equals_one_run(tmp_path, small_synth, tiny):
+    score_shards(f"{small_synth}/web", str(tmp_path / "whole"), TINY, model=tiny)
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_third_shard(done, total):
+        if done > 250:
+            raise Killed
+
+    with pytest.raises(Killed):
+        score_shards(
+            f"{small_synth}/web", str(tmp_path / "resumed"), TINY, progress=kill_in_third_shard, model=tiny
+        )
+    written = sorted(p.name for p in (tmp_path / "resumed").iterdir())
+    assert written == ["00000.parquet", "00001.parquet"]  # complete files only, no temporary left over
+    summary = score_shards(f"{small_synth}/web", str(tmp_path / "resumed"), TINY, model=tiny)
+    assert (summary.shards_skipped, summary.shards_done) == (2, 2)
+    for name in [f"0000{i}.parquet" for i in range(4)]:
+        assert pq.read_table(tmp_path / "whole" / name).equals(pq.read_table(tmp_path / "resumed" / name))
+
+
+def test_resuming_with_another_model_is_refused(tmp_path, small_synth, tiny):
+    score_shards(f"{small_synth}/web/00000.tar", str(tmp_path), TINY, model=tiny)
+    other = ScoreConfig(model="siglip-small", allow_random_init=True, workers=0)
+    with pytest.raises(CurateError, match="holds scores by --model siglip-tiny"):
+        score_shards(f"{small_synth}/web", str(tmp_path), other)
+
+
+def test_a_trained_checkpoint_scores_from_the_command_line_with_workers(tmp_path, small_synth, tiny):
+    checkpoint = tmp_path / "latest.pt"
+    save_checkpoint(checkpoint, tiny.open_clip_name, tiny.config, tiny.module.state_dict(), step=1)
+    result = run_cli("score", f"{small_synth}/web/{{00000..00001}}.tar", "-o", str(tmp_path / "scores"),
+                     "--model", str(checkpoint), "--workers", "2", "--batch-size", "32")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("scored 2 shards: ")
+    assert "samples/s on cpu fp32" in result.stdout
+    assert ScoreMetadata.read(tmp_path / "scores/00001.parquet").model == str(checkpoint)
+    reference = tmp_path / "in-process"
+    score_shards(f"{small_synth}/web/{{00000..00001}}.tar", str(reference), TINY, model=tiny)
+    for name in ("00000.parquet", "00001.parquet"):
+        ours = pq.read_table(tmp_path / "scores" / name)
+        theirs = pq.read_table(reference / name)
+        assert ours.column("key").equals(theirs.column("key"))
+        assert np.array_equal(embeddings_numpy(ours["text_emb"]), embeddings_numpy(theirs["text_emb"]))
+        assert np.allclose(embeddings_numpy(ours["image_emb"]).astype(np.float32),
+                           embeddings_numpy(theirs["image_emb"]).astype(np.float32), atol=1e-3)  # fmt: skip
+    again = run_cli("score", f"{small_synth}/web/{{00000..00001}}.tar", "-o", str(tmp_path / "scores"),
+                    "--model", str(checkpoint))  # fmt: skip
+    assert again.returncode == 0 and "2 already scored (skipped)" in again.stdout
+
+
+def test_command_line_errors_are_one_line(tmp_path, small_synth):
+    for args, fragment in [
+        (
+            ["score", str(tmp_path / "nope"), "-o", str(tmp_path / "s"), "--model", "siglip-tiny"],
+            "no such file",
+        ),
+        (
+            ["score", f"{small_synth}/web", "-o", str(tmp_path / "s"), "--model", "siglip-tiny"],
+            "has no weights",
+        ),
+        (
+            ["score", f"{small_synth}/web", "-o", str(tmp_path / "s"), "--model", "nope-model"],
+            "unknown model",
+        ),
+        (
+            [
+                "score",
+                f"{small_synth}/web",
+                "-o",
+                str(tmp_path / "s"),
+                "--model",
+                "siglip-tiny",
+                "--allow-random-init",
+                "--device",
+                "cuda",
+            ],
+            "no CUDA GPU",
+        ),  # fmt: skip
+    ]:
+        if "cuda" in args and torch.cuda.is_available():
+            continue
+        result = run_cli(*args)
+        assert result.returncode == 1, (args, result.stderr)
+        assert result.stderr.count("\n") == 1 and fragment in result.stderr, result.stderr
