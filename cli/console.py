@@ -22,8 +22,9 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, unit: str = "samples") -> Iterator[Callable[[int, int | None], None]]:
-    """Yield a `progress(done, total)` callback that drives a rich bar on stderr (hidden when not a tty)."""
+def progress_bar(description: str, unit: str = "samples") -> Iterator[Callable[..., None]]:
+    """Yield a `progress(done, total, status="")` callback driving a rich bar on stderr; `status` is a short
+    text shown after the bar (loss, samples/s)."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -33,16 +34,17 @@ def progress_bar(description: str, unit: str = "samples") -> Iterator[Callable[[
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
     )
     # Started on the first update, so a command that fails while validating prints no empty bar.
     bar = Progress(*columns, console=err, transient=False)
-    task = bar.add_task(description, total=None, start=False)
+    task = bar.add_task(description, total=None, start=False, status="")
 
-    def update(done: int, total: int | None = None) -> None:
+    def update(done: int, total: int | None = None, status: str = "") -> None:
         if not bar.live.is_started:
             bar.start()
             bar.start_task(task)
-        bar.update(task, completed=done, total=total)
+        bar.update(task, completed=done, total=total, status=status)
 
     try:
         yield update

@@ -1,6 +1,13 @@
 """`curate score`: a reference model writes both embeddings of every sample to Parquet."""
 
-from curate.score.schema import OK, ScoreMetadata, embeddings_numpy, score_file, score_schema
+from curate.score.schema import (
+    OK,
+    ScoreMetadata,
+    embeddings_array,
+    embeddings_numpy,
+    score_file,
+    score_schema,
+)
 from curate.score.scoring import ScoreConfig, ScoreSummary, score_shards
 
 __all__ = [
@@ -8,6 +15,7 @@ __all__ = [
     "ScoreConfig",
     "ScoreMetadata",
     "ScoreSummary",
+    "embeddings_array",
     "embeddings_numpy",
     "score_file",
     "score_schema",

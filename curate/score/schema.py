@@ -19,8 +19,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.errors import CurateError
+from curate.shards.schema import OK
 
-OK = "ok"
+__all__ = [
+    "OK",
+    "METADATA_KEYS",
+    "ScoreMetadata",
+    "embeddings_array",
+    "embeddings_numpy",
+    "score_file",
+    "score_schema",
+]
 METADATA_KEYS = (
     "curate.model",
     "curate.pretrained",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -15,13 +14,13 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader
 
+from curate.batches import ShardBatch, ShardBatches, single_threaded_worker
 from curate.errors import CurateError
 from curate.fileio import atomic_open
 from curate.models import ImageTextModel, load_model
 from curate.runtime import autocast, resolve_device, resolve_precision
-from curate.score.batches import ShardBatch, ShardBatches, single_threaded_worker
 from curate.score.schema import OK, ScoreMetadata, embeddings_array, score_file, score_schema
-from curate.shards.paths import expand_shards
+from curate.shards.paths import count_samples, expand_shards
 
 
 @dataclass(frozen=True)
@@ -91,7 +90,7 @@ def score_shards(
         pin_memory=device.type == "cuda",
         collate_fn=lambda batch: batch,
     )
-    total = _expected_samples(pending)
+    total = count_samples(pending)
     open_shards: dict[str, list] = {}
     start, seen = time.perf_counter(), 0
     with torch.no_grad():
@@ -157,20 +156,6 @@ def _write(out: str, shard: str, parts: list, schema: pa.Schema, summary: ScoreS
     summary.shards_done += 1
     summary.ok += int(valid.sum())
     summary.failed.update(s for s in status if s != OK)
-
-
-def _expected_samples(paths: list[str]) -> int | None:
-    """From the shards' `_stats.json` when every one has it (img2dataset and curate write them)."""
-    total = 0
-    for path in paths:
-        stats = Path(path.removesuffix(".tar") + "_stats.json")
-        if not stats.is_file():
-            return None
-        try:
-            total += int(json.loads(stats.read_text())["successes"])
-        except (ValueError, KeyError):
-            return None
-    return total
 
 
 def _check_same_model(out: str, done_shard: str, config: ScoreConfig) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import braceexpand
@@ -45,3 +46,17 @@ def _expand_one(pattern: str, extension: str) -> list[str]:
     if fs.isfile(path):
         return [unstrip(path)]
     raise CurateError(f"no such file or folder: {pattern}")
+
+
+def count_samples(paths: Sequence[str]) -> int | None:
+    """Samples in these shards according to their `_stats.json` (img2dataset and curate write one per
+    shard), or None when any is missing: a progress bar's total, never a correctness input."""
+    total = 0
+    for path in paths:
+        fs, stats_path = filesystem(path.removesuffix(".tar") + "_stats.json")
+        try:
+            with fs.open(stats_path, "r") as handle:
+                total += int(json.load(handle)["successes"])
+        except (OSError, ValueError, KeyError):
+            return None
+    return total

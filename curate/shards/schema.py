@@ -24,7 +24,8 @@ SHARD_TABLE_SCHEMA = pa.schema(
     ]
 )
 
-SUCCESS = "success"
+SUCCESS = "success"  # img2dataset's status of a downloaded row
+OK = "ok"  # a sample read and decoded; any other per-sample status names why not (score files use it)
 SHARD_DIGITS = 5
 
 

@@ -1,7 +1,7 @@
-"""Decode and tokenize shards into model-ready batches, in DataLoader workers.
+"""Decode and tokenize shards into model-ready batches, in DataLoader workers (for `score` and `train`).
 
 Each worker owns whole shards (shard i goes to worker i mod W), so a shard's batches arrive in order and
-its last batch says so: the main process can write a shard's score file the moment it is complete.
+its last batch says so: `score` writes a shard's file the moment it is complete.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from curate.score.schema import OK
 from curate.shards.reader import ReadStats, iter_shard
+from curate.shards.schema import OK
 
 
 @dataclass
@@ -24,6 +24,7 @@ class ShardBatch:
     keys: list[str]
     captions: list[str]
     status: list[str]  # one per key; "ok" rows have an image and tokens, in order
+    metas: list[dict]  # each sample's .json metadata ({} for rows that could not be read)
     images: torch.Tensor  # (n_ok, C, H, W)
     tokens: torch.Tensor  # (n_ok, context_length)
     last: bool  # the shard's final batch
@@ -31,8 +32,16 @@ class ShardBatch:
 
 
 class ShardBatches(IterableDataset):
-    def __init__(self, paths: list[str], preprocess: Callable, tokenizer: Callable, batch_size: int):
+    def __init__(
+        self,
+        paths: list[str],
+        preprocess: Callable,
+        tokenizer: Callable,
+        batch_size: int,
+        keep: frozenset[str] | None = None,
+    ):
         self.paths = paths
+        self.keep = keep  # decode only these keys (a manifest's), skipping the rest unread
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -46,18 +55,21 @@ class ShardBatches(IterableDataset):
     def _shard(self, path: str) -> Iterator[ShardBatch]:
         shard = path.rstrip("/").rsplit("/", 1)[-1]
         stats = ReadStats()
-        rows: list[tuple[str, str, str, torch.Tensor | None]] = []
+        rows: list[tuple[str, str, str, torch.Tensor | None, dict]] = []
 
         def skipped(key: str, reason: str) -> None:
-            rows.append((key, "", reason, None))
+            if self.keep is None or key in self.keep:
+                rows.append((key, "", reason, None, {}))
 
         for sample in iter_shard(path, stats, check_images=False, on_skip=skipped):
+            if self.keep is not None and sample.key not in self.keep:
+                continue
             try:
                 with Image.open(io.BytesIO(sample.image)) as image:
                     pixels = self.preprocess(image.convert("RGB"))  # grayscale and palette images too
-                rows.append((sample.key, sample.caption, OK, pixels))
+                rows.append((sample.key, sample.caption, OK, pixels, sample.meta))
             except Exception:  # PIL raises many types for bad bytes; the row says why, the run goes on
-                rows.append((sample.key, sample.caption, "undecodable_image", None))
+                rows.append((sample.key, sample.caption, "undecodable_image", None, sample.meta))
             if len(rows) >= self.batch_size:
                 yield self._batch(shard, rows, last=False)
                 rows = []
@@ -73,6 +85,7 @@ class ShardBatches(IterableDataset):
             keys=[row[0] for row in rows],
             captions=[row[1] for row in rows],
             status=[row[2] for row in rows],
+            metas=[row[4] for row in rows],
             images=images,
             tokens=tokens,
             last=last,

@@ -1,0 +1,135 @@
+"""`curate train`."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.console import out, progress_bar
+
+
+def train_command(
+    data: Annotated[
+        list[str], typer.Argument(metavar="DATA...", help="Shard folder(s), tar paths or a brace pattern.")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="RUN", help="Run folder (checkpoints, metrics).")
+    ],
+    model: Annotated[
+        str, typer.Option(help="Built-in (siglip-tiny, siglip-small), open_clip name or checkpoint.")
+    ] = "siglip-tiny",
+    pretrained: Annotated[
+        str | None, typer.Option(help="Start from open_clip weights (tag or file).")
+    ] = None,
+    manifest: Annotated[
+        str | None, typer.Option(help="Train only on the keys of this `curate select` manifest.")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Pairs per step (b).")] = 256,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+    warmup: Annotated[int, typer.Option(help="Linear warmup steps, then cosine decay to 0.")] = 100,
+    wd: Annotated[float, typer.Option(help="AdamW weight decay (matrices only).")] = 0.1,
+    beta2: Annotated[float, typer.Option(help="AdamW β2; 0.95 is SigLIP's large-batch setting.")] = 0.95,
+    grad_clip: Annotated[float, typer.Option(help="Gradient norm clip.")] = 1.0,
+    eval_set: Annotated[
+        str | None, typer.Option("--eval", help="Eval set (clip_benchmark layout) to evaluate on.")
+    ] = None,
+    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps (0: at the end only).")] = 0,
+    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0: at the end only).")] = 0,
+    log_every: Annotated[int, typer.Option(help="Write metrics.jsonl every N steps.")] = 10,
+    workers: Annotated[int, typer.Option(help="DataLoader processes decoding images.")] = 2,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16.")
+    ] = "auto",
+    seed: Annotated[int, typer.Option(help="Seeds the model init and the data order.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue RUN from RUN/latest.pt, exactly.")] = False,
+    cache: Annotated[
+        str, typer.Option(help="memory (decode once), stream (tars + shuffle buffer) or auto.")
+    ] = "auto",
+    shuffle_buffer: Annotated[int, typer.Option(help="Samples in the streaming shuffle buffer.")] = 10_000,
+    online_jest: Annotated[
+        bool, typer.Option(help="Select each batch with JEST against --ref scores.")
+    ] = False,
+    ref: Annotated[
+        str | None, typer.Option(help="Reference scores (`curate score` output) for --online-jest.")
+    ] = None,
+    ratio: Annotated[
+        float, typer.Option(help="Online JEST filtering ratio F: super-batch B = b / (1 - F).")
+    ] = 0.8,
+    chunks: Annotated[int, typer.Option(help="Online JEST chunks N.")] = 16,
+    criterion: Annotated[str, typer.Option(help="learnability, easy or hard.")] = "learnability",
+    temperature: Annotated[float, typer.Option(help="Sampling temperature τ.")] = 1.0,
+) -> None:
+    """Train a SigLIP model (open_clip classes, SigLipLoss) on shards, a manifest's keys, or online JEST.
+
+    AdamW (β2 0.95), linear warmup and cosine decay, weight decay on matrices, gradient clipping, bf16
+    autocast on CUDA. Data that fits in a quarter of RAM is decoded once into memory; larger data streams
+    from the tars through DataLoader workers and a shuffle buffer. RUN/ gets config.json, metrics.jsonl,
+    checkpoints/step_N.pt and latest.pt (loadable with torch.load(weights_only=True), usable as
+    `curate score --model RUN/latest.pt` and `curate eval RUN/latest.pt`). --resume continues exactly.
+
+    With --online-jest (the paper's setting, reference cached): each step embeds a super-batch of
+    B = b / (1 - F) with the model being trained, looks up the reference's embeddings in --ref, keeps b
+    with JEST, and trains on them; metrics.jsonl logs the learnability of the chosen vs a random batch,
+    the share of each noise kind chosen, and the time spent scoring vs training.
+
+    \b
+    example: curate train data/curated -o runs/reference --steps 600 --eval data/eval
+             curate train data/web -o runs/jest --online-jest --ref scores/ --ratio 0.8
+    """
+    from curate.train import TrainConfig, train
+
+    config = TrainConfig(
+        data=tuple(data),
+        out=str(output),
+        model=model,
+        pretrained=pretrained,
+        manifest=manifest,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        warmup=warmup,
+        wd=wd,
+        beta2=beta2,
+        grad_clip=grad_clip,
+        eval=eval_set,
+        eval_every=eval_every,
+        save_every=save_every,
+        log_every=log_every,
+        workers=workers,
+        device=device,
+        precision=precision,
+        seed=seed,
+        resume=resume,
+        cache=cache,
+        shuffle_buffer=shuffle_buffer,
+        online_jest=online_jest,
+        ref=ref,
+        ratio=ratio,
+        chunks=chunks,
+        criterion=criterion,
+        temperature=temperature,
+        command=shlex.join(["curate", *sys.argv[1:]]),
+    )
+    with progress_bar("train", unit="steps") as progress:
+        summary = train(config, progress)
+    data_line = f"{summary.data_samples} samples in memory" if summary.data_samples else "streamed"
+    missing = (
+        f", {summary.missing_reference} without reference scores left out"
+        if summary.missing_reference
+        else ""
+    )
+    final_eval = ""
+    if summary.evals:
+        last = summary.evals[-1]["eval"]
+        final_eval = "; eval " + ", ".join(f"{k} {v:.3f}" for k, v in last.items() if isinstance(v, float))
+    speed = f"{summary.samples_per_second:.0f} samples/s"
+    out.print(
+        f"trained steps {summary.start_step}→{summary.steps} on {data_line}{missing}: final loss "
+        f"{summary.final_loss:.4f}, {speed}{final_eval} → {summary.run}/latest.pt"
+    )

@@ -1,0 +1,175 @@
+"""Training data: a decoded in-memory cache when it fits (the demo's case), else streaming from tars.
+
+Both give the batch of a step as a function of (seed, step) alone for the cache, so a resumed run sees
+exactly the batches an uninterrupted one would; the stream re-seeds from the step it resumes at.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from curate.batches import ShardBatches, single_threaded_worker
+from curate.errors import CurateError
+from curate.shards.paths import count_samples
+from curate.shards.schema import OK
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # (n, C, H, W) float32, preprocessed
+    tokens: torch.Tensor  # (n, context_length)
+    keys: list[str]
+    noise: list[str]  # each sample's `noise` metadata ("" when the shards carry none)
+
+
+class MemoryData:
+    """Every kept sample decoded once into one float16 tensor; batches are indexed by a seeded permutation."""
+
+    def __init__(
+        self, images: torch.Tensor, tokens: torch.Tensor, keys: list[str], noise: list[str], seed: int
+    ):
+        self.images, self.tokens, self.keys, self.noise, self.seed = images, tokens, keys, noise, seed
+        self._permutations: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def rows(self, step: int, size: int) -> torch.Tensor:
+        """Rows for `step`: positions [step·size, (step+1)·size) of an endless sequence of epochs, each a
+        fresh permutation seeded by (seed, epoch)."""
+        n = len(self)
+        positions = torch.arange(step * size, (step + 1) * size)
+        epochs = positions // n
+        out = torch.empty(size, dtype=torch.long)
+        for epoch in epochs.unique().tolist():
+            mask = epochs == epoch
+            out[mask] = self._permutation(epoch)[positions[mask] % n]
+        return out
+
+    def batch(self, step: int, size: int) -> Batch:
+        return self.take(self.rows(step, size))
+
+    def take(self, rows: torch.Tensor) -> Batch:
+        index = rows.tolist()
+        return Batch(
+            images=self.images[rows].float(),
+            tokens=self.tokens[rows],
+            keys=[self.keys[i] for i in index],
+            noise=[self.noise[i] for i in index],
+        )
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._permutations:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._permutations = {epoch: torch.randperm(len(self), generator=generator)}  # keep one epoch
+        return self._permutations[epoch]
+
+
+def load_memory_data(
+    paths: list[str],
+    preprocess: Callable,
+    tokenizer: Callable,
+    keep: frozenset[str] | None,
+    workers: int,
+    seed: int,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> MemoryData:
+    loader = DataLoader(
+        ShardBatches(paths, preprocess, tokenizer, batch_size=512, keep=keep),
+        batch_size=None,
+        num_workers=min(workers, len(paths)),
+        worker_init_fn=single_threaded_worker,
+        collate_fn=lambda batch: batch,
+    )
+    images, tokens, keys, noise = [], [], [], []
+    total, seen = count_samples(paths), 0
+    for batch in loader:
+        ok = [i for i, status in enumerate(batch.status) if status == OK]
+        if ok:
+            images.append(batch.images.half())  # half the memory; values are normalised pixels, well in range
+            tokens.append(batch.tokens)
+            keys += [batch.keys[i] for i in ok]
+            noise += [str(batch.metas[i].get("noise", "")) for i in ok]
+        seen += len(batch.keys)
+        if progress:
+            progress(seen, total)
+    if not keys:
+        raise CurateError(f"no trainable samples in {', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''}")
+    return MemoryData(torch.cat(images), torch.cat(tokens), keys, noise, seed)
+
+
+def fits_in_memory(paths: list[str], image_size: int) -> bool:
+    """Decoded float16 images plus tokens under a quarter of this machine's RAM (unknown size: stream)."""
+    samples = count_samples(paths)
+    if samples is None:
+        return False
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return samples * (3 * image_size * image_size * 2 + 512) < ram // 4
+
+
+class StreamingSamples(IterableDataset):
+    """Endless samples from tars, shard order and a shuffle buffer seeded per (seed, worker, epoch)."""
+
+    def __init__(self, paths, preprocess, tokenizer, keep, buffer: int, seed: int | str):
+        self.paths, self.preprocess, self.tokenizer = paths, preprocess, tokenizer
+        self.keep, self.buffer, self.seed = keep, buffer, seed
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        mine = self.paths[worker::workers] or self.paths  # more workers than shards: share them
+        rng = random.Random(f"{self.seed}/{worker}")
+        buffer: list[dict] = []
+        for epoch in range(1 << 62):
+            order = list(mine)
+            random.Random(f"{self.seed}/{worker}/{epoch}").shuffle(order)
+            decoded = ShardBatches(order, self.preprocess, self.tokenizer, batch_size=64, keep=self.keep)
+            for batch in decoded:
+                ok = [i for i, status in enumerate(batch.status) if status == OK]
+                for row, i in enumerate(ok):
+                    sample = {
+                        "image": batch.images[row],
+                        "tokens": batch.tokens[row],
+                        "key": batch.keys[i],
+                        "noise": str(batch.metas[i].get("noise", "")),
+                    }
+                    if len(buffer) < self.buffer:
+                        buffer.append(sample)
+                        continue
+                    slot = rng.randrange(len(buffer))
+                    yield buffer[slot]
+                    buffer[slot] = sample
+            if epoch == 0 and not buffer:
+                raise CurateError("no trainable samples in the training shards")
+
+
+class StreamData:
+    """Batches of a fixed size from a DataLoader over `StreamingSamples`, for data larger than RAM."""
+
+    def __init__(
+        self, paths, preprocess, tokenizer, keep, buffer: int, seed: int | str, size: int, workers: int
+    ):
+        dataset = StreamingSamples(paths, preprocess, tokenizer, keep, buffer, seed)
+        loader = DataLoader(
+            dataset,
+            batch_size=size,
+            num_workers=workers,
+            worker_init_fn=single_threaded_worker,
+            drop_last=True,
+        )
+        self._batches = iter(loader)
+
+    def batch(self, step: int, size: int) -> Batch:
+        sample = next(self._batches)
+        return Batch(
+            images=sample["image"],
+            tokens=sample["tokens"],
+            keys=list(sample["key"]),
+            noise=list(sample["noise"]),
+        )
