@@ -9,6 +9,7 @@ import typer
 
 from cli.console import err
 from cli.download import download_command
+from cli.evaluate import evaluate_command
 from cli.score import models, score
 from cli.synth import synth
 from cli.train import train_command
@@ -55,6 +56,9 @@ app.command("download", help="Download (url, caption) rows into img2dataset shar
 )
 app.command(help="Embed every sample with a reference model into one Parquet score file per shard.")(score)
 app.command(help="List the built-in models and how to use open_clip models and checkpoints.")(models)
+app.command("eval", help="Zero-shot accuracy and image-text retrieval recall of a model on an eval set.")(
+    evaluate_command
+)
 app.command("train", help="Train a SigLIP model on shards or a manifest, optionally with online JEST.")(
     train_command
 )

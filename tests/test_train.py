@@ -43,6 +43,23 @@ def test_loss_falls_and_the_run_folder_is_complete(tmp_path, small_synth):
     assert json.loads((run / "config.json").read_text())["train"]["batch_size"] == 32
 
 
+def test_periodic_eval_goes_into_the_metrics(tmp_path, small_synth):
+    run = tmp_path / "run"
+    summary = train(
+        TrainConfig(
+            data=(f"{small_synth}/web",),
+            out=str(run),
+            steps=4,
+            eval=f"{small_synth}/eval",
+            eval_every=2,
+            **FAST,
+        )
+    )
+    evals = [m for m in metrics(run) if "eval" in m]
+    assert [m["step"] for m in evals] == [2, 4] and summary.evals == evals
+    assert evals[-1]["eval"]["images"] == 128 and 0 <= evals[-1]["eval"]["zeroshot_top1"] <= 1
+
+
 def test_a_killed_run_resumes_to_exactly_the_same_weights(tmp_path, small_synth):
     config = dict(data=(f"{small_synth}/web",), steps=6, save_every=3, **FAST)
     whole = tmp_path / "whole"
@@ -166,6 +183,9 @@ def test_command_line(tmp_path, small_synth):
     scores = str(tmp_path / "scores")
     score = run_cli("score", f"{small_synth}/web/00000.tar", "-o", scores, "--model", str(run / "latest.pt"))
     assert score.returncode == 0, score.stderr
+    evaluated = run_cli("eval", str(run / "latest.pt"), f"{small_synth}/eval", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert 0 <= json.loads(evaluated.stdout)["zeroshot_top1"] <= 1
     for extra, fragment in [
         ([], "already holds a run"),
         (["--online-jest"], "needs --ref"),

@@ -306,9 +306,9 @@ def _only_referenced(data: MemoryData, bank: ReferenceBank) -> tuple[MemoryData,
 def _evaluator(config: TrainConfig, model: ImageTextModel, device, precision) -> Callable[[], dict] | None:
     if not config.eval:
         return None
-    from curate.evaluate import evaluate, load_eval_set
+    from curate.evaluate import EvalSet, evaluate
 
-    evalset = load_eval_set(config.eval, model.preprocess)
+    evalset = EvalSet.load(config.eval, preprocess=model.preprocess)  # decoded once, before step 1
 
     def run() -> dict:
         model.module.eval()
