@@ -32,6 +32,7 @@ def test_loss_falls_and_the_run_folder_is_complete(tmp_path, small_synth):
     assert [m["step"] for m in logged] == list(range(1, 25))
     first, last = np.mean([m["loss"] for m in logged[:4]]), np.mean([m["loss"] for m in logged[-4:]])
     assert last < 0.75 * first  # 7.3 → 4.5 when written
+    assert logged[1]["flops"] == 2 * logged[0]["flops"] > 3 * 32 * 50e6  # siglip-tiny: ~68 MFLOP a forward
     assert sorted(p.name for p in run.iterdir()) == [
         "checkpoints",
         "config.json",

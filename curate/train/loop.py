@@ -108,6 +108,9 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainSummary
             config.workers,
         )
     evaluator = _evaluator(config, model, device, precision)
+    forward_flops = _forward_flops(model, device)
+    # Compute per step: forward + backward ≈ 3 forwards on the b trained, plus one forward on the B scored.
+    step_flops = 3 * forward_flops * config.batch_size + (forward_flops * config.super_batch if bank else 0)
 
     # ---------------------------------------------------------------- steps
     loss_fn = SigLipLoss()
@@ -167,6 +170,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainSummary
                 "samples_per_s": samples / (time.perf_counter() - started),
                 "logit_scale": model.logit_scale,
                 "logit_bias": model.logit_bias,
+                "flops": step_flops * done,
                 **window.report(),
             }
             metrics.write(json.dumps(record) + "\n")
@@ -301,6 +305,18 @@ def _only_referenced(data: MemoryData, bank: ReferenceBank) -> tuple[MemoryData,
             data.seed,
         )
     return data, missing
+
+
+def _forward_flops(model: ImageTextModel, device: torch.device) -> float:
+    """FLOPs of one sample through both towers, counted by torch on a batch of two (for the report's axes)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = model.image_size
+    images = torch.zeros(2, 3, size, size, device=device)
+    tokens = model.tokenizer(["a photo", "a photo"]).to(device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.encode(images, tokens)
+    return counter.get_total_flops() / 2
 
 
 def _evaluator(config: TrainConfig, model: ImageTextModel, device, precision) -> Callable[[], dict] | None:
