@@ -10,7 +10,10 @@ import typer
 from cli.console import err
 from cli.download import download_command
 from cli.evaluate import evaluate_command
+from cli.export import export_command
+from cli.query import query_command
 from cli.score import models, score
+from cli.select import select_command
 from cli.synth import synth
 from cli.train import train_command
 from curate import __version__
@@ -50,18 +53,29 @@ def _root(
     """
 
 
-app.command(help="Make a noisy synthetic web crawl plus curated and eval sets (for demos and tests).")(synth)
-app.command("download", help="Download (url, caption) rows into img2dataset shards, and retry failures.")(
-    download_command
+app.command(short_help="Make a noisy synthetic web crawl plus curated and eval sets (for demos and tests).")(
+    synth
 )
-app.command(help="Embed every sample with a reference model into one Parquet score file per shard.")(score)
-app.command(help="List the built-in models and how to use open_clip models and checkpoints.")(models)
-app.command("eval", help="Zero-shot accuracy and image-text retrieval recall of a model on an eval set.")(
-    evaluate_command
+app.command(
+    "download", short_help="Download (url, caption) rows into img2dataset shards, and retry failures."
+)(download_command)
+app.command(short_help="Embed every sample with a reference model into one Parquet score file per shard.")(
+    score
 )
-app.command("train", help="Train a SigLIP model on shards or a manifest, optionally with online JEST.")(
+app.command(short_help="List the built-in models and how to use open_clip models and checkpoints.")(models)
+app.command(
+    "eval", short_help="Zero-shot accuracy and image-text retrieval recall of a model on an eval set."
+)(evaluate_command)
+app.command("train", short_help="Train a SigLIP model on shards or a manifest, optionally with online JEST.")(
     train_command
 )
+app.command("select", short_help="Choose samples with JEST over seeded super-batches; write a manifest.")(
+    select_command
+)
+app.command("export", short_help="Copy a manifest's samples into new webdataset shards (bytes unchanged).")(
+    export_command
+)
+app.command("query", short_help="SQL (DuckDB) over scores, manifests and shards.")(query_command)
 
 
 def main() -> None:

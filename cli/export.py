@@ -1,0 +1,66 @@
+"""`curate export`."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.console import err, out, progress_bar
+
+
+def export_command(
+    manifest: Annotated[
+        Path,
+        typer.Argument(metavar="MANIFEST", help="Manifest folder (or manifest.parquet) from curate select."),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="OUT", help="Folder for the new shards.")],
+    shards: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SHARDS",
+            help="Source shards: folder, glob or brace pattern (default: as recorded by select --shards).",
+        ),
+    ] = None,
+    samples_per_shard: Annotated[
+        int | None,
+        typer.Option(
+            metavar="K", help="Samples per output shard (default: ≤ 10000, and at least 16 shards)."
+        ),
+    ] = None,
+) -> None:
+    """Copy the chosen samples into new webdataset shards, ready for open_clip's trainer.
+
+    Output is img2dataset's layout (NNNNN.tar, .parquet, _stats.json) plus sizes.json. Every member of a
+    chosen sample (image, .txt, .json, ...) is copied byte for byte, never re-encoded; each source shard is
+    read once, in order. Samples go to output shards by (source shard, key), so re-running resumes: shards
+    already complete are kept.
+
+    \b
+    example: curate export manifest/ -o curated/ --shards shards/
+             python -m open_clip_train.main --train-data 'curated/{00000..00015}.tar' ...
+    """
+    from curate.export import ExportConfig, export
+
+    config = ExportConfig(
+        shards=shards, samples_per_shard=samples_per_shard, command=shlex.join(["curate", *sys.argv[1:]])
+    )
+    with progress_bar("export") as progress:
+        summary = export(str(manifest), str(output), config, progress)
+    for shard, why in summary.damaged:
+        err.print(f"warning: source shard {shard} is damaged ({why}); samples after the damage are missing")
+    if summary.missing:
+        err.print(
+            f"warning: {summary.missing} chosen samples were not in their source shard "
+            f"(e.g. {', '.join(summary.missing_examples)})"
+        )
+    last = summary.shards - 1
+    skipped = f", {summary.shards_skipped} already done (kept)" if summary.shards_skipped else ""
+    out.print(
+        f"wrote {summary.samples} samples into {summary.shards_written} shards "
+        f"of ≤ {summary.samples_per_shard}{skipped}, reading {summary.source_shards_read} source shards "
+        f"→ {output}/{{00000..{last:05d}}}.tar"
+    )

@@ -1,0 +1,103 @@
+"""`curate query`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.console import err, out
+
+TABLE_ROWS = 100  # rows shown by --format table; the other formats write every row
+CELL_CHARS = 60
+
+
+def query_command(
+    sql: Annotated[str, typer.Argument(metavar="SQL", help="A DuckDB query over the views below.")],
+    scores: Annotated[
+        Path | None, typer.Option(metavar="DIR", help="Score folder, queried as the view `scores`.")
+    ] = None,
+    manifest: Annotated[
+        Path | None, typer.Option(metavar="DIR", help="Manifest folder, queried as the view `manifest`.")
+    ] = None,
+    shards: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR", help="Shard folder; its img2dataset .parquet tables are the view `shards`."
+        ),
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="table, csv, json (one object per line) or parquet (needs -o).")
+    ] = "table",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", metavar="FILE", help="Write here instead of stdout.")
+    ] = None,
+) -> None:
+    """Ask SQL questions of scores, manifests and shards (DuckDB; nothing is loaded up front).
+
+    Views: `scores` (key, shard, caption, image_emb, text_emb as FLOAT[] arrays, similarity, status),
+    `manifest` (key, shard, super_batch, chunk, score) and `shards` (img2dataset's per-sample tables:
+    key, caption, url, status, ..., and extra columns such as noise or sha256). Only the views whose
+    folder is given exist. --format table shows the first 100 rows; csv, json and parquet write them all.
+
+    \b
+    example: curate query "SELECT s.noise, count(*) FROM manifest JOIN shards s USING (key) GROUP BY 1" \\
+               --manifest manifest/ --shards shards/
+             curate query "SELECT round(similarity, 1) AS bin, count(*) FROM scores GROUP BY 1 ORDER BY 1" \\
+               --scores scores/
+             curate query "SELECT caption, score FROM manifest JOIN scores USING (key) \\
+               ORDER BY score DESC LIMIT 10" --manifest manifest/ --scores scores/ --format csv
+    """
+    from curate.errors import CurateError
+    from curate.query import FORMATS, QuerySources, run_query, write_result
+
+    if fmt not in FORMATS:
+        raise CurateError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "parquet" and output is None:
+        raise CurateError("--format parquet needs -o FILE")
+    sources = QuerySources(
+        scores=str(scores) if scores else None,
+        manifest=str(manifest) if manifest else None,
+        shards=str(shards) if shards else None,
+    )
+    with run_query(sql, sources) as reader:
+        if fmt == "table":
+            _print_table(reader, output)
+        elif output is None:
+            write_result(reader, fmt, sys.stdout)
+        else:
+            rows = write_result(reader, fmt, path=str(output))
+            err.print(f"wrote {rows} rows to {output}")
+
+
+def _print_table(reader, output: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from curate.query import jsonable, shortest_floats
+
+    table = Table(*reader.schema.names, show_edge=False, header_style="bold")
+    shown = total = 0
+    for batch in reader:
+        total += batch.num_rows
+        for row in shortest_floats(batch.slice(0, max(0, TABLE_ROWS - shown))).to_pylist():
+            table.add_row(*(_cell(jsonable(v)) for v in row.values()))
+            shown += 1
+    if output is None:
+        out.print(table)
+    else:
+        from curate.fileio import atomic_open
+
+        with atomic_open(str(output), "w") as handle:
+            Console(file=handle, width=200).print(table)
+    more = f" (first {shown} shown; --format csv or json writes all)" if total > shown else ""
+    err.print(f"{total} rows{more}")
+
+
+def _cell(value) -> str:
+    import json
+
+    text = "" if value is None else json.dumps(value) if isinstance(value, list | dict) else str(value)
+    return text if len(text) <= CELL_CHARS else text[: CELL_CHARS - 1] + "…"

@@ -1,0 +1,96 @@
+"""`curate report`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.console import err, out, progress_bar
+
+
+def report_command(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="DIR", help="Folder for index.html and the PNGs.")
+    ],
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            metavar="[RUN|MANIFEST|SCORES]...",
+            help="Run folders of curate train; a manifest or score folder is recognised by what it holds.",
+            show_default=False,
+        ),
+    ] = None,
+    scores: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Reference scores: every sample's similarity (default: those a manifest was selected from).",
+        ),
+    ] = None,
+    manifest: Annotated[
+        list[Path] | None,
+        typer.Option(
+            metavar="DIR", help="A manifest folder of curate select; repeat for several.", show_default=False
+        ),
+    ] = None,
+    shards: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="The shards: contact-sheet images and noise kinds (default: as recorded by select).",
+        ),
+    ] = None,
+    scoring_flops: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="RUN=FLOPS",
+            help="FLOPs spent scoring the pool offline for RUN (e.g. jest=3.2e15); added to its FLOPs axis.",
+            show_default=False,
+        ),
+    ] = None,
+    top: Annotated[int, typer.Option(metavar="N", help="Samples in each half of the contact sheet.")] = 12,
+    title: Annotated[str, typer.Option(help="Page title.")] = "curate report",
+) -> None:
+    """Plots and one static HTML page from runs, scores and manifests; open DIR/index.html from disk.
+
+    Runs: zero-shot accuracy and retrieval against the training step and against FLOPs, loss curves and a
+    table of final numbers. Manifests and scores: reference similarity of selected vs rejected samples, the
+    batch score per super-batch, the share of each noise kind in each selection (synthetic shards carry it),
+    and a contact sheet of the highest- and lowest-scored samples with their captions. Sections appear only
+    for what is given.
+
+    \b
+    example: curate report runs/baseline runs/jest -o report/ --manifest manifest/ --scores scores/
+             curate report scores/ -o report/ --shards shards/
+    """
+    from curate.errors import CurateError
+    from curate.report import ReportConfig, report
+
+    offsets = []
+    for item in scoring_flops or []:
+        name, sep, value = item.rpartition("=")
+        try:
+            offsets.append((name, float(value)))
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise CurateError(f"--scoring-flops takes RUN=FLOPS (e.g. jest=3.2e15), got {item!r}")
+    config = ReportConfig.from_inputs(
+        [str(p) for p in inputs or []],
+        scores=str(scores) if scores else None,
+        manifests=tuple(str(p) for p in manifest or []),
+        shards=str(shards) if shards else None,
+        scoring_flops=tuple(offsets),
+        top=top,
+        title=title,
+    )
+    with progress_bar("report", unit="figures") as progress:
+        summary = report(config, str(output), progress)
+    for note in summary.notes:
+        err.print(f"note: {note}")
+    parts = [f"{summary.runs} run{'s' * (summary.runs != 1)}"] if summary.runs else []
+    parts += [f"{summary.manifests} manifest{'s' * (summary.manifests != 1)}"] if summary.manifests else []
+    parts += [f"scores of {summary.scored} samples"] if summary.scored is not None else []
+    out.print(f"wrote {len(summary.figures)} figures for {', '.join(parts)} → {summary.index}")

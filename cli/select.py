@@ -1,0 +1,119 @@
+"""`curate select`."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.console import err, out, progress_bar
+
+
+def select_command(
+    scores: Annotated[
+        Path, typer.Argument(metavar="SCORES", help="Score folder of the reference model (curate score).")
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", metavar="MANIFEST", help="Folder for manifest.parquet and summary.json."
+        ),
+    ],
+    ratio: Annotated[
+        float, typer.Option(help="Filter ratio F: the share of each super-batch left out (0.8 keeps 20%).")
+    ],
+    super_batch: Annotated[
+        int | None, typer.Option(metavar="B", help="Samples per super-batch (default 16384).")
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(metavar="b", help="Samples to keep per super-batch instead: sets B = b / (1 - F)."),
+    ] = None,
+    chunks: Annotated[int, typer.Option(metavar="N", help="JEST draws the batch in N chunks.")] = 16,
+    method: Annotated[str, typer.Option(help="jest, independent (no cross terms), topk or random.")] = "jest",
+    criterion: Annotated[
+        str | None,
+        typer.Option(
+            help="learnability (learner − reference), easy (−reference) or hard (learner) "
+            "(default: learnability with --learner, else easy)."
+        ),
+    ] = None,
+    learner: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="SCORES", help="A second model's score folder, matched by key (learnability, hard)."
+        ),
+    ] = None,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature of the draws.")] = 1.0,
+    where: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SQL", help="DuckDB predicate over the score columns, applied before selection."
+        ),
+    ] = None,
+    shards: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SHARDS", help="Where the scored shards live; recorded so curate export finds them."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Same inputs and seed, byte-identical manifest.")] = 0,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Choose the samples to keep: JEST over seeded super-batches of scored samples.
+
+    Samples are shuffled into super-batches of B that mix many shards (status != ok never enters; a key
+    seen twice enters once). From each, round((1 − F)·B) samples are drawn by --method under --criterion
+    and written to MANIFEST/manifest.parquet (key, shard, super_batch, chunk, score) in draw order. The
+    last super-batch holds the remainder and keeps the same ratio. MANIFEST/summary.json records the
+    command, parameters, models, counts and, per super-batch, the mean learnability of the selected batch
+    beside a random batch of the same size. Memory holds about 8 super-batches of embeddings.
+
+    \b
+    example: curate select scores/ -o manifest/ --ratio 0.8 --shards shards/
+             curate select scores/ -o manifest/ --ratio 0.9 --learner early/ --where 'similarity > 0.05'
+             curate select scores/ -o manifest/ --ratio 0.5 --batch-size 4096 --method independent
+    """
+    from curate.errors import CurateError
+    from curate.select import SelectConfig, select, super_batch_for
+
+    if super_batch is not None and batch_size is not None:
+        raise CurateError("give --super-batch or --batch-size, not both")
+    size = super_batch_for(batch_size, ratio) if batch_size is not None else super_batch or 16384
+    config = SelectConfig(
+        ratio=ratio,
+        super_batch=size,
+        chunks=chunks,
+        method=method,
+        criterion=criterion or ("learnability" if learner else "easy"),
+        temperature=temperature,
+        where=where,
+        seed=seed,
+        device=device,
+        learner=str(learner) if learner else None,
+        shards=shards,
+        command=shlex.join(["curate", *sys.argv[1:]]),
+    )
+
+    def warn(message: str) -> None:
+        err.print(f"warning: {message}")
+
+    with progress_bar("select", unit="super-batches") as progress:
+        summary = select(str(scores), str(output), config, progress, warn)
+    counts = summary.counts
+    last = summary.last
+    batches = len(summary.super_batches)
+    note = ""
+    if summary.skipped_last:
+        note = f"; the last {summary.skipped_last} samples were too few to select from"
+    elif last is not None and last.size < config.super_batch and batches > 1:
+        note = f"; last one short: {last.size} samples, {last.selected} kept"
+    out.print(
+        f"selected {summary.selected} of {counts['seen']} samples ({counts['eligible']} eligible, "
+        f"in {batches} super-batch{'es' if batches != 1 else ''} of {config.super_batch}{note}): "
+        f"mean {config.criterion} {summary.selected_score:.4f} selected vs {summary.random_score:.4f} random "
+        f"→ {output}"
+    )

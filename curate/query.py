@@ -1,0 +1,209 @@
+"""`curate query`: SQL (DuckDB) over the pipeline's Parquet files, streamed to a table, CSV, JSON or Parquet.
+
+Views, each made only when its folder is given:
+    scores    every SCORES/*.parquet (embeddings read as FLOAT[] arrays)
+    manifest  MANIFEST/manifest.parquet
+    shards    every SHARDS/*.parquet: img2dataset's per-shard tables (url, status, noise, sha256, ...)
+Results stream in Arrow batches, so a large answer written to csv, json or parquet is never held whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import decimal
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curate.errors import CurateError
+from curate.fileio import atomic_open
+from curate.select.manifest import MANIFEST_FILE
+
+FORMATS = ("table", "csv", "json", "parquet")
+
+
+@dataclass(frozen=True)
+class QuerySources:
+    scores: str | None = None
+    manifest: str | None = None
+    shards: str | None = None
+
+    def views(self) -> dict[str, str]:
+        """View name -> the Parquet glob or file behind it, for the sources given."""
+        views = {}
+        if self.scores:
+            views["scores"] = _parquet_glob(self.scores, "--scores")
+        if self.manifest:
+            views["manifest"] = _manifest_file(self.manifest)
+        if self.shards:
+            views["shards"] = _parquet_glob(self.shards, "--shards")
+        if not views:
+            raise CurateError("nothing to query: give at least one of --scores, --manifest and --shards")
+        return views
+
+
+def _parquet_glob(path: str, option: str) -> str:
+    source = Path(path)
+    if source.is_file():
+        return str(source)
+    if not source.is_dir():
+        raise CurateError(f"{option} {path}: no such folder")
+    if not any(source.glob("*.parquet")):
+        raise CurateError(f"{option} {path}: no .parquet files in it")
+    return str(source / "*.parquet")
+
+
+def _manifest_file(path: str) -> str:
+    source = Path(path)
+    if source.is_dir():
+        source = source / MANIFEST_FILE
+    if not source.is_file():
+        raise CurateError(f"--manifest {path}: no {MANIFEST_FILE} there (written by curate select)")
+    return str(source)
+
+
+def connect(sources: QuerySources) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with a view per source."""
+    con = duckdb.connect()
+    for name, path in sources.views().items():
+        literal = "'" + path.replace("'", "''") + "'"
+        try:
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({literal}, union_by_name = true)")
+        except duckdb.Error as error:
+            con.close()
+            raise CurateError(f"cannot read {path} as the {name} view: {first_line(error)}") from None
+    return con
+
+
+@contextlib.contextmanager
+def run_query(sql: str, sources: QuerySources, batch_rows: int = 65_536) -> Iterator[pa.RecordBatchReader]:
+    """Run `sql` against the views; yield its result as a stream of Arrow record batches.
+
+    DuckDB errors (at planning or while the batches are read) become one-line CurateErrors.
+    """
+    if not sql.strip():
+        raise CurateError("the SQL query is empty")
+    con = connect(sources)
+    try:
+        try:
+            relation = con.sql(sql)
+        except duckdb.Error as error:
+            raise CurateError(first_line(error)) from None
+        if relation is None:
+            raise CurateError(
+                "the statement returned no rows to show; ask with SELECT (or DESCRIBE, SUMMARIZE)"
+            )
+        try:
+            reader = relation.to_arrow_reader(batch_rows)
+            yield _guarded(reader)
+        except duckdb.Error as error:
+            raise CurateError(first_line(error)) from None
+    finally:
+        con.close()
+
+
+def _guarded(reader: pa.RecordBatchReader) -> pa.RecordBatchReader:
+    """The same stream, with DuckDB's mid-stream errors turned into CurateErrors where they are read."""
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        try:
+            yield from reader
+        except (duckdb.Error, pa.ArrowException) as error:
+            raise CurateError(first_line(error)) from None
+
+    return pa.RecordBatchReader.from_batches(reader.schema, batches())
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def write_result(
+    reader: pa.RecordBatchReader, fmt: str, handle: IO | None = None, path: str | None = None
+) -> int:
+    """Write the stream as csv or json (to the text `handle`) or parquet (to `path`); return the row count.
+
+    json is JSON Lines: one object per row. Arrays (embeddings) become JSON arrays in both text formats,
+    NaN becomes null.
+    """
+    if fmt == "parquet":
+        if path is None:
+            raise CurateError("--format parquet needs -o FILE")
+        rows = 0
+        with atomic_open(path, "wb") as raw, pq.ParquetWriter(raw, reader.schema) as writer:
+            for batch in reader:
+                writer.write_batch(batch)
+                rows += batch.num_rows
+        return rows
+    if fmt not in ("csv", "json"):
+        raise CurateError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if handle is None:
+        with atomic_open(path, "w") as text:
+            return write_result(reader, fmt, text)
+    rows = 0
+    if fmt == "csv":
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(reader.schema.names)
+        for batch in map(shortest_floats, reader):
+            for row in batch.to_pylist():
+                writer.writerow(_csv_cell(v) for v in row.values())
+            rows += batch.num_rows
+    else:
+        for batch in map(shortest_floats, reader):
+            for row in batch.to_pylist():
+                handle.write(json.dumps({k: jsonable(v) for k, v in row.items()}, ensure_ascii=False) + "\n")
+            rows += batch.num_rows
+    return rows
+
+
+def shortest_floats(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """float32 columns (and lists of them) as the float64 of their shortest decimal text.
+
+    A float32 such as round(similarity, 2) is 0.27000001072883606 when widened to a Python float; through
+    Arrow's shortest round-trip text it prints as 0.27, which is what the user asked for.
+    """
+    columns = []
+    for column in batch.columns:
+        kind = column.type
+        if pa.types.is_float32(kind) or pa.types.is_float16(kind):
+            column = pc.cast(pc.cast(column, pa.string()), pa.float64())
+        elif pa.types.is_list(kind) and pa.types.is_float32(kind.value_type):
+            column = pc.cast(pc.cast(column, pa.list_(pa.string())), pa.list_(pa.float64()))
+        columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+
+
+def jsonable(value):
+    """A Python value from Arrow as plain JSON: NaN and inf as null, decimals as numbers, bytes as hex,
+    anything else (dates, times) as its text."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, decimal.Decimal):
+        return float(value) if value.is_finite() else None
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    return str(value)
+
+
+def _csv_cell(value) -> str:
+    value = jsonable(value)
+    if value is None:
+        return ""
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return value if isinstance(value, str) else str(value)

@@ -1,0 +1,122 @@
+"""`curate query`: DuckDB views over scores, manifest and shards, and every output format."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import run_cli
+from test_select import unit, write_scores
+
+from curate.errors import CurateError
+from curate.query import QuerySources, run_query, write_result
+from curate.select import SelectConfig, read_manifest, select
+
+
+@pytest.fixture(scope="module")
+def folders(small_synth, tmp_path_factory) -> dict[str, Path]:
+    """Scores (random embeddings, no model) for every sample of small_synth's shards, and a manifest."""
+    root = tmp_path_factory.mktemp("query")
+    web = Path(small_synth) / "web"
+    rng = np.random.default_rng(0)
+    for table_path in sorted(web.glob("*.parquet")):
+        keys = pq.read_table(table_path, columns=["key"])["key"].to_pylist()
+        image, text = unit(rng.normal(size=(len(keys), 8))), unit(rng.normal(size=(len(keys), 8)))
+        write_scores(root / "scores", f"{table_path.stem}.tar", keys, image, text)
+    select(str(root / "scores"), str(root / "manifest"), SelectConfig(ratio=0.5, super_batch=50, chunks=2))
+    return {"scores": root / "scores", "manifest": root / "manifest", "shards": web}
+
+
+def rows(sql: str, **sources) -> list[dict]:
+    with run_query(sql, QuerySources(**{k: str(v) for k, v in sources.items()})) as reader:
+        return reader.read_all().to_pylist()
+
+
+def test_views_join_scores_manifest_and_shards(folders):
+    chosen = read_manifest(folders["manifest"])["key"].to_pylist()
+    noise = {
+        k: n
+        for p in sorted(folders["shards"].glob("*.parquet"))
+        for k, n in zip(*pq.read_table(p, columns=["key", "noise"]).to_pydict().values(), strict=True)
+    }
+    answer = rows(
+        "SELECT s.noise, count(*) AS n FROM manifest JOIN shards s USING (key) GROUP BY 1 ORDER BY 1",
+        **folders,
+    )
+    assert {r["noise"]: r["n"] for r in answer} == dict(Counter(noise[k] for k in chosen))
+    assert rows("SELECT count(*) AS n FROM scores", scores=folders["scores"]) == [{"n": 400}]
+    histogram = rows(
+        "SELECT floor(similarity * 4) / 4 AS bin, count(*) AS n FROM scores GROUP BY 1", **folders
+    )
+    assert sum(r["n"] for r in histogram) == 400
+    top = rows(
+        "SELECT caption, m.score FROM manifest m JOIN scores USING (key) ORDER BY m.score DESC LIMIT 3",
+        **folders,
+    )
+    assert len(top) == 3 and top[0]["score"] >= top[2]["score"] and top[0]["caption"].startswith("caption ")
+
+
+def test_embeddings_read_as_arrays(folders):
+    (row,) = rows("SELECT key, image_emb, len(text_emb) AS d FROM scores ORDER BY key LIMIT 1", **folders)
+    first = pq.read_table(sorted(folders["scores"].glob("*.parquet"))[0]).slice(0, 1).to_pylist()[0]
+    assert row["d"] == 8 and row["image_emb"] == pytest.approx(first["image_emb"])
+
+
+def test_output_formats(folders, tmp_path):
+    sql = "SELECT key, super_batch, round(score, 2) AS score, [1.5, 2.0] AS pair, NULL AS nothing "
+    sql += "FROM manifest ORDER BY key LIMIT 5"
+    sources = QuerySources(manifest=str(folders["manifest"]))
+    text = io.StringIO()
+    with run_query(sql, sources) as reader:
+        assert write_result(reader, "csv", text) == 5
+    parsed = list(csv.DictReader(io.StringIO(text.getvalue())))
+    assert len(parsed) == 5 and parsed[0]["pair"] == "[1.5, 2.0]" and parsed[0]["nothing"] == ""
+    assert all(len(r["score"].split(".")[-1]) <= 2 for r in parsed)  # float32 printed as typed, not widened
+
+    text = io.StringIO()
+    with run_query(sql, sources) as reader:
+        write_result(reader, "json", text)
+    lines = [json.loads(line) for line in text.getvalue().splitlines()]  # JSON Lines
+    assert [r["key"] for r in lines] == [r["key"] for r in parsed] and lines[0]["pair"] == [1.5, 2.0]
+
+    with run_query(sql, sources) as reader:
+        write_result(reader, "parquet", path=str(tmp_path / "out.parquet"))
+    assert pq.read_table(tmp_path / "out.parquet")["key"].to_pylist() == [r["key"] for r in lines]
+    with run_query(sql, sources) as reader, pytest.raises(CurateError, match="needs -o"):
+        write_result(reader, "parquet")
+
+
+def test_bad_queries_and_sources_are_one_line_errors(folders, tmp_path):
+    with pytest.raises(CurateError, match="^Parser Error: syntax error"):
+        rows("SELEC 1", scores=folders["scores"])
+    with pytest.raises(CurateError, match="nope"):
+        rows("SELECT nope FROM scores", scores=folders["scores"])
+    with pytest.raises(CurateError, match="manifest"):  # only the views whose folder is given exist
+        rows("SELECT * FROM manifest", scores=folders["scores"])
+    with pytest.raises(CurateError, match="no such folder"):
+        rows("SELECT 1", scores=tmp_path / "nope")
+    with pytest.raises(CurateError, match="at least one"):
+        rows("SELECT 1")
+
+
+def test_query_from_the_command_line(folders, tmp_path):
+    sql = "SELECT chunk, count(*) AS n FROM manifest GROUP BY chunk ORDER BY chunk"
+    table = run_cli("query", sql, "--manifest", str(folders["manifest"]))
+    assert table.returncode == 0, table.stderr
+    assert "chunk" in table.stdout and "2 rows" in table.stderr
+    as_json = run_cli("query", sql, "--manifest", str(folders["manifest"]), "--format", "json")
+    assert [json.loads(line)["chunk"] for line in as_json.stdout.splitlines()] == [0, 1]
+    out = tmp_path / "chunks.parquet"
+    assert run_cli(
+        "query", sql, "--manifest", str(folders["manifest"]), "--format", "parquet", "-o", str(out)
+    )
+    assert pq.read_table(out).num_rows == 2
+    bad = run_cli("query", "SELECT nope FROM manifest", "--manifest", str(folders["manifest"]))
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0 and "nope" in bad.stderr

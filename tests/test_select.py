@@ -1,0 +1,305 @@
+"""`curate select` on score folders with planted structure (written directly, no model needed)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import run_cli
+
+from curate.errors import CurateError
+from curate.score.schema import OK, embeddings_array, score_file, score_schema
+from curate.select import (
+    MANIFEST_SCHEMA,
+    SelectConfig,
+    build_index,
+    iter_super_batches,
+    manifest_metadata,
+    open_score_folder,
+    read_manifest,
+    read_summary,
+    select,
+    subset_score,
+    super_batch_for,
+)
+from curate.selection import PairEmbeddings, batch_score
+
+DIM = 16
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def write_scores(folder, shard, keys, image, text, status=None, model="planted", scale=10.0, bias=-10.0):
+    """One score file exactly as `curate score` writes it (schema, metadata, nulls where not ok)."""
+    status = status or [OK] * len(keys)
+    valid = np.array([s == OK for s in status])
+    metadata = {
+        "curate.model": model,
+        "curate.pretrained": "",
+        "curate.logit_scale": str(scale),
+        "curate.logit_bias": str(bias),
+        "curate.embed_dim": str(image.shape[1]),
+        "curate.image_size": "32",
+        "curate.version": "test",
+    }
+    similarity = (image * text).sum(1).astype(np.float32)
+    table = pa.table(
+        {
+            "key": pa.array(keys, pa.string()),
+            "shard": pa.array([shard] * len(keys), pa.string()),
+            "caption": pa.array([f"caption {k}" for k in keys], pa.string()),
+            "image_emb": embeddings_array(image.astype(np.float16), valid),
+            "text_emb": embeddings_array(text.astype(np.float16), valid),
+            "similarity": pa.array(similarity, pa.float32(), mask=~valid),
+            "status": pa.array(status, pa.string()),
+        },
+        schema=score_schema(image.shape[1], metadata),
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, score_file(folder, shard))
+
+
+def planted_scores(folder, shards=6, per_shard=50, seed=0, duplicates=0, broken=()):
+    """Shards of samples that are either aligned (text = image: low reference loss) or misaligned.
+
+    Returns {key: aligned}. The last shard repeats the first `duplicates` keys of shard 0; `broken` keys
+    get status undecodable_image.
+    """
+    rng = np.random.default_rng(seed)
+    aligned = {}
+    for s in range(shards):
+        keys = [f"{s:05d}{r:04d}" for r in range(per_shard)]
+        if s == shards - 1 and duplicates:
+            keys[:duplicates] = [f"{0:05d}{r:04d}" for r in range(duplicates)]
+        image = unit(rng.normal(size=(per_shard, DIM)))
+        good = rng.random(per_shard) < 0.5
+        text = np.where(good[:, None], image, unit(rng.normal(size=(per_shard, DIM))))
+        status = ["undecodable_image" if k in broken else OK for k in keys]
+        write_scores(folder, f"{s:05d}.tar", keys, image, text, status)
+        for k, g in zip(keys, good, strict=True):
+            aligned.setdefault(k, bool(g))
+    return aligned
+
+
+def test_super_batches_mix_shards_count_right_and_never_repeat_a_key(tmp_path):
+    scores = tmp_path / "scores"
+    broken = {"000010003", "000020007", "000040049"}
+    planted_scores(scores, duplicates=5, broken=broken)
+    folder = open_score_folder(scores)
+    index = build_index(folder)
+    assert index.counts == {
+        "seen": 300,
+        "not_ok": {"undecodable_image": 3},
+        "where_filtered": 0,
+        "duplicate_keys": 5,
+        "eligible": 292,
+    }
+    batches = list(iter_super_batches(index, folder, None, size=64, seed=3, window=2))
+    assert [len(b) for b in batches] == [64, 64, 64, 64, 36]  # the remainder is the last one
+    keys = [k for b in batches for k in b.key.to_pylist()]
+    assert len(keys) == len(set(keys)) == 292 and not broken & set(keys)
+    assert all(b.shards >= 2 for b in batches)
+    # The kept copy of a repeated key is its first (shard 0), never the later one.
+    by_key = {k: s for b in batches for k, s in zip(b.key.to_pylist(), b.shard.to_pylist(), strict=True)}
+    assert all(by_key[f"{0:05d}{r:04d}"] == "00000.tar" for r in range(5))
+
+    out = tmp_path / "manifest"
+    summary = select(
+        str(scores), str(out), SelectConfig(ratio=0.75, super_batch=64, chunks=4, seed=3, window=2)
+    )
+    manifest = read_manifest(out)
+    assert manifest.schema.remove_metadata().equals(MANIFEST_SCHEMA)
+    per_batch = Counter(manifest["super_batch"].to_pylist())
+    assert [r.size for r in summary.super_batches] == [64, 64, 64, 64, 36]
+    assert [per_batch[i] for i in range(5)] == [16, 16, 16, 16, 9]
+    assert manifest["super_batch"].to_pylist() == sorted(manifest["super_batch"].to_pylist())
+    assert set(manifest["chunk"].to_pylist()) == {0, 1, 2, 3}
+    assert len(set(manifest["key"].to_pylist())) == manifest.num_rows == summary.selected == 73
+    recorded = read_summary(out)
+    assert recorded["counts"]["duplicate_keys"] == 5 and recorded["counts"]["selected"] == 73
+    assert recorded["last_super_batch"] == {"size": 36, "selected": 9, "short": True}
+    assert [r["size"] for r in recorded["super_batch_results"]] == [64, 64, 64, 64, 36]
+
+
+def test_same_seed_gives_a_byte_identical_manifest(tmp_path):
+    scores = tmp_path / "scores"
+    planted_scores(scores, shards=3, per_shard=40)
+    config = SelectConfig(ratio=0.8, super_batch=32, chunks=4, seed=11, window=1)
+    for name in ("a", "b"):
+        select(str(scores), str(tmp_path / name), config)
+    select(
+        str(scores), str(tmp_path / "c"), SelectConfig(ratio=0.8, super_batch=32, chunks=4, seed=12, window=1)
+    )
+    first = (tmp_path / "a" / "manifest.parquet").read_bytes()
+    assert first == (tmp_path / "b" / "manifest.parquet").read_bytes()
+    assert first != (tmp_path / "c" / "manifest.parquet").read_bytes()
+
+
+def test_joint_selection_scores_above_random_on_planted_data(tmp_path):
+    scores = tmp_path / "scores"
+    aligned = planted_scores(scores, shards=4, per_shard=64, seed=1)
+    summary = select(str(scores), str(tmp_path / "m"), SelectConfig(ratio=0.8, super_batch=128, chunks=4))
+    assert len(summary.super_batches) == 2
+    for result in summary.super_batches:
+        assert result.selected_score > result.random_score
+    chosen = read_manifest(tmp_path / "m")["key"].to_pylist()
+    assert sum(aligned[k] for k in chosen) / len(chosen) > 0.9  # about half of all samples are aligned
+    recorded = read_summary(tmp_path / "m")
+    assert recorded["selected_score"] > recorded["random_score"]
+    assert (
+        recorded["parameters"]["criterion"] == "easy"
+        and recorded["models"]["reference"]["model"] == "planted"
+    )
+
+
+def test_where_filters_before_selection(tmp_path):
+    scores = tmp_path / "scores"
+    planted_scores(scores, shards=3, per_shard=40)
+    table = pa.concat_tables(pq.read_table(p) for p in sorted(scores.glob("*.parquet")))
+    high = {
+        k for k, s in zip(table["key"].to_pylist(), table["similarity"].to_pylist(), strict=True) if s > 0.5
+    }
+    config = SelectConfig(ratio=0.5, super_batch=16, chunks=2, where="similarity > 0.5")
+    summary = select(str(scores), str(tmp_path / "m"), config)
+    chosen = set(read_manifest(tmp_path / "m")["key"].to_pylist())
+    assert chosen and chosen <= high
+    assert summary.counts["where_filtered"] == 120 - len(high)
+    assert summary.in_super_batches == len(high)
+    assert manifest_metadata(tmp_path / "m")["curate.where"] == "similarity > 0.5"
+
+
+def test_learner_is_joined_by_key_and_missing_keys_are_reported(tmp_path):
+    reference, learner = tmp_path / "reference", tmp_path / "learner"
+    planted_scores(reference, shards=3, per_shard=40, seed=2)
+    rng = np.random.default_rng(5)
+    # The learner scored the same samples in another file layout, lost 7 keys and failed on 3.
+    ref = pa.concat_tables(pq.read_table(p) for p in sorted(reference.glob("*.parquet")))
+    keys = ref["key"].to_pylist()
+    lost, failed = set(keys[10:17]), set(keys[50:53])
+    kept = [k for k in keys if k not in lost][::-1]
+    image = unit(rng.normal(size=(len(kept), DIM)))
+    text = unit(rng.normal(size=(len(kept), DIM)))
+    status = ["undecodable_image" if k in failed else OK for k in kept]
+    write_scores(learner, "all.tar", kept, image, text, status, model="early")
+    warnings = []
+    config = SelectConfig(ratio=0.5, super_batch=32, chunks=2, criterion="learnability", learner=str(learner))
+    summary = select(str(reference), str(tmp_path / "m"), config, warn=warnings.append)
+    assert summary.counts["learner_missing"] == 7 and summary.counts["learner_not_ok"] == 3
+    assert summary.in_super_batches == 110
+    assert any("7 samples have no learner score" in w for w in warnings)
+    chosen = set(read_manifest(tmp_path / "m")["key"].to_pylist())
+    assert not chosen & (lost | failed)
+    recorded = read_summary(tmp_path / "m")
+    assert recorded["counts"]["learner_missing"] == 7
+    assert recorded["models"]["learner"]["model"] == "early"
+    for result in summary.super_batches:
+        assert result.selected_score > result.random_score
+
+
+def test_learner_rows_line_up_with_the_reference(tmp_path):
+    """A learner file in another row order must still give each sample its own embeddings."""
+    reference, learner = tmp_path / "reference", tmp_path / "learner"
+    planted_scores(reference, shards=2, per_shard=20)
+    ref = pa.concat_tables(pq.read_table(p) for p in sorted(reference.glob("*.parquet")))
+    order = np.random.default_rng(0).permutation(ref.num_rows)
+    shuffled = ref.take(pa.array(order))
+    from curate.score.schema import embeddings_numpy
+
+    write_scores(
+        learner,
+        "x.tar",
+        shuffled["key"].to_pylist(),
+        embeddings_numpy(shuffled["image_emb"]).astype(np.float32),
+        embeddings_numpy(shuffled["text_emb"]).astype(np.float32),
+    )
+    folders = open_score_folder(reference), open_score_folder(learner)
+    index = build_index(*folders)
+    for batch in iter_super_batches(index, *folders, size=16, seed=0):
+        np.testing.assert_array_equal(batch.reference[0], batch.learner[0])
+        np.testing.assert_array_equal(batch.reference[1], batch.learner[1])
+
+
+def test_subset_score_is_batch_score_over_b_squared():
+    g = torch.Generator().manual_seed(0)
+
+    def pair(n):
+        image = torch.nn.functional.normalize(torch.randn(n, DIM, generator=g), dim=-1)
+        text = torch.nn.functional.normalize(torch.randn(n, DIM, generator=g), dim=-1)
+        return PairEmbeddings(image, text, 10.0, -10.0)
+
+    reference, learner = pair(3000), pair(3000)
+    indices = torch.randperm(3000, generator=g)[:2100]  # more rows than one block, an uneven last block
+    for criterion in ("easy", "learnability", "hard"):
+        expected = batch_score(indices, reference, learner, criterion).item() / 2100**2
+        assert subset_score(indices, reference, learner, criterion) == pytest.approx(expected, rel=1e-5)
+
+
+def test_short_last_super_batch_and_batch_size(tmp_path):
+    scores = tmp_path / "scores"
+    planted_scores(scores, shards=1, per_shard=66)
+    summary = select(str(scores), str(tmp_path / "m"), SelectConfig(ratio=0.8, super_batch=32, chunks=2))
+    assert [r.size for r in summary.super_batches] == [32, 32]
+    assert summary.skipped_last == 2  # round(0.2 * 2) = 0: nothing can be kept from it, and it is said
+    assert read_summary(tmp_path / "m")["last_super_batch"]["selected"] == 0
+    assert super_batch_for(256, 0.75) == 1024
+
+
+def test_bad_inputs_are_clear_errors(tmp_path):
+    scores = tmp_path / "scores"
+    planted_scores(scores, shards=1, per_shard=20)
+    with pytest.raises(CurateError, match="does not exist"):
+        select(str(tmp_path / "nope"), str(tmp_path / "m"), SelectConfig(ratio=0.5, super_batch=8, chunks=2))
+    with pytest.raises(CurateError, match="needs --learner"):
+        SelectConfig(ratio=0.5, criterion="hard")
+    with pytest.raises(CurateError, match="method"):
+        SelectConfig(ratio=0.5, method="best")
+    with pytest.raises(CurateError, match="ratio"):
+        SelectConfig(ratio=1.0)
+    with pytest.raises(CurateError, match="--where 'nope > 1'.*nope"):
+        select(
+            str(scores),
+            str(tmp_path / "m"),
+            SelectConfig(ratio=0.5, super_batch=8, chunks=2, where="nope > 1"),
+        )
+    with pytest.raises(CurateError, match="no sample is left"):
+        select(
+            str(scores),
+            str(tmp_path / "m"),
+            SelectConfig(ratio=0.5, super_batch=8, chunks=2, where="similarity > 2"),
+        )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CurateError, match="no score files"):
+        open_score_folder(empty)
+    assert not (tmp_path / "m" / "manifest.parquet").exists()
+
+
+def test_select_from_the_command_line(tmp_path):
+    scores = tmp_path / "scores"
+    planted_scores(scores, shards=2, per_shard=40)
+    out = tmp_path / "manifest"
+    args = ["select", str(scores), "-o", str(out), "--ratio", "0.75", "--batch-size", "10", "--chunks", "2"]
+    result = run_cli(*args, "--seed", "4", "--shards", str(tmp_path / "shards"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("\n") == 1 and result.stdout.startswith(
+        "selected 20 of 80 samples (80 eligible"
+    )
+    recorded = json.loads((out / "summary.json").read_text())
+    assert recorded["command"].startswith("curate select ") and "--batch-size 10" in recorded["command"]
+    assert recorded["parameters"]["super_batch"] == 40 and recorded["parameters"]["seed"] == 4
+    assert recorded["inputs"]["shards"] == str(tmp_path / "shards")
+
+    missing = run_cli("select", str(tmp_path / "nope"), "-o", str(out), "--ratio", "0.5")
+    no_learner = run_cli(
+        "select", str(scores), "-o", str(out), "--ratio", "0.5", "--criterion", "learnability"
+    )
+    for result, fragment in ((missing, "does not exist"), (no_learner, "needs --learner")):
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.strip().count("\n") == 0 and fragment in result.stderr
