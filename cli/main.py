@@ -12,6 +12,7 @@ from cli.download import download_command
 from cli.evaluate import evaluate_command
 from cli.export import export_command
 from cli.query import query_command
+from cli.report import report_command
 from cli.score import models, score
 from cli.select import select_command
 from cli.synth import synth
@@ -77,6 +78,9 @@ app.command("export", short_help="Copy a manifest's samples into new webdataset 
     export_command
 )
 app.command("query", short_help="SQL (DuckDB) over scores, manifests and shards.")(query_command)
+app.command("report", short_help="Plots and one static HTML page from runs, scores and manifests.")(
+    report_command
+)
 
 
 def main() -> None:

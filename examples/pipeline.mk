@@ -1,17 +1,72 @@
-# The curate pipeline as plain commands; copy it and point it at your own shards and models.
-#   make -f examples/pipeline.mk                  # synthetic data into ./demo
-#   make -f examples/pipeline.mk OUT=run1 N=5000
+# The whole curate pipeline as plain commands: copy this file and point it at your own shards and models.
+#   make -f examples/pipeline.mk                      # synthetic data, everything under ./demo
+#   make -f examples/pipeline.mk OUT=run2 SEED=2      # another seed
+# Every step writes its outputs atomically and is skipped by make once done, so an interrupted run resumes.
 CURATE ?= curate
 OUT ?= demo
-N ?= 20000
 SEED ?= 0
+N ?= 20000                 # noisy web pairs
+MODEL ?= siglip-tiny       # reference and learners
+REF_STEPS ?= 300           # reference training on the curated set
+STEPS ?= 300               # every learner trains this many steps ...
+BATCH ?= 64                # ... of this many pairs
+RATIO ?= 0.8               # JEST filtering ratio F: keep 20% of each super-batch
+EARLY ?= 50                # the learner checkpoint whose scores serve as --learner for learnability
+WORKERS ?= 1
+TRAIN = $(CURATE) train --model $(MODEL) --batch-size $(BATCH) --seed $(SEED) --workers $(WORKERS) \
+	--eval $(OUT)/data/eval --eval-every 50
+SELECT = $(CURATE) select $(OUT)/scores/reference --ratio $(RATIO) --batch-size $(BATCH) --seed $(SEED) \
+	--shards $(OUT)/data/web
 
-.PHONY: all data
-
-all: data
-	@echo "synthetic web crawl: $(OUT)/data/web   curated: $(OUT)/data/curated   eval: $(OUT)/data/eval"
+LEARNERS = uniform jest independent random learnability online
+.PHONY: all data reference learners report clean
+all: report
+	@echo "report: $(OUT)/report/index.html"
 
 # 1. A noisy synthetic web crawl, its small clean curated set and an eval set.
 data: $(OUT)/data/web/sizes.json
 $(OUT)/data/web/sizes.json:
 	$(CURATE) synth $(OUT)/data --n $(N) --seed $(SEED)
+
+# 2. A reference model trained on the curated set, then its scores of the whole crawl.
+$(OUT)/runs/reference/latest.pt: $(OUT)/data/web/sizes.json
+	$(TRAIN) $(OUT)/data/curated -o $(OUT)/runs/reference --steps $(REF_STEPS)
+$(OUT)/scores/reference/.done: $(OUT)/runs/reference/latest.pt
+	$(CURATE) score $(OUT)/data/web -o $(OUT)/scores/reference --model $< --workers $(WORKERS) && touch $@
+
+# 3. The uniform (IID) learner on the whole crawl; its early checkpoint scores the crawl as the learner.
+$(OUT)/runs/uniform/latest.pt: $(OUT)/data/web/sizes.json
+	$(TRAIN) $(OUT)/data/web -o $(OUT)/runs/uniform --steps $(STEPS) --save-every $(EARLY)
+$(OUT)/scores/learner/.done: $(OUT)/runs/uniform/latest.pt
+	$(CURATE) score $(OUT)/data/web -o $(OUT)/scores/learner --model $(OUT)/runs/uniform/checkpoints/step_$(EARLY).pt \
+		--workers $(WORKERS) && touch $@
+
+# 4. Offline selections at F = RATIO: JEST, independent and random with the reference alone ("easy"),
+#    and JEST on learnability (early learner − reference); then the JEST selection as shards.
+$(OUT)/manifests/jest/manifest.parquet: $(OUT)/scores/reference/.done
+	$(SELECT) -o $(OUT)/manifests/jest --method jest --criterion easy
+$(OUT)/manifests/independent/manifest.parquet: $(OUT)/scores/reference/.done
+	$(SELECT) -o $(OUT)/manifests/independent --method independent --criterion easy
+$(OUT)/manifests/random/manifest.parquet: $(OUT)/scores/reference/.done
+	$(SELECT) -o $(OUT)/manifests/random --method random --criterion easy
+$(OUT)/manifests/learnability/manifest.parquet: $(OUT)/scores/reference/.done $(OUT)/scores/learner/.done
+	$(SELECT) -o $(OUT)/manifests/learnability --method jest --criterion learnability \
+		--learner $(OUT)/scores/learner
+$(OUT)/curated/sizes.json: $(OUT)/manifests/jest/manifest.parquet
+	$(CURATE) export $(OUT)/manifests/jest -o $(OUT)/curated
+
+# 5. Learners with the same steps and batch size: on each offline selection, and with online JEST.
+$(OUT)/runs/%/latest.pt: $(OUT)/manifests/%/manifest.parquet
+	$(TRAIN) $(OUT)/data/web -o $(OUT)/runs/$* --steps $(STEPS) --manifest $(OUT)/manifests/$*
+$(OUT)/runs/online/latest.pt: $(OUT)/scores/reference/.done
+	$(TRAIN) $(OUT)/data/web -o $(OUT)/runs/online --steps $(STEPS) --online-jest --ref $(OUT)/scores/reference \
+		--ratio $(RATIO)
+learners: $(foreach run,$(LEARNERS),$(OUT)/runs/$(run)/latest.pt) $(OUT)/curated/sizes.json
+
+# 6. Every learner and the reference on the eval set, and the comparison page.
+report: learners
+	$(CURATE) report $(OUT)/runs/reference $(foreach run,$(LEARNERS),$(OUT)/runs/$(run)) \
+		--manifest $(OUT)/manifests/jest --scores $(OUT)/scores/reference --shards $(OUT)/data/web -o $(OUT)/report
+
+clean:
+	rm -rf $(OUT)

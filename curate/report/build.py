@@ -214,7 +214,7 @@ def _data_kind(run: Run) -> str:
     if run.config.get("online_jest"):
         return f"online JEST, ratio {run.config.get('ratio')}, {run.config.get('criterion', '')}".rstrip(", ")
     if run.trained_on_manifest:
-        return f"manifest {Path(str(run.config['manifest'])).name}"
+        return f"offline selection ({Path(str(run.config['manifest'])).name})"
     return "all data" if run.config else "unknown (no config.json)"
 
 
@@ -371,16 +371,9 @@ def _noise_section(
             "(mean over log windows).",
         )
     )
-    section.tables.append(
-        Table(
-            ["selection", *sorted({k for s in selections.values() for k in s})],
-            [
-                [name, *(shares.get(k, 0.0) for k in sorted({k for s in selections.values() for k in s}))]
-                for name, shares in selections.items()
-            ],
-            "shares of each noise kind",
-        )
-    )
+    kinds = plots.noise_order({k for shares in selections.values() for k in shares})
+    rows = [[name, *(shares.get(k, 0.0) for k in kinds)] for name, shares in selections.items()]
+    section.tables.append(Table(["selection", *kinds], rows, "shares of each noise kind"))
     return section
 
 
@@ -414,7 +407,7 @@ def _contact_section(
         ["value", "key"], ascending=[False, True], kind="mergesort", ignore_index=True
     )
     halves = {"highest": ranked.head(top), "lowest": ranked.tail(top).iloc[::-1]}
-    section = Section("Highest- and lowest-scored samples", "samples")
+    section = Section("Highest- and lowest-scored samples", "samples", figures_first=True)
     section.text = f"Ranked by {what}."
     wanted = pd.concat(halves.values())
     images = read_images(shards, wanted) if shards else {}

@@ -49,6 +49,7 @@ class Section:
     tables: list[Table] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    figures_first: bool = False  # tables as detail under the figures, rather than a summary above them
 
 
 def render(title: str, inputs: Sequence[tuple[str, str]], sections: Sequence[Section]) -> str:
@@ -73,12 +74,13 @@ def render(title: str, inputs: Sequence[tuple[str, str]], sections: Sequence[Sec
         if section.text:
             parts.append(f"<p>{e(section.text)}</p>")
         parts.extend(f'<p class="note">{e(note)}</p>' for note in section.notes)
-        parts.extend(_table(table) for table in section.tables)
-        for figure in section.figures:
-            parts.append(
-                f'<figure><img src="{e(figure.file)}" alt="{e(figure.caption)}">'
-                f"<figcaption>{e(figure.caption)}</figcaption></figure>"
-            )
+        tables = [_table(table) for table in section.tables]
+        figures = [
+            f'<figure><img src="{e(figure.file)}" alt="{e(figure.caption)}">'
+            f"<figcaption>{e(figure.caption)}</figcaption></figure>"
+            for figure in section.figures
+        ]
+        parts.extend(figures + tables if section.figures_first else tables + figures)
         parts.append("</section>")
     parts.append("</main></body></html>")
     return "\n".join(parts) + "\n"

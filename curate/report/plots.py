@@ -142,10 +142,14 @@ def histograms(groups: dict[str, np.ndarray], xlabel: str, title: str) -> bytes:
         return _png(fig)
 
 
+def noise_order(kinds: set[str]) -> list[str]:
+    """Clean first, then the known noise kinds in a fixed order, then any others alphabetically."""
+    return [k for k in NOISE_COLOURS if k in kinds] + sorted(kinds - set(NOISE_COLOURS))
+
+
 def noise_shares(selections: dict[str, dict[str, float]]) -> bytes:
     """A stacked horizontal bar per selection: the share of each noise kind among its samples."""
-    kinds = [k for k in NOISE_COLOURS if any(k in s for s in selections.values())]
-    kinds += sorted({k for s in selections.values() for k in s} - set(kinds))
+    kinds = noise_order({k for s in selections.values() for k in s})
     extra = iter(_colours(10)[::-1])
     labels = list(selections)[::-1]  # the first selection on top
     with plt.rc_context(STYLE):
@@ -172,7 +176,7 @@ def noise_shares(selections: dict[str, dict[str, float]]) -> bytes:
 
 def by_noise(values: dict[str, np.ndarray], ylabel: str) -> bytes:
     """A box per noise kind: how the score separates clean pairs from each kind of noise."""
-    kinds = [k for k in NOISE_COLOURS if k in values] + sorted(set(values) - set(NOISE_COLOURS))
+    kinds = noise_order(set(values))
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(7, 3.2), layout="constrained")
         boxes = ax.boxplot([values[k] for k in kinds], patch_artist=True, showfliers=False)
