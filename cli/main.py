@@ -55,32 +55,21 @@ def _root(
     """
 
 
-app.command(short_help="Make a noisy synthetic web crawl plus curated and eval sets (for demos and tests).")(
-    synth
+# In pipeline order, which is the order `curate --help` lists them in.
+COMMANDS = (
+    ("synth", synth, "Make a noisy synthetic web crawl plus curated and eval sets (for demos and tests)."),
+    ("download", download_command, "Download (url, caption) rows into img2dataset shards; retry failures."),
+    ("score", score, "Embed every sample with a reference model into one Parquet file per shard."),
+    ("select", select_command, "Choose samples with JEST over seeded super-batches; write a manifest."),
+    ("export", export_command, "Copy a manifest's samples into new webdataset shards (bytes unchanged)."),
+    ("train", train_command, "Train a SigLIP model on shards or a manifest, optionally with online JEST."),
+    ("eval", evaluate_command, "Zero-shot accuracy and image-text retrieval recall on an eval set."),
+    ("query", query_command, "SQL (DuckDB) over scores, manifests and shards."),
+    ("report", report_command, "Plots and one static HTML page from runs, scores and manifests."),
+    ("models", models, "List the built-in models and how to use open_clip models and checkpoints."),
 )
-app.command(
-    "download", short_help="Download (url, caption) rows into img2dataset shards, and retry failures."
-)(download_command)
-app.command(short_help="Embed every sample with a reference model into one Parquet score file per shard.")(
-    score
-)
-app.command(short_help="List the built-in models and how to use open_clip models and checkpoints.")(models)
-app.command(
-    "eval", short_help="Zero-shot accuracy and image-text retrieval recall of a model on an eval set."
-)(evaluate_command)
-app.command("train", short_help="Train a SigLIP model on shards or a manifest, optionally with online JEST.")(
-    train_command
-)
-app.command("select", short_help="Choose samples with JEST over seeded super-batches; write a manifest.")(
-    select_command
-)
-app.command("export", short_help="Copy a manifest's samples into new webdataset shards (bytes unchanged).")(
-    export_command
-)
-app.command("query", short_help="SQL (DuckDB) over scores, manifests and shards.")(query_command)
-app.command("report", short_help="Plots and one static HTML page from runs, scores and manifests.")(
-    report_command
-)
+for name, command, purpose in COMMANDS:
+    app.command(name, short_help=purpose)(command)
 
 
 def main() -> None:
