@@ -4,9 +4,10 @@
     python bench/train_throughput.py --steps 200 --batch-size 256 --device cuda
 
 Both trainers run in this process on the same synthetic shards (img2dataset layout), model config,
-batch size, precision and torch threads, for the same number of steps; each figure is samples trained
-divided by the wall time of the whole call (start-up included, the same for both). open_clip's trainer
-is `open_clip_train.main`, with the built-in config registered first, SigLIP loss, webdataset input.
+batch size, precision and torch threads. Each is timed end to end twice, for --steps and for a quarter
+of them; the rate is the extra samples over the extra seconds, so start-up (model creation, filling
+shuffle buffers, decoding the cache) cancels out and what is left is the steady-state step. open_clip's
+trainer is `open_clip_train.main`, with the built-in config registered first, SigLIP loss, webdataset.
 """
 
 from __future__ import annotations
@@ -28,7 +29,18 @@ from curate.synth import NoiseRates, SynthConfig, synthesize  # noqa: E402
 from curate.train import TrainConfig, train  # noqa: E402
 
 
-def open_clip_rate(shards: str, count: int, args, logs: str) -> float:
+def steady_rate(run, steps: int, batch_size: int) -> float:
+    """Samples per second of the steps beyond a short run: (long - short) samples / (long - short) seconds."""
+    short = max(1, steps // 4)
+    times = {}
+    for count in (short, steps):
+        start = time.perf_counter()
+        run(count)
+        times[count] = time.perf_counter() - start
+    return (steps - short) * batch_size / (times[steps] - times[short])
+
+
+def open_clip_run(shards: str, count: int, args, logs: str, steps: int) -> None:
     import open_clip_train.data
     from open_clip_train.main import main as open_clip_main
     from webdataset.tariterators import tar_file_expander
@@ -40,26 +52,22 @@ def open_clip_rate(shards: str, count: int, args, logs: str) -> float:
     register_builtins()
     argv = [
         "--train-data", f"{shards}/{{00000..{count - 1:05d}}}.tar", "--dataset-type", "webdataset",
-        "--train-num-samples", str(args.steps * args.batch_size), "--epochs", "1",
+        "--train-num-samples", str(steps * args.batch_size), "--epochs", "1",
         "--model", BUILTINS[args.model].open_clip_name, "--siglip", "--batch-size", str(args.batch_size),
         "--workers", str(args.workers), "--precision", "fp32" if args.device == "cpu" else "amp_bf16",
         "--lr", "1e-3", "--warmup", "5", "--wd", "0.1", "--beta2", "0.95", "--grad-clip-norm", "1.0",
         "--save-frequency", "0", "--logs", logs, "--report-to", "", "--log-every-n-steps", "1000",
-        "--device", args.device, "--seed", "0",
+        "--device", args.device, "--seed", "0", "--name", f"steps{steps}",
     ]  # fmt: skip
-    start = time.perf_counter()
     open_clip_main(argv)
-    return args.steps * args.batch_size / (time.perf_counter() - start)
 
 
-def curate_rate(shards: str, args, out: str, **extra) -> float:
+def curate_run(shards: str, args, out: str, steps: int, **extra) -> None:
     config = TrainConfig(
-        data=(shards,), out=out, model=args.model, steps=args.steps, batch_size=args.batch_size, lr=1e-3,
-        warmup=5, workers=args.workers, device=args.device, log_every=1000, **extra,
+        data=(shards,), out=f"{out}-{steps}", model=args.model, steps=steps, batch_size=args.batch_size,
+        lr=1e-3, warmup=5, workers=args.workers, device=args.device, log_every=1000, **extra,
     )  # fmt: skip
-    start = time.perf_counter()
-    summary = train(config)
-    return summary.samples / (time.perf_counter() - start)
+    train(config)
 
 
 def main() -> None:
@@ -81,23 +89,24 @@ def main() -> None:
         synthesize(config, f"{scratch}/data")
         shards = f"{scratch}/data/web"
         count = -(-n // 1000)
-        rates = {
-            "open_clip_train (webdataset stream)": open_clip_rate(shards, count, args, f"{scratch}/logs")
-        }
-        rates["curate train --cache stream"] = curate_rate(shards, args, f"{scratch}/stream", cache="stream")
-        rates["curate train --cache memory"] = curate_rate(shards, args, f"{scratch}/memory", cache="memory")
         score_shards(
             shards, f"{scratch}/scores", ScoreConfig(model=args.model, allow_random_init=True, workers=0)
         )
-        rates["curate train --online-jest F=0.8 (memory)"] = curate_rate(
-            shards,
-            args,
-            f"{scratch}/jest",
-            cache="memory",
-            online_jest=True,
-            ref=f"{scratch}/scores",
-            ratio=0.8,
-        )
+        runs = {
+            "open_clip_train (webdataset stream)": lambda s: open_clip_run(
+                shards, count, args, f"{scratch}/oc", s
+            ),
+            "curate train --cache stream": lambda s: curate_run(
+                shards, args, f"{scratch}/stream", s, cache="stream"
+            ),
+            "curate train --cache memory": lambda s: curate_run(
+                shards, args, f"{scratch}/memory", s, cache="memory"
+            ),
+            "curate train --online-jest F=0.8 (memory)": lambda s: curate_run(
+                shards, args, f"{scratch}/jest", s, cache="memory", online_jest=True, ref=f"{scratch}/scores"
+            ),
+        }
+        rates = {name: steady_rate(run, args.steps, args.batch_size) for name, run in runs.items()}
 
     print(f"{args.model}, batch {args.batch_size}, {args.steps} steps, {args.device}, "
           f"{torch.get_num_threads()} torch threads, {args.workers} loader workers")  # fmt: skip

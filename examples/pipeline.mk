@@ -5,16 +5,20 @@
 CURATE ?= curate
 OUT ?= demo
 SEED ?= 0
-N ?= 20000                 # noisy web pairs
-MODEL ?= siglip-tiny       # reference and learners
-REF_STEPS ?= 300           # reference training on the curated set
-STEPS ?= 300               # every learner trains this many steps ...
-BATCH ?= 64                # ... of this many pairs
-RATIO ?= 0.8               # JEST filtering ratio F: keep 20% of each super-batch
-EARLY ?= 50                # the learner checkpoint whose scores serve as --learner for learnability
+# noisy web pairs; the model of the reference and of every learner
+N ?= 20000
+MODEL ?= siglip-tiny
+# steps of the reference (on the curated set) and of every learner, all with the same batch size
+REF_STEPS ?= 200
+STEPS ?= 200
+BATCH ?= 64
+# JEST filtering ratio F (keep 20% of each super-batch); the uniform learner's checkpoint whose scores
+# serve as --learner for the learnability criterion
+RATIO ?= 0.8
+EARLY ?= 50
 WORKERS ?= 1
 TRAIN = $(CURATE) train --model $(MODEL) --batch-size $(BATCH) --seed $(SEED) --workers $(WORKERS) \
-	--eval $(OUT)/data/eval --eval-every 50
+	--eval $(OUT)/data/eval --eval-every 25
 SELECT = $(CURATE) select $(OUT)/scores/reference --ratio $(RATIO) --batch-size $(BATCH) --seed $(SEED) \
 	--shards $(OUT)/data/web
 

@@ -1,0 +1,60 @@
+"""examples/pipeline.mk end to end at toy size: every artefact exists and is well-formed."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+
+from curate.score import ScoreMetadata
+
+REPO = Path(__file__).resolve().parent.parent
+LEARNERS = ("uniform", "jest", "independent", "random", "learnability", "online")
+
+
+def test_the_example_pipeline_runs_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    settings = ["N=300", "REF_STEPS=4", "STEPS=4", "BATCH=16", "EARLY=2", "WORKERS=0", "SEED=3"]
+    command = [
+        "make",
+        "-s",
+        "-f",
+        str(REPO / "examples/pipeline.mk"),
+        f"CURATE={sys.executable} -m cli",
+        f"OUT={out}",
+    ]
+    result = subprocess.run([*command, *settings], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"report: {out}/report/index.html" in result.stdout
+
+    assert (
+        sum(json.loads((out / "data/web/sizes.json").read_text()).values()) == 300
+    )  # corrupt bytes included
+    for scores in ("reference", "learner"):
+        files = sorted((out / "scores" / scores).glob("*.parquet"))
+        assert len(files) == 1 and pq.read_table(files[0]).num_rows == 300
+        assert ScoreMetadata.read(files[0]).model.endswith(".pt")
+    for name in ("jest", "independent", "random", "learnability"):
+        manifest = pq.read_table(out / "manifests" / name / "manifest.parquet")
+        assert manifest.column_names == ["key", "shard", "super_batch", "chunk", "score"]
+        assert (
+            0 < manifest.num_rows <= 0.25 * 300
+            and len(set(manifest.column("key").to_pylist())) == manifest.num_rows
+        )
+        assert json.loads((out / "manifests" / name / "summary.json").read_text())
+    exported = json.loads((out / "curated/sizes.json").read_text())
+    assert sum(exported.values()) == pq.read_table(out / "manifests/jest/manifest.parquet").num_rows
+    for run in ("reference", *LEARNERS):
+        lines = [json.loads(line) for line in (out / "runs" / run / "metrics.jsonl").read_text().splitlines()]
+        assert lines[-1]["step"] == 4 and "zeroshot_top1" in lines[-1]["eval"], run
+        assert torch.load(out / "runs" / run / "latest.pt", weights_only=True)["step"] == 4
+    assert "selected_learnability" in json.loads(
+        (out / "runs/online/metrics.jsonl").read_text().splitlines()[-2]
+    )
+    page = (out / "report/index.html").read_text()
+    pictures = re.findall(r'src="([^"]+\.png)"', page)
+    assert pictures and all((out / "report" / picture).is_file() for picture in pictures)
+    assert all(run in page for run in LEARNERS)
