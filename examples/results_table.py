@@ -1,0 +1,81 @@
+"""Summarise demo runs over seeds as the README's results table.
+
+    make -f examples/pipeline.mk OUT=demo-seed0 SEED=0   # ... and seeds 1, 2
+    python examples/results_table.py demo-seed0 demo-seed1 demo-seed2
+
+For each learner: final zero-shot top-1 and retrieval R@1 (mean ± std over seeds), the first evaluated
+step at which it reached the uniform learner's final top-1 (per seed), and its training wall time. The
+cost of the reference (training, scoring the crawl) is shared by every selection and listed apart.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+LEARNERS = ("uniform", "random", "independent", "jest", "learnability", "online")
+LABELS = {
+    "uniform": "uniform (IID, whole crawl)",
+    "random": "offline random 20%",
+    "independent": "offline independent, easy",
+    "jest": "offline JEST, easy",
+    "learnability": "offline JEST, learnability",
+    "online": "online JEST, learnability",
+}
+
+
+def run_metrics(out: Path, run: str) -> tuple[list[dict], list[dict]]:
+    lines = [json.loads(line) for line in (out / "runs" / run / "metrics.jsonl").read_text().splitlines()]
+    batch = json.loads((out / "runs" / run / "config.json").read_text())["train"]["batch_size"]
+    logs = [{**m, "batch_size": batch} for m in lines if "loss" in m]
+    return logs, [m for m in lines if "eval" in m]
+
+
+def train_seconds(logs: list[dict]) -> float:
+    """Steps × batch over the run's average rate (measured from its first step: decoding not included)."""
+    last = logs[-1]
+    return last["step"] * last["batch_size"] / last["samples_per_s"]
+
+
+def spread(values: list[float], digits: int = 3) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def main(outs: list[Path]) -> None:
+    rows = {name: {"top1": [], "i2t": [], "t2i": [], "reach": [], "seconds": []} for name in LEARNERS}
+    for out in outs:
+        _, uniform_evals = run_metrics(out, "uniform")
+        target = uniform_evals[-1]["eval"]["zeroshot_top1"]
+        for name in LEARNERS:
+            logs, evals = run_metrics(out, name)
+            final = evals[-1]["eval"]
+            rows[name]["top1"].append(final["zeroshot_top1"])
+            rows[name]["i2t"].append(final["image_to_text_r1"])
+            rows[name]["t2i"].append(final["text_to_image_r1"])
+            reached = next((e["step"] for e in evals if e["eval"]["zeroshot_top1"] >= target), None)
+            rows[name]["reach"].append(str(reached) if reached else "—")
+            rows[name]["seconds"].append(train_seconds(logs))
+    steps = run_metrics(outs[0], "uniform")[0][-1]["step"]
+    print(
+        f"| learner ({len(outs)} seeds, {steps} steps) | zero-shot top-1 | image→text R@1 | text→image R@1 "
+        "| step reaching uniform's final top-1 (per seed) | training wall time (s) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name in LEARNERS:
+        row = rows[name]
+        print(
+            f"| {LABELS[name]} | {spread(row['top1'])} | {spread(row['i2t'])} | {spread(row['t2i'])} "
+            f"| {', '.join(row['reach'])} | {spread(row['seconds'], 0)} |"
+        )
+    reference = [run_metrics(out, "reference") for out in outs]
+    top1 = [evals[-1]["eval"]["zeroshot_top1"] for _, evals in reference]
+    seconds = [train_seconds(logs) for logs, _ in reference]
+    print(f"\nreference (curated set): zero-shot top-1 {spread(top1)}, trained in {spread(seconds, 0)} s")
+
+
+if __name__ == "__main__":
+    main([Path(arg) for arg in sys.argv[1:]])
