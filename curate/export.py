@@ -30,9 +30,8 @@ from curate.shards.writer import add_tar_member, shard_done, write_sizes
 
 EXPORT_FILE = "export.json"  # the plan's fingerprint, so a resume never mixes two exports in one folder
 MAX_SAMPLES_PER_SHARD = 10_000  # img2dataset's default
-MIN_SHARDS = (
-    16  # open_clip needs at least workers x GPUs shards; 16 serves a typical 8-GPU node or 16 workers
-)
+# open_clip needs at least workers × GPUs shards; 16 serves a typical 8-GPU node or 16 loader workers
+MIN_SHARDS = 16
 
 
 def default_samples_per_shard(samples: int) -> int:
@@ -42,9 +41,8 @@ def default_samples_per_shard(samples: int) -> int:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    shards: str | None = (
-        None  # where the source shards live; default: as recorded by `curate select --shards`
-    )
+    # where the source shards live; default: as recorded by `curate select --shards`
+    shards: str | None = None
     samples_per_shard: int | None = None  # default: default_samples_per_shard(manifest rows)
     command: str = ""
 
