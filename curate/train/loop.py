@@ -338,11 +338,14 @@ class _Window:
 
     def __init__(self, device: torch.device):
         self.device = device
+        self._phase, self._since = None, 0.0
+        self.reset()
+
+    def reset(self) -> None:
         self.selected, self.random = [], []
         self.noise_selected: Counter = Counter()
         self.noise_seen: Counter = Counter()
         self.seconds: Counter = Counter()
-        self._phase, self._since = None, 0.0
 
     def start(self, phase: str) -> None:
         self.stop()
@@ -374,5 +377,5 @@ class _Window:
         total = sum(self.seconds.values())
         if total and "score" in self.seconds:
             out["time_share"] = {k: v / total for k, v in sorted(self.seconds.items())}
-        self.__init__(self.device)
+        self.reset()
         return out
