@@ -6,6 +6,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from cli.console import err
 from cli.download import download_command
@@ -91,5 +92,6 @@ def main() -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    err.print(f"[bold red]error:[/] {' '.join(message.split())}", markup=True, highlight=False)
+    # Escaped: a message's own brackets (pip install 'jest-curate[ray]') are text, not rich markup.
+    err.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", markup=True, highlight=False)
     sys.exit(code)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cli.backend import Backend, GpusPerWorker, RayAddress, WorkersPerNode, ray_config
 from cli.console import err, out, progress_bar
 
 
@@ -28,11 +29,17 @@ def score(
     precision: Annotated[
         str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16.")
     ] = "auto",
-    workers: Annotated[int, typer.Option(help="DataLoader processes decoding images (0 = in process).")] = 2,
+    workers: Annotated[
+        int, typer.Option(help="DataLoader processes decoding images (0 = in process; local backend).")
+    ] = 2,
     overwrite: Annotated[bool, typer.Option(help="Recompute shards that already have a score file.")] = False,
     allow_random_init: Annotated[
         bool, typer.Option(help="Accept a model without weights (tests and benchmarks only).")
     ] = False,
+    backend: Backend = "local",
+    ray_address: RayAddress = None,
+    gpus_per_worker: GpusPerWorker = 0.0,
+    workers_per_node: WorkersPerNode = None,
 ) -> None:
     """Embed every image and caption with a reference model; write one Parquet per shard.
 
@@ -41,9 +48,13 @@ def score(
     The file metadata holds the model's t and b, so `curate select` needs no model. Shards that already
     have a score file are skipped, so an interrupted run resumes; --overwrite recomputes.
 
+    --backend ray scores whole shards on a Ray cluster, one model replica per worker, and writes the same
+    files; shards and SCORES must then be on storage every node sees.
+
     \b
     example: curate score shards/ -o scores/ --model ViT-B-16-SigLIP --pretrained webli
              curate score shards/ -o scores/ --model runs/reference/latest.pt
+             curate score /shared/shards -o /shared/scores --model M --backend ray --ray-address head:6379
     """
     from curate.score import ScoreConfig, score_shards
 
@@ -56,6 +67,8 @@ def score(
         workers=workers,
         overwrite=overwrite,
         allow_random_init=allow_random_init,
+        backend=backend,
+        ray=ray_config(ray_address, gpus_per_worker, workers_per_node),
     )
     with progress_bar("score") as progress:
         summary = score_shards(shards if len(shards) > 1 else shards[0], str(output), config, progress)

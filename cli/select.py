@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from cli.backend import Backend, GpusPerWorker, RayAddress, WorkersPerNode, ray_config
 from cli.console import err, out, progress_bar
 
 
@@ -62,6 +63,10 @@ def select_command(
     ] = None,
     seed: Annotated[int, typer.Option(help="Same inputs and seed, byte-identical manifest.")] = 0,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+    backend: Backend = "local",
+    ray_address: RayAddress = None,
+    gpus_per_worker: GpusPerWorker = 0.0,
+    workers_per_node: WorkersPerNode = None,
 ) -> None:
     """Choose the samples to keep: JEST over seeded super-batches of scored samples.
 
@@ -71,6 +76,8 @@ def select_command(
     last super-batch holds the remainder and keeps the same ratio. MANIFEST/summary.json records the
     command, parameters, models, counts and, per super-batch, the mean learnability of the selected batch
     beside a random batch of the same size. Memory holds about 8 super-batches of embeddings.
+    --backend ray selects super-batches in parallel on a Ray cluster: the same manifest, byte for byte
+    (on the same device type).
 
     \b
     example: curate select scores/ -o manifest/ --ratio 0.8 --shards shards/
@@ -96,6 +103,8 @@ def select_command(
         learner=str(learner) if learner else None,
         shards=shards,
         command=shlex.join(["curate", *sys.argv[1:]]),
+        backend=backend,
+        ray=ray_config(ray_address, gpus_per_worker, workers_per_node),
     )
 
     def warn(message: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,11 +14,12 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader
 
+from curate.backends.ray_cluster import RayConfig, check_backend
 from curate.batches import ShardBatch, ShardBatches, single_threaded_worker
 from curate.errors import CurateError
 from curate.fileio import atomic_open
 from curate.models import ImageTextModel, load_model
-from curate.runtime import autocast, resolve_device, resolve_precision
+from curate.runtime import PRECISIONS, autocast, resolve_device, resolve_precision
 from curate.score.schema import OK, ScoreMetadata, embeddings_array, score_file, score_schema
 from curate.shards.paths import count_samples, expand_shards
 
@@ -30,15 +31,20 @@ class ScoreConfig:
     batch_size: int = 256
     device: str = "auto"
     precision: str = "auto"
-    workers: int = 2
+    workers: int = 2  # local backend: DataLoader processes; a Ray worker decodes its shard in process
     overwrite: bool = False
     allow_random_init: bool = False
+    backend: str = "local"
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise CurateError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.workers < 0:
             raise CurateError(f"--workers must be 0 or more, got {self.workers}")
+        if self.precision not in PRECISIONS:
+            raise CurateError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check_backend(self.backend, self.ray)
 
 
 @dataclass
@@ -48,12 +54,24 @@ class ScoreSummary:
     ok: int = 0
     failed: Counter = field(default_factory=Counter)  # status -> samples
     damaged: list[tuple[str, str]] = field(default_factory=list)  # (shard, why its tar ended early)
-    seconds: float = 0.0
+    seconds: float = 0.0  # scoring only: model loading and worker start-up are in startup_seconds
+    startup_seconds: float = 0.0
     device: str = ""
 
     @property
+    def samples(self) -> int:
+        return self.ok + sum(self.failed.values())
+
+    @property
     def samples_per_second(self) -> float:
-        return (self.ok + sum(self.failed.values())) / self.seconds if self.seconds else 0.0
+        return self.samples / self.seconds if self.seconds else 0.0
+
+    def add(self, other: ScoreSummary) -> None:
+        """Count another worker's shards into this summary."""
+        self.shards_done += other.shards_done
+        self.ok += other.ok
+        self.failed.update(other.failed)
+        self.damaged += other.damaged
 
 
 def score_shards(
@@ -66,22 +84,44 @@ def score_shards(
     """Write `out/{shard}.parquet` for every shard without one (all of them with `overwrite`).
 
     Each file is complete or absent (written under a temporary name, then renamed), so a killed run,
-    re-run, produces exactly what an uninterrupted run would have.
+    re-run, produces exactly what an uninterrupted run would have. `model` (local backend only) skips
+    loading `config.model`.
     """
     paths = expand_shards(shards)
-    device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
-    summary = ScoreSummary(device=f"{device.type} {precision}")
+    summary = ScoreSummary()
     pending = [p for p in paths if config.overwrite or not score_file(out, _name(p)).exists()]
     summary.shards_skipped = len(paths) - len(pending)
     if summary.shards_skipped:
         _check_same_model(out, next(p for p in paths if p not in pending), config)
     if not pending:
         return summary
+    if config.backend == "ray":
+        if model is not None:
+            raise ValueError("a preloaded model runs on the local backend only; Ray workers load their own")
+        from curate.score.ray_backend import score_on_ray
+
+        score_on_ray(pending, out, config, summary, progress)
+    else:
+        _score_locally(pending, out, config, summary, progress, model)
+    return summary
+
+
+def _score_locally(
+    pending: list[str],
+    out: str,
+    config: ScoreConfig,
+    summary: ScoreSummary,
+    progress: Callable[[int, int | None], None] | None,
+    model: ImageTextModel | None,
+) -> None:
+    """One model in this process; DataLoader workers decode whole shards in parallel."""
+    start = time.perf_counter()
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    summary.device = f"{device.type} {precision}"
     if model is None:
         model = load_model(config.model, config.pretrained, device, config.allow_random_init)
     Path(out).mkdir(parents=True, exist_ok=True)
-    schema = score_schema(model.embed_dim, model.metadata())
     loader = DataLoader(
         ShardBatches(pending, model.preprocess, model.tokenizer, config.batch_size),
         batch_size=None,  # the dataset batches within shards itself
@@ -91,19 +131,41 @@ def score_shards(
         collate_fn=lambda batch: batch,
     )
     total = count_samples(pending)
+    scoring = time.perf_counter()
+    summary.startup_seconds = scoring - start
+    score_batches(
+        loader, model, device, precision, out, summary, progress and (lambda seen: progress(seen, total))
+    )
+    summary.seconds = time.perf_counter() - scoring
+
+
+def score_batches(
+    batches: Iterable[ShardBatch],
+    model: ImageTextModel,
+    device: torch.device,
+    precision: str,
+    out: str,
+    summary: ScoreSummary,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Embed `batches` and write each shard's score file as its last batch arrives.
+
+    Batches of several shards may interleave (the local DataLoader's workers each own whole shards) as long
+    as each shard's arrive in order. The local loop and every Ray worker run this, so both backends write
+    the same bytes. `progress(samples seen)` is called after every batch.
+    """
+    schema = score_schema(model.embed_dim, model.metadata())
     open_shards: dict[str, list] = {}
-    start, seen = time.perf_counter(), 0
+    seen = 0
     with torch.no_grad():
-        for batch in loader:
+        for batch in batches:
             parts = open_shards.setdefault(batch.shard, [])
             parts.append((batch, _embed(model, batch, device, precision)))
             seen += len(batch.keys)
             if batch.last:
                 _write(out, batch.shard, open_shards.pop(batch.shard), schema, summary)
             if progress:
-                progress(seen, total)
-    summary.seconds = time.perf_counter() - start
-    return summary
+                progress(seen)
 
 
 def _embed(model: ImageTextModel, batch: ShardBatch, device: torch.device, precision: str):

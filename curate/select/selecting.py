@@ -8,11 +8,12 @@ mean criterion value over the b x b pairs. Rows go to the manifest in draw order
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pyarrow as pa
 import torch
 
 from curate import __version__
+from curate.backends.ray_cluster import RayConfig, check_backend
 from curate.errors import CurateError
 from curate.fileio import atomic_open
 from curate.runtime import resolve_device
@@ -70,6 +72,8 @@ class SelectConfig:
     shards: str | None = None  # where the scored shards live, recorded for `curate export`
     window: int = 8  # super-batches per shuffle window: bounds memory, sets how widely shards mix
     command: str = ""  # the exact command line, for summary.json
+    backend: str = "local"
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -87,6 +91,7 @@ class SelectConfig:
             raise CurateError(f"--temperature must be positive, got {self.temperature}")
         if self.window < 1:
             raise CurateError(f"window must be at least 1 super-batch, got {self.window}")
+        check_backend(self.backend, self.ray)
         # Validates ratio and chunks against B now, not after the index pass.
         selection_size(self.super_batch, self.ratio, self.chunks if self.method == "jest" else 1)
 
@@ -103,6 +108,17 @@ class SuperBatchResult:
     shards: int
     selected_score: float
     random_score: float
+
+
+@dataclass
+class SelectedBatch:
+    """What one super-batch gives the manifest: its rows in draw order and its line in the summary."""
+
+    index: int
+    size: int
+    device: str
+    rows: pa.Table | None = None  # None (and no result) when it is too small to keep any sample
+    result: SuperBatchResult | None = None
 
 
 @dataclass
@@ -168,30 +184,20 @@ def select(
     if not len(index):
         raise CurateError(f"no sample is left to select from in {scores} ({_describe_counts(counts)})")
 
-    device = resolve_device(config.device)
-    summary = SelectSummary(counts=counts, device=str(device))
-    total = math.ceil(len(index) / config.super_batch)
-    Path(out).mkdir(parents=True, exist_ok=True)
+    summary = SelectSummary(counts=counts)
     metadata = _manifest_metadata(config, reference, learner, scores)
-    pending: list[pa.Table] = []
-    with (
-        atomic_open(str(Path(out) / MANIFEST_FILE), "wb") as handle,
-        manifest_writer(handle, metadata) as writer,
-    ):
-        batches = iter_super_batches(
-            index, reference, learner, config.super_batch, config.seed, config.window
-        )
-        for batch in batches:
-            rows = _select_one(batch, reference, learner, config, device, summary)
-            if rows is not None:
-                pending.append(rows)
-                if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
-                    writer.write_table(pa.concat_tables(pending))
-                    pending = []
-            if progress:
-                progress(batch.index + 1, total)
-        if pending or not summary.selected:
-            writer.write_table(pa.concat_tables(pending) if pending else MANIFEST_SCHEMA.empty_table())
+    batches = iter_super_batches(index, reference, learner, config.super_batch, config.seed, config.window)
+    with contextlib.ExitStack() as stack:
+        if config.backend == "ray":  # joins the cluster now: a bad address fails before any output exists
+            from curate.select.ray_backend import ray_selector
+
+            selected = stack.enter_context(ray_selector(reference, learner, config))(batches)
+        else:
+            device = resolve_device(config.device)
+            selected = (select_super_batch(batch, reference, learner, config, device) for batch in batches)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        total = math.ceil(len(index) / config.super_batch)
+        _write_manifest(out, metadata, selected, summary, progress, total)
     summary.seconds = time.perf_counter() - start
     with atomic_open(str(Path(out) / SUMMARY_FILE), "w") as handle:
         json.dump(summary_json(summary, config, scores, reference, learner), handle, indent=2)
@@ -199,20 +205,55 @@ def select(
     return summary
 
 
+def _write_manifest(
+    out: str,
+    metadata: dict[str, str],
+    selected: Iterable[SelectedBatch],
+    summary: SelectSummary,
+    progress: Callable[[int, int | None], None] | None,
+    total: int,
+) -> None:
+    """Write the super-batches' rows in index order, whichever backend selected them: the row groups are a
+    function of the rows alone, so the file's bytes are too."""
+    pending: list[pa.Table] = []
+    with (
+        atomic_open(str(Path(out) / MANIFEST_FILE), "wb") as handle,
+        manifest_writer(handle, metadata) as writer,
+    ):
+        for batch in selected:
+            summary.device = batch.device
+            if batch.result is None:
+                summary.skipped_last = batch.size
+            else:
+                summary.super_batches.append(batch.result)
+                summary.selected += batch.result.selected
+                pending.append(batch.rows)
+                if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
+                    writer.write_table(pa.concat_tables(pending))
+                    pending = []
+            if progress:
+                progress(batch.index + 1, total)
+        if pending or not summary.selected:
+            writer.write_table(pa.concat_tables(pending) if pending else MANIFEST_SCHEMA.empty_table())
+
+
 @torch.no_grad()
-def _select_one(
+def select_super_batch(
     batch: SuperBatch,
     reference: ScoreFolder,
     learner: ScoreFolder | None,
     config: SelectConfig,
     device: torch.device,
-    summary: SelectSummary,
-) -> pa.Table | None:
+) -> SelectedBatch:
+    """Select from one super-batch: the unit both backends run (locally in order, on Ray in parallel).
+
+    A function of the batch, config and device type alone (its generators are seeded from the seed and the
+    super-batch index), so the order super-batches are selected in does not change any row.
+    """
     n = len(batch)
     size = round((1.0 - config.ratio) * n)
     if size < 1:  # only the last super-batch can be this small
-        summary.skipped_last = n
-        return None
+        return SelectedBatch(batch.index, n, str(device))
     # A short last super-batch keeps the ratio; JEST then uses at most one chunk per selected sample.
     chunks = min(config.chunks, size) if config.method == "jest" else 1
     ref = _pair(batch.reference, reference.metadata, device)
@@ -231,18 +272,15 @@ def _select_one(
     random_generator = torch.Generator(device).manual_seed(_stream_seed(config.seed, batch.index, 1))
     random = torch.randperm(n, generator=random_generator, device=device)[: len(selection)]
     indices = pa.array(selection.indices.cpu().numpy())
-    summary.super_batches.append(
-        SuperBatchResult(
-            super_batch=batch.index,
-            size=n,
-            selected=len(selection),
-            shards=batch.shards,
-            selected_score=subset_score(selection.indices, ref, lrn, config.criterion),
-            random_score=subset_score(random, ref, lrn, config.criterion),
-        )
+    result = SuperBatchResult(
+        super_batch=batch.index,
+        size=n,
+        selected=len(selection),
+        shards=batch.shards,
+        selected_score=subset_score(selection.indices, ref, lrn, config.criterion),
+        random_score=subset_score(random, ref, lrn, config.criterion),
     )
-    summary.selected += len(selection)
-    return pa.table(
+    rows = pa.table(
         {
             "key": batch.key.take(indices),
             "shard": batch.shard.take(indices).cast(pa.string()),
@@ -252,6 +290,7 @@ def _select_one(
         },
         schema=MANIFEST_SCHEMA,
     )
+    return SelectedBatch(batch.index, n, str(device), rows, result)
 
 
 def subset_score(

@@ -1,0 +1,113 @@
+"""`curate score --backend ray`: the local backend's per-shard scoring, one model replica per Ray actor.
+
+Each actor loads the model once (through `load_model`, like the local backend) and scores whole shards,
+one call per shard, with `score_batches`: the same bytes as a local run. Ray's ActorPool hands the next
+shard to whichever actor finishes first. An actor whose process dies mid-shard is restarted and the shard
+retried; the score file is written atomically, so a retry can never leave a half or doubled file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from curate.backends.ray_cluster import (
+    exit_once_for_tests,
+    ray_session,
+    worker_errors,
+    worker_options,
+    worker_slots,
+)
+from curate.batches import ShardBatches
+from curate.models import ImageTextModel, load_model
+from curate.runtime import resolve_device, resolve_precision
+from curate.score.scoring import ScoreConfig, ScoreSummary, score_batches
+from curate.shards.paths import count_samples
+
+
+class ShardScorer:
+    """A Ray actor (wrapped with `ray.remote` at run time, so this module imports without Ray)."""
+
+    def __init__(self, config: ScoreConfig, out: str, threads: int) -> None:
+        torch.set_num_threads(threads)  # the node's cores are shared among its actors: no oversubscription
+        self.config, self.out = config, out
+        self._model: ImageTextModel | None = None
+        self.device, self.precision = torch.device("cpu"), "fp32"  # set with the model, on the worker
+
+    def start(self) -> str:
+        """Load the model now, so a bad --model fails once, as a user error, before any shard is handed out.
+
+        Not in __init__: Ray reports an exception there as a dead actor with a traceback, not as the error.
+        """
+        self._load()
+        return f"{self.device.type} {self.precision}"
+
+    def score(self, path: str) -> ScoreSummary:
+        summary = ScoreSummary()
+        model = self._load()
+        batches = ShardBatches([path], model.preprocess, model.tokenizer, self.config.batch_size)
+        # Decoded in this process: parallelism comes from more actors, not from processes inside one.
+        # The progress hook is the test-only exit (a no-op unless its variable is set): after a batch, so
+        # the worker dies mid-shard.
+        score_batches(
+            batches, model, self.device, self.precision, self.out, summary, lambda _: exit_once_for_tests()
+        )
+        return summary
+
+    def _load(self) -> ImageTextModel:
+        # Lazily, so a restarted actor (a fresh process, __init__ re-run) reloads it by itself.
+        if self._model is None:
+            config = self.config
+            self.device = resolve_device(config.device)  # the worker's own GPU, if Ray gave it one
+            self.precision = resolve_precision(config.precision, self.device)
+            self._model = load_model(config.model, config.pretrained, self.device, config.allow_random_init)
+        return self._model
+
+
+def score_on_ray(
+    pending: list[str],
+    out: str,
+    config: ScoreConfig,
+    summary: ScoreSummary,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> None:
+    """Score `pending` shards on the Ray cluster of `config.ray`, counting into `summary`."""
+    start = time.perf_counter()
+    # Workers run in other folders, on other machines: they get absolute paths (which, like the shards,
+    # must name storage every node sees).
+    pending, out = [_absolute(p) for p in pending], _absolute(out)
+    with ray_session(config.ray) as ray:
+        from ray.util import ActorPool
+
+        slots = worker_slots(ray, config.ray)[: len(pending)]
+        Path(out).mkdir(parents=True, exist_ok=True)  # only now: a run that cannot start leaves nothing
+        remote = ray.remote(ShardScorer)
+        actors = [
+            remote.options(**worker_options(slot, config.ray)).remote(config, out, slot.threads)
+            for slot in slots
+        ]
+        try:
+            with worker_errors(ray, "scoring"):
+                devices = ray.get([actor.start.remote() for actor in actors])
+                summary.device = f"{len(actors)} Ray workers, {', '.join(sorted(set(devices)))}"
+                scoring = time.perf_counter()
+                summary.startup_seconds = scoring - start
+                total, seen = count_samples(pending), 0
+                pool = ActorPool(actors)
+                for shard in pool.map_unordered(lambda actor, path: actor.score.remote(path), pending):
+                    summary.add(shard)
+                    seen += shard.samples
+                    if progress:
+                        progress(seen, total)
+                summary.seconds = time.perf_counter() - scoring
+        finally:
+            for actor in actors:
+                ray.kill(actor)  # frees their resources now, even when connected to a long-lived cluster
+
+
+def _absolute(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
