@@ -13,14 +13,24 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
 	touch $(STAMP)
 
 test: install
 	$(BIN)/python -m pytest
 
+# The demo's steps are independent past the reference: DEMO_JOBS of them run at once, the cores shared out
+# between them (on 2 cores, two 1-thread jobs finish sooner than one 2-thread job at a time). Through tee,
+# the commands print progress as whole lines, which interleave readably; demo/make.log keeps them.
+DEMO_JOBS ?= 2
+DEMO_THREADS := $(shell n=$$(( $$(nproc) / $(DEMO_JOBS) )); [ $$n -ge 1 ] && echo $$n || echo 1)
+
+demo: SHELL := /bin/bash
+demo: .SHELLFLAGS := -o pipefail -c
 demo: install
-	$(MAKE) --no-print-directory -f examples/pipeline.mk CURATE=$(abspath $(BIN)/curate) OUT=demo
+	mkdir -p demo
+	OMP_NUM_THREADS=$(DEMO_THREADS) $(MAKE) --no-print-directory -j$(DEMO_JOBS) \
+		-f examples/pipeline.mk CURATE=$(abspath $(BIN)/curate) OUT=demo 2>&1 | tee -a demo/make.log
 
 lint: install
 	$(BIN)/ruff check .

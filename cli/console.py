@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
+import time
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
@@ -24,7 +26,15 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 @contextlib.contextmanager
 def progress_bar(description: str, unit: str = "samples") -> Iterator[Callable[..., None]]:
     """Yield a `progress(done, total, status="")` callback driving a rich bar on stderr; `status` is a short
-    text shown after the bar (loss, samples/s)."""
+    text shown after the bar (loss, samples/s).
+
+    When stderr is not a terminal (a log file, CI, `make -j -Oline`), a live bar cannot redraw: the callback
+    prints a plain line every PLAIN_EVERY_S seconds instead, and one at the end.
+    """
+    if not err.is_terminal:
+        with _plain_progress(description, unit) as update:
+            yield update
+        return
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -51,3 +61,38 @@ def progress_bar(description: str, unit: str = "samples") -> Iterator[Callable[.
     finally:
         if bar.live.is_started:
             bar.stop()
+
+
+PLAIN_EVERY_S = 15.0
+
+
+@contextlib.contextmanager
+def _plain_progress(description: str, unit: str) -> Iterator[Callable[..., None]]:
+    start = time.monotonic()
+    last_print = start
+    state: dict = {}
+
+    def line() -> str:
+        done, total, status = state["done"], state["total"], state["status"]
+        elapsed = time.monotonic() - start
+        text = f"{description} {done}/{total if total else '?'} {unit}"
+        if total:
+            text += f" {100 * done / total:.0f}%"
+        text += f" {datetime.timedelta(seconds=round(elapsed))}"
+        if total and done:
+            text += f" eta {datetime.timedelta(seconds=round(elapsed * (total - done) / done))}"
+        return f"{text} {status}".rstrip()
+
+    def update(done: int, total: int | None = None, status: str = "") -> None:
+        nonlocal last_print
+        state.update(done=done, total=total, status=status)
+        now = time.monotonic()
+        if now - last_print >= PLAIN_EVERY_S:
+            last_print = now
+            err.print(line(), markup=False)
+
+    try:
+        yield update
+    finally:
+        if state:
+            err.print(line(), markup=False)

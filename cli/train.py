@@ -116,7 +116,8 @@ def train_command(
         temperature=temperature,
         command=shlex.join(["curate", *sys.argv[1:]]),
     )
-    with progress_bar("train", unit="steps") as progress:
+    # The run named in the bar tells parallel runs apart (make -j, one log).
+    with progress_bar(f"train {output.name}", unit="steps") as progress:
         summary = train(config, progress)
     data_line = f"{summary.data_samples} samples in memory" if summary.data_samples else "streamed"
     missing = (

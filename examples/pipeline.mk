@@ -7,6 +7,9 @@ OUT ?= demo
 SEED ?= 0
 # noisy web pairs; the model of the reference and of every learner
 N ?= 20000
+# A hard crawl: a steep long tail of classes (the eval set is balanced) and 57% noisy pairs, so that what
+# a selection keeps, and how it mixes a batch, shows in the learners' accuracy.
+SYNTH_FLAGS ?= --zipf 1.5 --misaligned 0.25 --junk 0.12 --partial 0.12 --duplicate 0.08 --eval-per-class 16
 MODEL ?= siglip-tiny
 # steps of the reference (on the curated set) and of every learner, all with the same batch size
 REF_STEPS ?= 200
@@ -17,8 +20,11 @@ BATCH ?= 64
 RATIO ?= 0.8
 EARLY ?= 50
 WORKERS ?= 1
-TRAIN = $(CURATE) train --model $(MODEL) --batch-size $(BATCH) --seed $(SEED) --workers $(WORKERS) \
-	--eval $(OUT)/data/eval --eval-every 25
+EVAL_EVERY ?= 20
+LR ?= 1e-3
+WARMUP ?= 100
+TRAIN = $(CURATE) train --model $(MODEL) --batch-size $(BATCH) --lr $(LR) --warmup $(WARMUP) --seed $(SEED) \
+	--workers $(WORKERS) --eval $(OUT)/data/eval --eval-every $(EVAL_EVERY)
 SELECT = $(CURATE) select $(OUT)/scores/reference --ratio $(RATIO) --batch-size $(BATCH) --seed $(SEED) \
 	--shards $(OUT)/data/web
 
@@ -30,20 +36,23 @@ all: report
 # 1. A noisy synthetic web crawl, its small clean curated set and an eval set.
 data: $(OUT)/data/web/sizes.json
 $(OUT)/data/web/sizes.json:
-	$(CURATE) synth $(OUT)/data --n $(N) --seed $(SEED)
+	$(CURATE) synth $(OUT)/data --n $(N) --seed $(SEED) $(SYNTH_FLAGS)
 
-# 2. A reference model trained on the curated set, then its scores of the whole crawl.
+# 2. A reference model trained on the curated set, then its scores of the whole crawl (.done holds the
+#    seconds scoring took, for the results table's cost column).
 $(OUT)/runs/reference/latest.pt: $(OUT)/data/web/sizes.json
 	$(TRAIN) $(OUT)/data/curated -o $(OUT)/runs/reference --steps $(REF_STEPS)
 $(OUT)/scores/reference/.done: $(OUT)/runs/reference/latest.pt
-	$(CURATE) score $(OUT)/data/web -o $(OUT)/scores/reference --model $< --workers $(WORKERS) && touch $@
+	start=$$(date +%s); $(CURATE) score $(OUT)/data/web -o $(OUT)/scores/reference --model $< --workers $(WORKERS) \
+		&& echo $$(( $$(date +%s) - start )) > $@
 
 # 3. The uniform (IID) learner on the whole crawl; its early checkpoint scores the crawl as the learner.
 $(OUT)/runs/uniform/latest.pt: $(OUT)/data/web/sizes.json
 	$(TRAIN) $(OUT)/data/web -o $(OUT)/runs/uniform --steps $(STEPS) --save-every $(EARLY)
 $(OUT)/scores/learner/.done: $(OUT)/runs/uniform/latest.pt
-	$(CURATE) score $(OUT)/data/web -o $(OUT)/scores/learner --model $(OUT)/runs/uniform/checkpoints/step_$(EARLY).pt \
-		--workers $(WORKERS) && touch $@
+	start=$$(date +%s); $(CURATE) score $(OUT)/data/web -o $(OUT)/scores/learner \
+		--model $(OUT)/runs/uniform/checkpoints/step_$(EARLY).pt --workers $(WORKERS) \
+		&& echo $$(( $$(date +%s) - start )) > $@
 
 # 4. Offline selections at F = RATIO: JEST, independent and random with the reference alone ("easy"),
 #    and JEST on learnability (early learner − reference); then the JEST selection as shards.
@@ -65,7 +74,9 @@ $(OUT)/runs/%/latest.pt: $(OUT)/manifests/%/manifest.parquet
 $(OUT)/runs/online/latest.pt: $(OUT)/scores/reference/.done
 	$(TRAIN) $(OUT)/data/web -o $(OUT)/runs/online --steps $(STEPS) --online-jest --ref $(OUT)/scores/reference \
 		--ratio $(RATIO)
-learners: $(foreach run,$(LEARNERS),$(OUT)/runs/$(run)/latest.pt) $(OUT)/curated/sizes.json
+# online first: the longest run, so under make -j it starts as soon as the reference scores exist.
+learners: $(OUT)/runs/online/latest.pt $(foreach run,$(LEARNERS),$(OUT)/runs/$(run)/latest.pt) \
+	$(OUT)/curated/sizes.json
 
 # 6. Every learner and the reference on the eval set, and the comparison page.
 report: learners

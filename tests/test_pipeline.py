@@ -18,9 +18,11 @@ LEARNERS = ("uniform", "jest", "independent", "random", "learnability", "online"
 def test_the_example_pipeline_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
     settings = ["N=300", "REF_STEPS=4", "STEPS=4", "BATCH=16", "EARLY=2", "WORKERS=0", "SEED=3"]
+    settings += ["SYNTH_FLAGS=--zipf 1.5 --misaligned 0.25 --eval-per-class 4"]
     command = [
         "make",
         "-s",
+        "-j2",  # as `make demo` runs it: independent steps at once
         "-f",
         str(REPO / "examples/pipeline.mk"),
         f"CURATE={sys.executable} -m cli",
@@ -37,6 +39,7 @@ def test_the_example_pipeline_runs_end_to_end(tmp_path):
         files = sorted((out / "scores" / scores).glob("*.parquet"))
         assert len(files) == 1 and pq.read_table(files[0]).num_rows == 300
         assert ScoreMetadata.read(files[0]).model.endswith(".pt")
+        assert int((out / "scores" / scores / ".done").read_text()) >= 0  # seconds scoring took
     for name in ("jest", "independent", "random", "learnability"):
         manifest = pq.read_table(out / "manifests" / name / "manifest.parquet")
         assert manifest.column_names == ["key", "shard", "super_batch", "chunk", "score"]
@@ -58,3 +61,14 @@ def test_the_example_pipeline_runs_end_to_end(tmp_path):
     pictures = re.findall(r'src="([^"]+\.png)"', page)
     assert pictures and all((out / "report" / picture).is_file() for picture in pictures)
     assert all(run in page for run in LEARNERS)
+
+    table = subprocess.run(
+        [sys.executable, str(REPO / "examples/results_table.py"), str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + len(LEARNERS)  # header and one row per learner
+    assert all(len(row.split("|")) == 9 for row in rows)
+    assert "reference (curated set): zero-shot top-1" in table
