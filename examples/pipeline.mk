@@ -7,7 +7,7 @@ OUT ?= demo
 SEED ?= 0
 # noisy web pairs; the model of the reference and of every learner
 N ?= 20000
-# A hard crawl: a steep long tail of classes (the eval set is balanced) and 57% noisy pairs, so that what
+# A hard crawl: a steep long tail of classes (the eval set is balanced) and 58% noisy pairs, so that what
 # a selection keeps, and how it mixes a batch, shows in the learners' accuracy.
 SYNTH_FLAGS ?= --zipf 1.5 --misaligned 0.25 --junk 0.12 --partial 0.12 --duplicate 0.08 --eval-per-class 16
 MODEL ?= siglip-tiny
