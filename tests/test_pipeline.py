@@ -31,6 +31,8 @@ def test_the_example_pipeline_runs_end_to_end(tmp_path):
     result = subprocess.run([*command, *settings], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"report: {out}/report/index.html" in result.stdout
+    # Off a terminal, progress is whole lines naming the run, so parallel jobs' lines can be told apart.
+    assert re.search(r"^train uniform 4/4 steps 100% ", result.stderr, re.MULTILINE), result.stderr[-2000:]
 
     assert (
         sum(json.loads((out / "data/web/sizes.json").read_text()).values()) == 300
