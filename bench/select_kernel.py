@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curate.selection import PairEmbeddings, chunk_sizes, pair_scores, sample_jest, selection_size  # noqa: E402
-from curate.selection.oracle import dense_jest  # noqa: E402
+from curate.jest import PairEmbeddings, chunk_sizes, pair_scores, sample_jest, selection_size  # noqa: E402
+from curate.jest.oracle import dense_jest  # noqa: E402
 
 GIB = 1 << 30
 

@@ -1,4 +1,9 @@
-"""Atomic writes for local paths and fsspec URLs: a killed writer never leaves a half file."""
+"""The one path layer: fsspec URLs and local paths, atomic writes, one-line refusals where a stage is local.
+
+Every path a user gives goes through here. `Path("s3://b/x")` silently means the local folder `s3:/b/x`, so
+no module turns a user's path into a `pathlib.Path` without `local_path` first: a URL is either handled by
+fsspec or refused in one line, never written somewhere else.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,13 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from curate.errors import CurateError
 
 
 def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -19,6 +27,33 @@ def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 def join(folder: str, name: str) -> str:
     return f"{str(folder).rstrip('/')}/{name}"
+
+
+def basename(path: str) -> str:
+    """The last component of a local path or URL: `00003.tar` of `s3://b/shards/00003.tar`."""
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def is_local(path: str | os.PathLike) -> bool:
+    """True for a plain path or a file:// URL, False for any other fsspec URL (s3://, memory://, ...)."""
+    return isinstance(filesystem(str(path))[0], LocalFileSystem)
+
+
+def local_path(path: str | os.PathLike, option: str) -> Path:
+    """`path` as a local Path (file:// URLs unwrapped), or a one-line error naming `option` for a URL of
+    another filesystem, which the stage behind `option` cannot read or write."""
+    fs, fs_path = filesystem(str(path))
+    if not isinstance(fs, LocalFileSystem):
+        raise CurateError(
+            f"{option} {path}: only local paths (or file:// URLs) are supported here; copy the data to a "
+            "local folder first"
+        )
+    return Path(fs_path)
+
+
+def absolute(path: str | os.PathLike) -> str:
+    """What an artefact records as its input: a local path made absolute, a URL unchanged."""
+    return str(path) if not is_local(path) else str(local_path(path, "").absolute())
 
 
 @contextlib.contextmanager

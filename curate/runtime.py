@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 
@@ -37,3 +38,9 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# progress(done, total): total is None while unknown. The CLI passes a rich bar's update (which also
+# takes a third, optional status text); the library never imports rich.
+Progress = Callable[[int, int | None], None]
+StatusProgress = Callable[[int, int | None, str], None]

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from builders import unit, write_scores
 from conftest import run_cli
-from test_select import unit, write_scores
 
 from curate.errors import CurateError
 from curate.query import QuerySources, run_query, write_result

@@ -10,60 +10,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from builders import unit, write_scores
 from conftest import run_cli
 
 from curate.errors import CurateError
-from curate.score.schema import OK, embeddings_array, score_file, score_schema
+from curate.jest import PairEmbeddings, batch_score
+from curate.score.schema import OK, open_score_folder
 from curate.select import (
     MANIFEST_SCHEMA,
     SelectConfig,
     build_index,
     iter_super_batches,
     manifest_metadata,
-    open_score_folder,
     read_manifest,
     read_summary,
     select,
     subset_score,
     super_batch_for,
 )
-from curate.selection import PairEmbeddings, batch_score
 
 DIM = 16
-
-
-def unit(rows: np.ndarray) -> np.ndarray:
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
-
-
-def write_scores(folder, shard, keys, image, text, status=None, model="planted", scale=10.0, bias=-10.0):
-    """One score file exactly as `curate score` writes it (schema, metadata, nulls where not ok)."""
-    status = status or [OK] * len(keys)
-    valid = np.array([s == OK for s in status])
-    metadata = {
-        "curate.model": model,
-        "curate.pretrained": "",
-        "curate.logit_scale": str(scale),
-        "curate.logit_bias": str(bias),
-        "curate.embed_dim": str(image.shape[1]),
-        "curate.image_size": "32",
-        "curate.version": "test",
-    }
-    similarity = (image * text).sum(1).astype(np.float32)
-    table = pa.table(
-        {
-            "key": pa.array(keys, pa.string()),
-            "shard": pa.array([shard] * len(keys), pa.string()),
-            "caption": pa.array([f"caption {k}" for k in keys], pa.string()),
-            "image_emb": embeddings_array(image.astype(np.float16), valid),
-            "text_emb": embeddings_array(text.astype(np.float16), valid),
-            "similarity": pa.array(similarity, pa.float32(), mask=~valid),
-            "status": pa.array(status, pa.string()),
-        },
-        schema=score_schema(image.shape[1], metadata),
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, score_file(folder, shard))
 
 
 def planted_scores(folder, shards=6, per_shard=50, seed=0, duplicates=0, broken=()):

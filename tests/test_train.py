@@ -6,11 +6,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from builders import unit, write_scores
 from conftest import run_cli
 
 from curate.errors import CurateError
 from curate.models import load_checkpoint
-from curate.score import ScoreMetadata, embeddings_array, score_schema
+from curate.score import ScoreMetadata
 from curate.train import TrainConfig, train
 
 FAST = dict(model="siglip-tiny", batch_size=32, lr=2e-3, warmup=2, workers=0, cache="memory", log_every=1)
@@ -109,15 +110,6 @@ def oracle_reference(small_synth: str, out: Path) -> None:
     """Scores of a reference that knows the noise: clean pairs get matching embeddings, noisy ones not."""
     rng = np.random.default_rng(0)
     dim = 64
-    meta = {
-        "curate.model": "oracle",
-        "curate.pretrained": "",
-        "curate.logit_scale": "10.0",
-        "curate.logit_bias": "-10.0",
-        "curate.embed_dim": str(dim),
-        "curate.image_size": "32",
-        "curate.version": "test",
-    }
     out.mkdir()
     for path in sorted(Path(small_synth, "web").glob("*.parquet")):
         rows = pq.read_table(path, columns=["key", "noise"]).to_pylist()
@@ -125,22 +117,10 @@ def oracle_reference(small_synth: str, out: Path) -> None:
         text = np.where(
             np.array([r["noise"] == "none" for r in rows])[:, None], image, rng.standard_normal(image.shape)
         )
-        image /= np.linalg.norm(image, axis=1, keepdims=True)
-        text /= np.linalg.norm(text, axis=1, keepdims=True)
-        valid = np.ones(len(rows), bool)
-        table = pa.table(
-            {
-                "key": [r["key"] for r in rows],
-                "shard": [path.stem + ".tar"] * len(rows),
-                "caption": [""] * len(rows),
-                "image_emb": embeddings_array(image.astype(np.float16), valid),
-                "text_emb": embeddings_array(text.astype(np.float16), valid),
-                "similarity": pa.array((image * text).sum(1), pa.float32()),
-                "status": ["ok"] * len(rows),
-            },
-            schema=score_schema(dim, meta),
+        keys = [r["key"] for r in rows]
+        write_scores(
+            out, path.stem + ".tar", keys, unit(image), unit(text), model="oracle", captions=[""] * len(keys)
         )
-        pq.write_table(table, out / f"{path.stem}.parquet")
     assert ScoreMetadata.read(out / "00000.parquet").logit_scale == 10.0
 
 

@@ -1,4 +1,6 @@
-"""The score file (DESIGN.md, "Scores"): one Parquet per input shard, defined once for writer and readers.
+"""The score artefact (DESIGN.md, "Scores"): its schema, its one writer and its one reader.
+
+`SCORES/{shard}.parquet`, one file per input shard:
 
 | key, shard, caption | string | which sample, as in the shard                            |
 | image_emb, text_emb | fixed_size_list<float16>[D] | L2-normalised embeddings (null if not ok) |
@@ -6,29 +8,37 @@
 | status              | string  | "ok", or why the sample could not be scored             |
 
 File metadata `curate.*` holds the model's name, tag, t (logit_scale, not log t), b, embed_dim, image size
-and the curate version: selection rebuilds the reference's pair losses from these alone.
+and the curate version: selection rebuilds the reference's pair losses from these alone. A folder holds
+the scores of one model: `open_score_folder` checks it, and every stage that reads scores goes through it.
+Score folders are local (`local_path`): DuckDB's index pass and the memory-mapped reads need files.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.errors import CurateError
+from curate.errors import CurateError, first_line
+from curate.fileio import atomic_open, local_path
 from curate.shards.schema import OK
 
 __all__ = [
     "OK",
     "METADATA_KEYS",
+    "ScoreFolder",
     "ScoreMetadata",
     "embeddings_array",
     "embeddings_numpy",
+    "is_score_file",
+    "open_score_folder",
     "score_file",
     "score_schema",
+    "write_score_file",
 ]
 METADATA_KEYS = (
     "curate.model",
@@ -39,6 +49,7 @@ METADATA_KEYS = (
     "curate.image_size",
     "curate.version",
 )
+EMBEDDINGS = ("image_emb", "text_emb")
 
 
 def score_schema(embed_dim: int, metadata: dict[str, str] | None = None) -> pa.Schema:
@@ -59,7 +70,7 @@ def score_schema(embed_dim: int, metadata: dict[str, str] | None = None) -> pa.S
 
 def score_file(scores: str | Path, shard: str) -> Path:
     """`SCORES/00042.parquet` for shard `00042.tar`."""
-    return Path(scores) / f"{shard.removesuffix('.tar')}.parquet"
+    return local_path(scores, "score folder") / f"{shard.removesuffix('.tar')}.parquet"
 
 
 def embeddings_array(values: np.ndarray, valid: np.ndarray) -> pa.FixedSizeListArray:
@@ -94,22 +105,134 @@ class ScoreMetadata:
     image_size: int
     version: str
 
+    @property
+    def identity(self) -> tuple:
+        """What must agree for two files to hold one model's scores (the version may differ)."""
+        return self.model, self.pretrained, self.logit_scale, self.logit_bias, self.embed_dim
+
+    @classmethod
+    def from_strings(cls, meta: dict[str, str], source: str) -> ScoreMetadata:
+        missing = [k for k in METADATA_KEYS if k not in meta]
+        if missing:
+            raise CurateError(
+                f"{source} is not a curate score file (no {', '.join(missing)} in its metadata)"
+            )
+        try:
+            return cls(
+                model=meta["curate.model"],
+                pretrained=meta["curate.pretrained"],
+                logit_scale=float(meta["curate.logit_scale"]),
+                logit_bias=float(meta["curate.logit_bias"]),
+                embed_dim=int(meta["curate.embed_dim"]),
+                image_size=int(meta["curate.image_size"]),
+                version=meta["curate.version"],
+            )
+        except ValueError as error:
+            raise CurateError(f"{source}: malformed curate metadata ({first_line(error)})") from None
+
     @classmethod
     def read(cls, path: str | Path) -> ScoreMetadata:
         try:
             raw = pq.read_schema(path).metadata or {}
         except (OSError, pa.ArrowInvalid) as error:
-            raise CurateError(f"cannot read score file {path}: {str(error).splitlines()[0]}") from None
-        meta = {k.decode(): v.decode() for k, v in raw.items() if k.decode().startswith("curate.")}
-        missing = [k for k in METADATA_KEYS if k not in meta]
-        if missing:
-            raise CurateError(f"{path} is not a curate score file (no {', '.join(missing)} in its metadata)")
-        return cls(
-            model=meta["curate.model"],
-            pretrained=meta["curate.pretrained"],
-            logit_scale=float(meta["curate.logit_scale"]),
-            logit_bias=float(meta["curate.logit_bias"]),
-            embed_dim=int(meta["curate.embed_dim"]),
-            image_size=int(meta["curate.image_size"]),
-            version=meta["curate.version"],
-        )
+            raise CurateError(f"cannot read score file {path}: {first_line(error)}") from None
+        meta = {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"curate.")}
+        return cls.from_strings(meta, str(path))
+
+    def as_strings(self) -> dict[str, str]:
+        """The file metadata a score file carries (the inverse of `from_strings`)."""
+        return {f"curate.{k}": repr(v) if isinstance(v, float) else str(v) for k, v in asdict(self).items()}
+
+
+def is_score_file(path: str | Path) -> bool:
+    try:
+        ScoreMetadata.read(path)
+    except CurateError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- writer
+
+
+def write_score_file(
+    path: str | Path,
+    shard: str,
+    keys: list[str],
+    captions: list[str],
+    status: list[str],
+    image_emb: np.ndarray,
+    text_emb: np.ndarray,
+    similarity: np.ndarray,
+    metadata: dict[str, str],
+) -> None:
+    """Write one shard's score file atomically. Embedding rows of samples whose status is not ok are
+    ignored (stored as nulls), so callers may pass zeros there."""
+    valid = pc.equal(pa.array(status, pa.string()), OK).to_numpy(zero_copy_only=False)
+    schema = score_schema(image_emb.shape[1], metadata)
+    table = pa.table(
+        {
+            "key": pa.array(keys, pa.string()),
+            "shard": pa.array([shard] * len(keys), pa.string()),
+            "caption": pa.array(captions, pa.string()),
+            "image_emb": embeddings_array(image_emb, valid),
+            "text_emb": embeddings_array(text_emb, valid),
+            "similarity": pa.array(np.asarray(similarity, np.float32), pa.float32(), mask=~valid),
+            "status": pa.array(status, pa.string()),
+        },
+        schema=schema,
+    )
+    with atomic_open(str(path), "wb") as handle:
+        pq.write_table(table, handle)
+
+
+# ---------------------------------------------------------------------------------------------- reader
+
+
+@dataclass(frozen=True)
+class ScoreFolder:
+    """A folder of score files written by one model; `files` sorted, so ids into it are stable."""
+
+    path: str
+    files: tuple[str, ...]
+    metadata: ScoreMetadata
+
+    def read_embeddings(self, file_id: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows `rows` of one file's image_emb and text_emb, as (n, D) float16 arrays."""
+        table = self._read(self.files[file_id], list(EMBEDDINGS))
+        return embeddings_numpy(table["image_emb"])[rows], embeddings_numpy(table["text_emb"])[rows]
+
+    def read_columns(self, columns: list[str], ok_only: bool = False) -> pa.Table:
+        """`columns` of every file, concatenated in file order (only status-ok rows with `ok_only`)."""
+        wanted = [*columns, "status"] if ok_only and "status" not in columns else columns
+        parts = []
+        for path in self.files:
+            table = self._read(path, wanted)
+            if ok_only:
+                table = table.filter(pc.equal(table["status"], OK)).select(columns)
+            parts.append(table)
+        return pa.concat_tables(parts)
+
+    @staticmethod
+    def _read(path: str, columns: list[str]) -> pa.Table:
+        try:
+            return pq.read_table(path, columns=columns)
+        except (OSError, pa.ArrowInvalid, KeyError) as error:
+            raise CurateError(f"cannot read score file {path}: {first_line(error)}") from None
+
+
+def open_score_folder(path: str | Path, role: str = "scores") -> ScoreFolder:
+    """Find the score files of `path` and check they all come from one model."""
+    folder = local_path(path, role)
+    if not folder.is_dir():
+        raise CurateError(f"{role} folder {path} does not exist (write one with curate score)")
+    files = tuple(str(p) for p in sorted(folder.glob("*.parquet")))
+    if not files:
+        raise CurateError(f"{role} folder {path} holds no score files (*.parquet, written by curate score)")
+    metadata = ScoreMetadata.read(files[0])
+    for other in files[1:]:
+        if ScoreMetadata.read(other).identity != metadata.identity:
+            raise CurateError(
+                f"{other} was scored by another model than {files[0]}; keep one model per folder"
+            )
+    return ScoreFolder(str(folder), files, metadata)

@@ -23,22 +23,18 @@ if TYPE_CHECKING:
     from curate.select.selecting import SelectConfig, SelectSummary, select, subset_score, super_batch_for
     from curate.select.superbatches import (
         SampleIndex,
-        ScoreFolder,
         SuperBatch,
         build_index,
         iter_super_batches,
-        open_score_folder,
     )
 
 _LAZY = {
     "curate.select.selecting": ("SelectConfig", "SelectSummary", "select", "subset_score", "super_batch_for"),
     "curate.select.superbatches": (
         "SampleIndex",
-        "ScoreFolder",
         "SuperBatch",
         "build_index",
         "iter_super_batches",
-        "open_score_folder",
     ),
 }
 _MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
@@ -55,7 +51,6 @@ __all__ = [
     "MANIFEST_SCHEMA",
     "SUMMARY_FILE",
     "SampleIndex",
-    "ScoreFolder",
     "SelectConfig",
     "SelectSummary",
     "SuperBatch",
@@ -63,7 +58,6 @@ __all__ = [
     "iter_super_batches",
     "manifest_metadata",
     "manifest_path",
-    "open_score_folder",
     "read_manifest",
     "read_summary",
     "select",

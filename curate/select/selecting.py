@@ -25,8 +25,9 @@ from curate import __version__
 from curate.backends.ray_cluster import RayConfig, check_backend
 from curate.errors import CurateError
 from curate.fileio import atomic_open
+from curate.jest import CRITERIA, METHODS, PairEmbeddings, pair_scores, select_batch, selection_size
 from curate.runtime import resolve_device
-from curate.score.schema import ScoreMetadata
+from curate.score.schema import ScoreFolder, ScoreMetadata, open_score_folder
 from curate.select.manifest import (
     MANIFEST_FILE,
     MANIFEST_SCHEMA,
@@ -34,14 +35,7 @@ from curate.select.manifest import (
     SUMMARY_FILE,
     manifest_writer,
 )
-from curate.select.superbatches import (
-    ScoreFolder,
-    SuperBatch,
-    build_index,
-    iter_super_batches,
-    open_score_folder,
-)
-from curate.selection import CRITERIA, METHODS, PairEmbeddings, pair_scores, select_batch, selection_size
+from curate.select.superbatches import SuperBatch, build_index, iter_super_batches
 
 NEEDS_LEARNER = ("learnability", "hard")
 ROW_GROUP_ROWS = 1 << 16  # manifest rows per Parquet row group (a function of the data only: deterministic)

@@ -19,47 +19,14 @@ import contextlib
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from curate.errors import CurateError
-from curate.score.schema import OK, ScoreMetadata, embeddings_numpy
-
-
-@dataclass(frozen=True)
-class ScoreFolder:
-    """A folder of score files written by one model; `files` sorted, so ids into it are stable."""
-
-    path: str
-    files: tuple[str, ...]
-    metadata: ScoreMetadata
-
-
-def open_score_folder(path: str | Path, role: str = "scores") -> ScoreFolder:
-    """Find the score files of `path` and check they all come from one model."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise CurateError(f"{role} folder {path} does not exist (write one with curate score)")
-    files = tuple(str(p) for p in sorted(folder.glob("*.parquet")))
-    if not files:
-        raise CurateError(f"{role} folder {path} holds no score files (*.parquet, written by curate score)")
-    metadata = ScoreMetadata.read(files[0])
-    model = _model_of(metadata)
-    for other in files[1:]:
-        if _model_of(ScoreMetadata.read(other)) != model:
-            raise CurateError(
-                f"{other} was scored by another model than {files[0]}; keep one model per folder"
-            )
-    return ScoreFolder(str(folder), files, metadata)
-
-
-def _model_of(meta: ScoreMetadata) -> tuple:
-    return meta.model, meta.pretrained, meta.logit_scale, meta.logit_bias, meta.embed_dim
+from curate.errors import CurateError, first_line
+from curate.score.schema import OK, ScoreFolder
 
 
 @dataclass
@@ -103,7 +70,7 @@ def build_index(
                 JOIN ref_files AS f ON f.path = s.filename"""
             )
         except duckdb.Error as error:
-            raise CurateError(f"--where {where!r}: {_first_line(error)}") from None
+            raise CurateError(f"--where {where!r}: {first_line(error)}") from None
         by_status = con.sql(
             "SELECT status, count(*), count(*) FILTER (passed) FROM ref GROUP BY status ORDER BY status"
         ).fetchall()
@@ -168,10 +135,6 @@ def _sql_list(values: tuple[str, ...]) -> str:
     return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
 
 
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
 Pair = tuple[np.ndarray, np.ndarray]  # (image, text) float16 [n, D]
 
 
@@ -219,7 +182,7 @@ def iter_super_batches(
         if lo == hi:
             continue
         positions = np.arange(lo, hi)
-        ref_pair = read_embeddings(reference.files[file_id], index.row[lo:hi])
+        ref_pair = reference.read_embeddings(file_id, index.row[lo:hi])
         learner_pair = _learner_embeddings(index, learner, lo, hi) if learner is not None else None
         buffer.append(_Part(positions, ref_pair, learner_pair))
         buffered += hi - lo
@@ -276,22 +239,13 @@ def _take(part: _Part, order: np.ndarray) -> _Part:
     return _Part(part.positions[order], (part.reference[0][order], part.reference[1][order]), learner)
 
 
-def read_embeddings(path: str, rows: np.ndarray) -> Pair:
-    """Rows `rows` of one score file's image_emb and text_emb, as float16 arrays."""
-    try:
-        table = pq.read_table(path, columns=["image_emb", "text_emb"])
-    except (OSError, pa.ArrowInvalid) as error:
-        raise CurateError(f"cannot read score file {path}: {_first_line(error)}") from None
-    return embeddings_numpy(table["image_emb"])[rows], embeddings_numpy(table["text_emb"])[rows]
-
-
 def _learner_embeddings(index: SampleIndex, learner: ScoreFolder, lo: int, hi: int) -> Pair:
     """The learner's rows for index rows lo:hi; usually one learner file (the same shard, scored again)."""
     files, rows = index.learner_file[lo:hi], index.learner_row[lo:hi]
     image = text = None
     for file_id in np.unique(files):
         mask = files == file_id
-        part_image, part_text = read_embeddings(learner.files[file_id], rows[mask])
+        part_image, part_text = learner.read_embeddings(file_id, rows[mask])
         if image is None:
             image = np.empty((hi - lo, part_image.shape[1]), np.float16)
             text = np.empty_like(image)

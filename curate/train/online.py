@@ -8,17 +8,13 @@ the scores it logs stay on the device until the trainer's log step reads them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
 import torch
 
-from curate.errors import CurateError
+from curate.jest import PairEmbeddings, batch_score, select_batch
 from curate.models import ImageTextModel
 from curate.runtime import autocast
-from curate.score.schema import OK, ScoreMetadata, embeddings_numpy
-from curate.selection import PairEmbeddings, batch_score, select_batch
+from curate.score.schema import ScoreMetadata, embeddings_numpy, open_score_folder
 from curate.train.data import Batch
 
 
@@ -38,28 +34,16 @@ class ReferenceBank:
 
 def load_reference(scores: str, device: torch.device) -> ReferenceBank:
     """Every `ok` row of a score folder, in memory (about 4·D bytes a sample: 10 MB for 20k at D = 128)."""
-    files = sorted(Path(scores).glob("*.parquet"))
-    if not files:
-        raise CurateError(f"no score files (*.parquet) in {scores}: run `curate score` first")
-    metadata = ScoreMetadata.read(files[0])
-    keys: list[str] = []
-    images, texts = [], []
-    for path in files:
-        if ScoreMetadata.read(path).model != metadata.model:
-            raise CurateError(f"{scores} mixes scores of two models ({path.name})")
-        table = pq.read_table(path, columns=["key", "status", "image_emb", "text_emb"])
-        ok = np.array([status == OK for status in table.column("status").to_pylist()], dtype=bool)
-        keys += [key for key, good in zip(table.column("key").to_pylist(), ok, strict=True) if good]
-        images.append(embeddings_numpy(table["image_emb"])[ok])
-        texts.append(embeddings_numpy(table["text_emb"])[ok])
+    folder = open_score_folder(scores, "--ref")
+    table = folder.read_columns(["key", "image_emb", "text_emb"], ok_only=True)
     index: dict[str, int] = {}
-    for row, key in enumerate(keys):
+    for row, key in enumerate(table.column("key").to_pylist()):
         index.setdefault(key, row)  # a duplicated key keeps its first score
     return ReferenceBank(
-        image=torch.from_numpy(np.concatenate(images)).to(device),
-        text=torch.from_numpy(np.concatenate(texts)).to(device),
+        image=torch.from_numpy(embeddings_numpy(table["image_emb"])).to(device),
+        text=torch.from_numpy(embeddings_numpy(table["text_emb"])).to(device),
         index=index,
-        metadata=metadata,
+        metadata=folder.metadata,
     )
 
 

@@ -14,8 +14,8 @@ import math
 import torch
 from torch import Tensor
 
-from curate.selection.losses import PairScores, SelectionError
-from curate.selection.samplers import Selection, _check, _jest_loop
+from curate.jest.losses import PairScores, SelectionError
+from curate.jest.samplers import Selection, _check, _jest_loop
 
 
 def dense_matrix(scores: PairScores, dtype: torch.dtype = torch.float32) -> Tensor:

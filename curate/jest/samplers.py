@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from curate.selection.losses import (
+from curate.jest.losses import (
     DEFAULT_BLOCK_ELEMENTS,
     PairEmbeddings,
     PairScores,

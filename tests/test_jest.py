@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from curate.errors import CurateError
-from curate.selection import (
+from curate.jest import (
     PairEmbeddings,
     batch_score,
     chunk_sizes,
@@ -18,7 +18,7 @@ from curate.selection import (
     sample_random,
     select_batch,
 )
-from curate.selection.oracle import dense_jest, dense_matrix, gibbs_subsets, subset_score, subset_scores
+from curate.jest.oracle import dense_jest, dense_matrix, gibbs_subsets, subset_score, subset_scores
 
 F64 = torch.float64
 

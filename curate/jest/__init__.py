@@ -1,6 +1,6 @@
 """The selection core: SigLIP pair losses, criteria, streaming JEST and its baselines (pure tensor code)."""
 
-from curate.selection.losses import (
+from curate.jest.losses import (
     CRITERIA,
     PairEmbeddings,
     PairScores,
@@ -9,7 +9,7 @@ from curate.selection.losses import (
     pair_losses,
     pair_scores,
 )
-from curate.selection.samplers import (
+from curate.jest.samplers import (
     FIRST_CHUNK,
     METHODS,
     Selection,

@@ -1,0 +1,44 @@
+"""Artefacts for tests, written by the library's own writers (never a hand-made second schema)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from curate.score.schema import OK, ScoreMetadata, score_file, write_score_file
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def write_scores(
+    folder: str | Path,
+    shard: str,
+    keys: list[str],
+    image: np.ndarray,
+    text: np.ndarray,
+    status: list[str] | None = None,
+    model: str = "planted",
+    scale: float = 10.0,
+    bias: float = -10.0,
+    captions: list[str] | None = None,
+) -> Path:
+    """One score file as `curate score` writes it, for planted embeddings of a made-up model."""
+    status = status or [OK] * len(keys)
+    metadata = ScoreMetadata(model, "", scale, bias, image.shape[1], 32, "test").as_strings()
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    path = score_file(folder, shard)
+    write_score_file(
+        path,
+        shard,
+        keys,
+        captions if captions is not None else [f"caption {k}" for k in keys],
+        status,
+        image.astype(np.float16),
+        text.astype(np.float16),
+        (image * text).sum(1),
+        metadata,
+    )
+    return path
