@@ -96,3 +96,10 @@ class ShardBatches(IterableDataset):
 def single_threaded_worker(_: int) -> None:
     # Decoding workers each using every core would fight the model's own threads on small machines.
     torch.set_num_threads(1)
+
+
+def already_batched(batch: ShardBatch) -> ShardBatch:
+    """The DataLoader's collate_fn for datasets that batch themselves. A module-level function, not a
+    lambda: under the spawn and forkserver start methods (macOS; Linux from Python 3.14) the loader
+    pickles it into every worker."""
+    return batch

@@ -10,6 +10,7 @@ from curate.errors import CurateError
 from curate.jest import (
     PairEmbeddings,
     batch_score,
+    choose,
     chunk_sizes,
     pair_losses,
     pair_scores,
@@ -18,7 +19,7 @@ from curate.jest import (
     sample_random,
     select_batch,
 )
-from curate.jest.oracle import dense_jest, dense_matrix, gibbs_subsets, subset_score, subset_scores
+from curate.jest.oracle import dense_jest, dense_matrix, gibbs_subsets, matrix_subset_score, subset_scores
 
 F64 = torch.float64
 
@@ -116,6 +117,38 @@ def test_batch_score_is_the_sum_over_the_subset_block(models):
     matrix = dense_matrix(scores_for("learnability", models), F64)
     got = batch_score(indices, *models, criterion="learnability", dtype=F64)
     torch.testing.assert_close(got, matrix[indices][:, indices].sum())
+
+
+@pytest.mark.parametrize("criterion", ["learnability", "easy", "hard"])
+def test_batch_score_in_row_blocks_equals_the_dense_block(models, criterion):
+    indices = torch.randperm(512, generator=torch.Generator().manual_seed(1))[:300]
+    matrix = dense_matrix(scores_for(criterion, models), F64)
+    # 300 rows in blocks of 64: four full blocks and an uneven last one.
+    got = batch_score(indices, *models, criterion=criterion, dtype=F64, block_rows=64)
+    torch.testing.assert_close(got, matrix[indices][:, indices].sum(), rtol=1e-12, atol=1e-9)
+
+
+def test_choice_scores_the_chosen_and_a_random_batch_as_means_over_the_pairs(models):
+    reference, learner = models
+    choice = choose(
+        "jest", reference, learner, "learnability", 0.75, 4, 1.0,
+        torch.Generator().manual_seed(0), torch.Generator().manual_seed(1),
+    )  # fmt: skip
+    matrix = dense_matrix(scores_for("learnability", models), F64)
+    chosen = choice.selection.indices
+    assert len(chosen) == 128
+    torch.testing.assert_close(
+        choice.selected_score, matrix[chosen][:, chosen].mean(), rtol=1e-5, atol=1e-7, check_dtype=False
+    )
+    random = torch.randperm(512, generator=torch.Generator().manual_seed(1))[:128]
+    torch.testing.assert_close(
+        choice.random_score, matrix[random][:, random].mean(), rtol=1e-5, atol=1e-7, check_dtype=False
+    )
+    # The comparison batch has its own generator: the selection is the sampler's, draw for draw.
+    alone = select_batch(
+        "jest", reference, learner, "learnability", 0.75, 4, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(alone.indices, chosen)
 
 
 # --- samplers: exactness and bookkeeping ---------------------------------------------------------------
@@ -287,7 +320,7 @@ def test_jest_comes_close_to_the_joint_distribution_on_tiny_batches():
         return (
             torch.stack(
                 [
-                    subset_score(matrix, sampler(scores, 6, generator=g, dtype=F64, **kwargs).indices)
+                    matrix_subset_score(matrix, sampler(scores, 6, generator=g, dtype=F64, **kwargs).indices)
                     for _ in range(300)
                 ]
             )

@@ -9,12 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from builders import unit, write_scores
 from conftest import run_cli
 
 from curate.errors import CurateError
-from curate.jest import PairEmbeddings, batch_score
 from curate.score.schema import OK, open_score_folder
 from curate.select import (
     MANIFEST_SCHEMA,
@@ -25,7 +23,6 @@ from curate.select import (
     read_manifest,
     read_summary,
     select,
-    subset_score,
     super_batch_for,
 )
 
@@ -190,21 +187,6 @@ def test_learner_rows_line_up_with_the_reference(tmp_path):
     for batch in iter_super_batches(index, *folders, size=16, seed=0):
         np.testing.assert_array_equal(batch.reference[0], batch.learner[0])
         np.testing.assert_array_equal(batch.reference[1], batch.learner[1])
-
-
-def test_subset_score_is_batch_score_over_b_squared():
-    g = torch.Generator().manual_seed(0)
-
-    def pair(n):
-        image = torch.nn.functional.normalize(torch.randn(n, DIM, generator=g), dim=-1)
-        text = torch.nn.functional.normalize(torch.randn(n, DIM, generator=g), dim=-1)
-        return PairEmbeddings(image, text, 10.0, -10.0)
-
-    reference, learner = pair(3000), pair(3000)
-    indices = torch.randperm(3000, generator=g)[:2100]  # more rows than one block, an uneven last block
-    for criterion in ("easy", "learnability", "hard"):
-        expected = batch_score(indices, reference, learner, criterion).item() / 2100**2
-        assert subset_score(indices, reference, learner, criterion) == pytest.approx(expected, rel=1e-5)
 
 
 def test_short_last_super_batch_and_batch_size(tmp_path):

@@ -1,5 +1,6 @@
 """The selection core: SigLIP pair losses, criteria, streaming JEST and its baselines (pure tensor code)."""
 
+from curate.jest.choice import Choice, choose
 from curate.jest.losses import (
     CRITERIA,
     PairEmbeddings,
@@ -23,6 +24,8 @@ from curate.jest.samplers import (
 )
 
 __all__ = [
+    "Choice",
+    "choose",
     "CRITERIA",
     "FIRST_CHUNK",
     "METHODS",

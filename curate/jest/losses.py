@@ -149,8 +149,9 @@ class PairScores:
             for sign, emb, left_image, left_text in lefts:
                 _mm(left_image, emb.text[lo:hi], dtype, out=logits[0])
                 _mm(left_text, emb.image[lo:hi], dtype, out=logits[1])
-                # torch._C._nn.softplus is F.softplus with an out= buffer (same beta=1, threshold=20).
-                torch._C._nn.softplus(logits.add_(emb.logit_bias), 1, 20, out=losses)
+                # aten's softplus.out is F.softplus (same beta=1, threshold=20) into a reused buffer;
+                # logaddexp(out=) would drop the threshold and drift from the dense twin.
+                torch.ops.aten.softplus.out(logits.add_(emb.logit_bias), 1, 20, out=losses)
                 out[lo:hi].add_(losses.sum((0, 1)), alpha=sign)
         return out
 
@@ -187,6 +188,13 @@ def batch_score(
     learner: PairEmbeddings | None,
     criterion: str = "learnability",
     dtype: torch.dtype = torch.float32,
+    block_rows: int = 1024,
 ) -> Tensor:
-    """Sum over i, j in S of A_ij for the sub-batch S = `indices`; builds only the b x b block."""
-    return pair_scores(criterion, reference, learner).block(indices, indices, dtype).sum()
+    """score(S) = the sum over i, j in S of A_ij for the sub-batch S = `indices` (a 0-d float64 tensor on
+    the embeddings' device). Rows go in blocks of `block_rows`, so memory is O(block_rows * b), never b x b
+    for a large b; the sum stays on the device (no host sync)."""
+    scores = pair_scores(criterion, reference, learner)
+    total = torch.zeros((), dtype=torch.float64, device=indices.device)
+    for lo in range(0, len(indices), block_rows):
+        total += scores.block(indices[lo : lo + block_rows], indices, dtype).sum(dtype=torch.float64)
+    return total

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from curate.jest.losses import PairScores, SelectionError
-from curate.jest.samplers import Selection, _check, _jest_loop
+from curate.jest.samplers import Selection, check_arguments, jest_loop
 
 
 def dense_matrix(scores: PairScores, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -36,16 +36,16 @@ def dense_jest(
     dtype: torch.dtype = torch.float32,
 ) -> Selection:
     """JEST from the materialised A: u += A[:, C].sum(1) + A[C, :].sum(0) read off the matrix."""
-    _check(scores, size, temperature, generator)
+    check_arguments(scores, size, temperature, generator)
     matrix = dense_matrix(scores, dtype)
 
     def update(chosen: Tensor) -> Tensor:
         return matrix[:, chosen].sum(1) + matrix[chosen, :].sum(0)
 
-    return _jest_loop(size, chunks, matrix.diagonal(), update, first_chunk, temperature, generator)
+    return jest_loop(size, chunks, matrix.diagonal(), update, first_chunk, temperature, generator)
 
 
-def subset_score(matrix: Tensor, indices: Tensor) -> Tensor:
+def matrix_subset_score(matrix: Tensor, indices: Tensor) -> Tensor:
     """score(S) = sum over i, j in S of A_ij; `indices` may be batched, [..., b]."""
     return matrix[indices[..., :, None], indices[..., None, :]].sum((-1, -2))
 
@@ -56,7 +56,7 @@ def subset_scores(matrix: Tensor, size: int) -> tuple[Tensor, Tensor]:
     if math.comb(n, size) > 2_000_000:
         raise SelectionError(f"C({n}, {size}) subsets is too many to enumerate")
     subsets = torch.tensor(list(itertools.combinations(range(n), size)), device=matrix.device)
-    return subsets, subset_score(matrix, subsets)
+    return subsets, matrix_subset_score(matrix, subsets)
 
 
 @torch.no_grad()
@@ -85,7 +85,7 @@ def gibbs_subsets(
     sym = matrix + matrix.T
     # g_k = sum over j in S of (A_kj + A_jk): the gain of adding k to S, kept up to date incrementally.
     gain = (sym * member[:, None, :]).sum(-1)
-    score = subset_score(matrix, start)
+    score = matrix_subset_score(matrix, start)
     kept = []
     for step in range(steps):
         draw = torch.rand(chains, 3, n, generator=generator, device=device)

@@ -73,7 +73,9 @@ def gumbel_top_k(
     return torch.topk(keys, k).indices
 
 
-def _check(scores: PairScores, size: int, temperature: float, generator: torch.Generator | None) -> None:
+def check_arguments(
+    scores: PairScores, size: int, temperature: float, generator: torch.Generator | None
+) -> None:
     if not 1 <= size <= scores.size:
         raise SelectionError(f"cannot select {size} of {scores.size} examples")
     if not temperature > 0:
@@ -82,7 +84,7 @@ def _check(scores: PairScores, size: int, temperature: float, generator: torch.G
         raise SelectionError(f"generator is on {generator.device} but the embeddings are on {scores.device}")
 
 
-def _jest_loop(
+def jest_loop(
     size: int,
     chunks: int,
     first: Tensor,
@@ -126,14 +128,14 @@ def sample_jest(
     block_elements: int = DEFAULT_BLOCK_ELEMENTS,
 ) -> Selection:
     """The paper's sampler, streaming: O(B * b * D) work, O(B * c) memory, the B x B matrix never built."""
-    _check(scores, size, temperature, generator)
+    check_arguments(scores, size, temperature, generator)
     if not 1 <= chunks <= size:
         raise SelectionError(f"chunks must be between 1 and the selection size {size}, got {chunks}")
 
     def update(chosen: Tensor) -> Tensor:
         return scores.cross_sums(chosen, dtype, block_elements)
 
-    return _jest_loop(size, chunks, scores.diagonal(dtype), update, first_chunk, temperature, generator)
+    return jest_loop(size, chunks, scores.diagonal(dtype), update, first_chunk, temperature, generator)
 
 
 @torch.no_grad()
@@ -146,8 +148,8 @@ def sample_independent(
     dtype: torch.dtype = torch.float32,
 ) -> Selection:
     """b items from softmax(A_kk / tau), no cross terms: literally JEST's first draw with N = 1."""
-    _check(scores, size, temperature, generator)
-    return _jest_loop(size, 1, scores.diagonal(dtype), None, "diagonal", temperature, generator)
+    check_arguments(scores, size, temperature, generator)
+    return jest_loop(size, 1, scores.diagonal(dtype), None, "diagonal", temperature, generator)
 
 
 @torch.no_grad()
@@ -160,7 +162,7 @@ def sample_topk(
     dtype: torch.dtype = torch.float32,
 ) -> Selection:
     """The b best diagonal scores, deterministic (temperature and generator are ignored)."""
-    _check(scores, size, temperature, generator)
+    check_arguments(scores, size, temperature, generator)
     diagonal = scores.diagonal(dtype)
     top = torch.topk(diagonal, size)
     return Selection(top.indices, torch.zeros(size, dtype=torch.int32, device=diagonal.device), top.values)
@@ -176,8 +178,8 @@ def sample_random(
     dtype: torch.dtype = torch.float32,
 ) -> Selection:
     """b items uniformly without replacement; the reported score is the diagonal, comparable to the others."""
-    _check(scores, size, temperature, generator)
-    return _jest_loop(size, 1, scores.diagonal(dtype), None, "uniform", temperature, generator)
+    check_arguments(scores, size, temperature, generator)
+    return jest_loop(size, 1, scores.diagonal(dtype), None, "uniform", temperature, generator)
 
 
 def select_batch(

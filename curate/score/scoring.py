@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from curate.backends.ray_cluster import RayConfig, check_backend
-from curate.batches import ShardBatch, ShardBatches, single_threaded_worker
+from curate.batches import ShardBatch, ShardBatches, already_batched, single_threaded_worker
 from curate.errors import CurateError
 from curate.fileio import atomic_open
 from curate.models import ImageTextModel, load_model
@@ -128,7 +128,7 @@ def _score_locally(
         num_workers=min(config.workers, len(pending)),
         worker_init_fn=single_threaded_worker,
         pin_memory=device.type == "cuda",
-        collate_fn=lambda batch: batch,
+        collate_fn=already_batched,
     )
     total = count_samples(pending)
     scoring = time.perf_counter()

@@ -20,7 +20,7 @@ from curate.select.manifest import (
 )
 
 if TYPE_CHECKING:
-    from curate.select.selecting import SelectConfig, SelectSummary, select, subset_score, super_batch_for
+    from curate.select.selecting import SelectConfig, SelectSummary, select, super_batch_for
     from curate.select.superbatches import (
         SampleIndex,
         SuperBatch,
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     )
 
 _LAZY = {
-    "curate.select.selecting": ("SelectConfig", "SelectSummary", "select", "subset_score", "super_batch_for"),
+    "curate.select.selecting": ("SelectConfig", "SelectSummary", "select", "super_batch_for"),
     "curate.select.superbatches": (
         "SampleIndex",
         "SuperBatch",
@@ -61,6 +61,5 @@ __all__ = [
     "read_manifest",
     "read_summary",
     "select",
-    "subset_score",
     "super_batch_for",
 ]

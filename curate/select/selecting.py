@@ -25,7 +25,7 @@ from curate import __version__
 from curate.backends.ray_cluster import RayConfig, check_backend
 from curate.errors import CurateError
 from curate.fileio import atomic_open
-from curate.jest import CRITERIA, METHODS, PairEmbeddings, pair_scores, select_batch, selection_size
+from curate.jest import CRITERIA, METHODS, PairEmbeddings, choose, selection_size
 from curate.runtime import resolve_device
 from curate.score.schema import ScoreFolder, ScoreMetadata, open_score_folder
 from curate.select.manifest import (
@@ -39,7 +39,6 @@ from curate.select.superbatches import SuperBatch, build_index, iter_super_batch
 
 NEEDS_LEARNER = ("learnability", "hard")
 ROW_GROUP_ROWS = 1 << 16  # manifest rows per Parquet row group (a function of the data only: deterministic)
-SCORE_BLOCK_ROWS = 1024  # rows of the b x b criterion block summed at once when scoring a batch
 
 
 def super_batch_for(batch_size: int, ratio: float) -> int:
@@ -252,8 +251,7 @@ def select_super_batch(
     chunks = min(config.chunks, size) if config.method == "jest" else 1
     ref = _pair(batch.reference, reference.metadata, device)
     lrn = _pair(batch.learner, learner.metadata, device) if learner is not None and batch.learner else None
-    generator = torch.Generator(device).manual_seed(_stream_seed(config.seed, batch.index, 0))
-    selection = select_batch(
+    choice = choose(
         config.method,
         ref,
         lrn,
@@ -261,18 +259,18 @@ def select_super_batch(
         config.ratio,
         chunks,
         config.temperature,
-        generator=generator,
+        generator=torch.Generator(device).manual_seed(_stream_seed(config.seed, batch.index, 0)),
+        random_generator=torch.Generator(device).manual_seed(_stream_seed(config.seed, batch.index, 1)),
     )
-    random_generator = torch.Generator(device).manual_seed(_stream_seed(config.seed, batch.index, 1))
-    random = torch.randperm(n, generator=random_generator, device=device)[: len(selection)]
+    selection = choice.selection
     indices = pa.array(selection.indices.cpu().numpy())
     result = SuperBatchResult(
         super_batch=batch.index,
         size=n,
         selected=len(selection),
         shards=batch.shards,
-        selected_score=subset_score(selection.indices, ref, lrn, config.criterion),
-        random_score=subset_score(random, ref, lrn, config.criterion),
+        selected_score=float(choice.selected_score),
+        random_score=float(choice.random_score),
     )
     rows = pa.table(
         {
@@ -285,17 +283,6 @@ def select_super_batch(
         schema=MANIFEST_SCHEMA,
     )
     return SelectedBatch(batch.index, n, str(device), rows, result)
-
-
-def subset_score(
-    indices: torch.Tensor, reference: PairEmbeddings | None, learner: PairEmbeddings | None, criterion: str
-) -> float:
-    """Mean of A_ij over i, j in the subset: `batch_score` / b², summed in row blocks so memory stays O(b)."""
-    scores = pair_scores(criterion, reference, learner)
-    total = torch.zeros((), dtype=torch.float64, device=indices.device)
-    for lo in range(0, len(indices), SCORE_BLOCK_ROWS):
-        total += scores.block(indices[lo : lo + SCORE_BLOCK_ROWS], indices).sum(dtype=torch.float64)
-    return float(total) / len(indices) ** 2
 
 
 def _pair(pair, meta: ScoreMetadata, device: torch.device) -> PairEmbeddings:

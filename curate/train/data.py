@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from curate.batches import ShardBatches, single_threaded_worker
+from curate.batches import ShardBatches, already_batched, single_threaded_worker
 from curate.errors import CurateError
 from curate.shards.paths import count_samples
 from curate.shards.schema import OK
@@ -85,7 +85,7 @@ def load_memory_data(
         batch_size=None,
         num_workers=min(workers, len(paths)),
         worker_init_fn=single_threaded_worker,
-        collate_fn=lambda batch: batch,
+        collate_fn=already_batched,
     )
     images, tokens, keys, noise = [], [], [], []
     total, seen = count_samples(paths), 0

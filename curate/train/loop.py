@@ -138,7 +138,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainSummary
                 device,
                 precision,
             )
-            rows = choice.rows.cpu()  # the host indexes the cache; one small copy per step
+            rows = choice.selection.indices.cpu()  # the host indexes the cache; one small copy per step
             window.add_choice(choice, [batch.noise[i] for i in rows.tolist()], batch.noise)
             images, tokens = batch.images[rows], batch.tokens[rows]
         else:

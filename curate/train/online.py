@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from curate.jest import PairEmbeddings, batch_score, select_batch
+from curate import jest
+from curate.jest import Choice, PairEmbeddings
 from curate.models import ImageTextModel
 from curate.runtime import autocast
 from curate.score.schema import ScoreMetadata, embeddings_numpy, open_score_folder
@@ -47,13 +48,6 @@ def load_reference(scores: str, device: torch.device) -> ReferenceBank:
     )
 
 
-@dataclass
-class OnlineChoice:
-    rows: torch.Tensor  # which rows of the super-batch to train on, on the super-batch's device
-    selected_score: torch.Tensor  # Σ A_ij over the chosen batch (0-d, on the device)
-    random_score: torch.Tensor  # the same for a uniformly random batch of the same size
-
-
 @torch.no_grad()
 def choose(
     model: ImageTextModel,
@@ -66,28 +60,16 @@ def choose(
     generator: torch.Generator,
     device: torch.device,
     precision: str,
-) -> OnlineChoice:
+) -> Choice:
     with autocast(precision, device):
         images, texts = model.encode(batch.images.to(device), batch.tokens.to(device))
     # The 0-d parameters keep t and b on the device: reading them as floats would sync every step.
     learner = PairEmbeddings(images, texts, model.module.logit_scale.exp(), _bias(model))
     reference = bank.embeddings(batch.keys)
-    chosen = select_batch(
-        "jest",
-        reference,
-        learner,
-        criterion,
-        ratio,
-        chunks=chunks,
-        temperature=temperature,
-        generator=generator,
-    )
-    size = len(chosen)
-    random_rows = torch.randperm(len(batch.keys), generator=generator, device=device)[:size]
-    return OnlineChoice(
-        rows=chosen.indices,
-        selected_score=batch_score(chosen.indices, reference, learner, criterion) / size,
-        random_score=batch_score(random_rows, reference, learner, criterion) / size,
+    # One generator for both draws: online JEST re-seeds it every step, so the random comparison batch
+    # (drawn after the selection) cannot perturb any later step.
+    return jest.choose(
+        "jest", reference, learner, criterion, ratio, chunks, temperature, generator, generator
     )
 
 

@@ -1,0 +1,55 @@
+"""One super-batch in, one chosen batch out: the unit that offline `select` and online JEST both run.
+
+Besides the selection it scores the chosen batch and a uniformly random batch of the same size with the
+same criterion, as the mean of A_ij over the b x b pairs: the number that shows joint selection did
+something, in the same units wherever it is logged (summary.json, metrics.jsonl, the report).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from curate.jest.losses import PairEmbeddings, batch_score
+from curate.jest.samplers import Selection, select_batch
+
+
+@dataclass(frozen=True)
+class Choice:
+    selection: Selection
+    selected_score: Tensor  # mean A_ij over the chosen batch's b x b pairs (0-d float64, on the device)
+    random_score: Tensor  # the same for a uniformly random batch of the same size
+
+
+@torch.no_grad()
+def choose(
+    method: str,
+    reference: PairEmbeddings | None,
+    learner: PairEmbeddings | None,
+    criterion: str,
+    ratio: float,
+    chunks: int,
+    temperature: float,
+    generator: torch.Generator,
+    random_generator: torch.Generator,
+) -> Choice:
+    """Select (1 - ratio) * B of the super-batch and score it against a random batch.
+
+    The random batch draws from its own generator, so adding or dropping the comparison never changes
+    the selection. Nothing here syncs with the host: the scores stay 0-d tensors until a caller reads them.
+    """
+    selection = select_batch(
+        method, reference, learner, criterion, ratio, chunks, temperature, generator=generator
+    )
+    size = len(selection)
+    n = (reference or learner).size
+    device = selection.indices.device
+    random = torch.randperm(n, generator=random_generator, device=device)[:size]
+    pairs = size * size
+    return Choice(
+        selection=selection,
+        selected_score=batch_score(selection.indices, reference, learner, criterion) / pairs,
+        random_score=batch_score(random, reference, learner, criterion) / pairs,
+    )
