@@ -84,18 +84,15 @@ def select_command(
              curate select scores/ -o manifest/ --ratio 0.9 --learner early/ --where 'similarity > 0.05'
              curate select scores/ -o manifest/ --ratio 0.5 --batch-size 4096 --method independent
     """
-    from curate.errors import CurateError
-    from curate.select import SelectConfig, select, super_batch_for
+    from curate.select import SelectConfig, select
 
-    if super_batch is not None and batch_size is not None:
-        raise CurateError("give --super-batch or --batch-size, not both")
-    size = super_batch_for(batch_size, ratio) if batch_size is not None else super_batch or 16384
     config = SelectConfig(
         ratio=ratio,
-        super_batch=size,
+        super_batch=super_batch,
+        batch_size=batch_size,
         chunks=chunks,
         method=method,
-        criterion=criterion or ("learnability" if learner else "easy"),
+        criterion=criterion,
         temperature=temperature,
         where=where,
         seed=seed,

@@ -185,8 +185,8 @@ def test_learner_rows_line_up_with_the_reference(tmp_path):
     folders = open_score_folder(reference), open_score_folder(learner)
     index = build_index(*folders)
     for batch in iter_super_batches(index, *folders, size=16, seed=0):
-        np.testing.assert_array_equal(batch.reference[0], batch.learner[0])
-        np.testing.assert_array_equal(batch.reference[1], batch.learner[1])
+        np.testing.assert_array_equal(batch.reference.image, batch.learner.image)
+        np.testing.assert_array_equal(batch.reference.text, batch.learner.text)
 
 
 def test_short_last_super_batch_and_batch_size(tmp_path):

@@ -1,54 +1,43 @@
 """`curate select`: score folders → seeded super-batches → JEST (or a baseline) → manifest + summary.
 
-The manifest's schema and readers load eagerly; the selection loop (torch, DuckDB) loads on first use, so
-`curate export` and `curate query`, which only read manifests, start without importing torch.
+Config (`config.py`) → unit (`superbatch.py`: one super-batch, run by either backend) → driver (`select`
+below: index pass, window pass, backend dispatch, the manifest and summary written once, atomically).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
 
+from curate.errors import CurateError
+from curate.fileio import local_path
+from curate.runtime import Progress, resolve_device
+from curate.score.schema import ScoreFolder, open_score_folder
+from curate.select.config import NEEDS_LEARNER, SelectConfig, super_batch_for
+from curate.select.index import SampleIndex, build_index
 from curate.select.manifest import (
     MANIFEST_FILE,
     MANIFEST_SCHEMA,
     SUMMARY_FILE,
     manifest_metadata,
+    manifest_metadata_for,
     manifest_path,
     read_manifest,
     read_summary,
+    write_manifest,
+    write_summary,
 )
-
-if TYPE_CHECKING:
-    from curate.select.selecting import SelectConfig, SelectSummary, select, super_batch_for
-    from curate.select.superbatches import (
-        SampleIndex,
-        SuperBatch,
-        build_index,
-        iter_super_batches,
-    )
-
-_LAZY = {
-    "curate.select.selecting": ("SelectConfig", "SelectSummary", "select", "super_batch_for"),
-    "curate.select.superbatches": (
-        "SampleIndex",
-        "SuperBatch",
-        "build_index",
-        "iter_super_batches",
-    ),
-}
-_MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
-
-
-def __getattr__(name: str):
-    if name in _MODULE_OF:
-        return getattr(importlib.import_module(_MODULE_OF[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+from curate.select.ray_backend import ray_selector
+from curate.select.summary import SelectSummary, describe_counts, summary_json
+from curate.select.superbatch import SelectedBatch, select_super_batch
+from curate.select.window import SuperBatch, iter_super_batches
 
 __all__ = [
     "MANIFEST_FILE",
     "MANIFEST_SCHEMA",
+    "NEEDS_LEARNER",
     "SUMMARY_FILE",
     "SampleIndex",
     "SelectConfig",
@@ -63,3 +52,58 @@ __all__ = [
     "select",
     "super_batch_for",
 ]
+
+
+def select(
+    scores: str,
+    out: str,
+    config: SelectConfig,
+    progress: Progress | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> SelectSummary:
+    """Select from the score folder `scores` into `out/manifest.parquet` and `out/summary.json`.
+
+    Both files are written under temporary names and renamed, so a killed run leaves the folder as it was.
+    The same inputs, config and device type give a byte-identical manifest.
+    """
+    start = time.perf_counter()
+    folder = local_path(out, "--output")
+    reference = open_score_folder(scores, "scores")
+    learner = open_score_folder(config.learner, "learner") if config.uses_learner else None
+    if config.learner and not config.uses_learner and warn:
+        warn(f"--learner is not used by --criterion {config.criterion}; selecting from the reference alone")
+    index = build_index(reference, learner, config.where)
+    counts = index.counts
+    for name, message in (
+        ("duplicate_keys", "samples repeat a key seen before; only the first of each was kept"),
+        ("learner_missing", f"samples have no learner score (key not in {config.learner}): excluded"),
+        ("learner_not_ok", "samples were not scored ok by the learner; excluded"),
+    ):
+        if warn and counts.get(name):
+            warn(f"{counts[name]} {message}")
+    if not len(index):
+        raise CurateError(f"no sample is left to select from in {scores} ({describe_counts(counts)})")
+
+    summary = SelectSummary(counts=counts)
+    batches = iter_super_batches(index, reference, learner, config.super_batch, config.seed, config.window)
+    with _selector(reference, learner, config) as selected:
+        folder.mkdir(parents=True, exist_ok=True)  # only now: a run that cannot start leaves nothing
+        total = math.ceil(len(index) / config.super_batch)
+        metadata = manifest_metadata_for(config, reference, learner)
+        write_manifest(folder, metadata, selected(batches), summary, progress, total)
+    summary.seconds = time.perf_counter() - start
+    write_summary(folder, summary_json(summary, config, scores, reference, learner))
+    return summary
+
+
+@contextlib.contextmanager
+def _selector(
+    reference: ScoreFolder, learner: ScoreFolder | None, config: SelectConfig
+) -> Iterator[Callable[[Iterator[SuperBatch]], Iterator[SelectedBatch]]]:
+    """The backend: a function from super-batches to their selections, in order."""
+    if config.backend == "ray":  # joins the cluster now: a bad address fails before any output exists
+        with ray_selector(reference, learner, config) as selected:
+            yield selected
+        return
+    device = resolve_device(config.device)
+    yield lambda batches: (select_super_batch(b, reference, learner, config, device) for b in batches)

@@ -8,17 +8,29 @@
 Rows are in draw order: super-batch by super-batch, and within one in the order the sampler drew them.
 The file's key/value metadata (`curate.*`) repeats the selection parameters and, when known, where the
 source shards live (`curate.shards`), which `curate export` uses when it is not given `--shards`.
+`summary.json` sits beside it (its content is built in `select/summary.py`). Manifest folders are local.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.errors import CurateError
+from curate import __version__
+from curate.errors import CurateError, first_line
+from curate.fileio import absolute, atomic_open, local_path
+from curate.runtime import Progress
+
+if TYPE_CHECKING:  # annotations only: the unit imports this module for MANIFEST_SCHEMA
+    from curate.score.schema import ScoreFolder
+    from curate.select.config import SelectConfig
+    from curate.select.summary import SelectSummary
+    from curate.select.superbatch import SelectedBatch
 
 MANIFEST_FILE = "manifest.parquet"
 SUMMARY_FILE = "summary.json"
@@ -37,6 +49,7 @@ MANIFEST_SCHEMA = pa.schema(
 # Fixed writer settings: together with a deterministic row order they make the file byte-identical run to
 # run (pyarrow stamps only its version, never a time).
 WRITER_OPTIONS = {"compression": "zstd", "compression_level": 3, "write_statistics": True}
+ROW_GROUP_ROWS = 1 << 16  # rows per Parquet row group (a function of the data only: deterministic)
 
 
 def manifest_writer(handle, metadata: dict[str, str]) -> pq.ParquetWriter:
@@ -44,9 +57,72 @@ def manifest_writer(handle, metadata: dict[str, str]) -> pq.ParquetWriter:
     return pq.ParquetWriter(handle, MANIFEST_SCHEMA.with_metadata(metadata), **WRITER_OPTIONS)
 
 
+def manifest_metadata_for(
+    config: SelectConfig, reference: ScoreFolder, learner: ScoreFolder | None
+) -> dict[str, str]:
+    """Deterministic facts only (no time, no machine), so the manifest stays byte-identical run to run."""
+    metadata = {
+        "curate.version": __version__,
+        "curate.method": config.method,
+        "curate.criterion": config.criterion,
+        "curate.ratio": repr(config.ratio),
+        "curate.super_batch": str(config.super_batch),
+        "curate.chunks": str(config.chunks),
+        "curate.temperature": repr(config.temperature),
+        "curate.seed": str(config.seed),
+        "curate.where": config.where or "",
+        "curate.reference_model": reference.metadata.model,
+        "curate.learner_model": learner.metadata.model if learner else "",
+    }
+    if config.shards:
+        metadata[SHARDS_METADATA_KEY] = absolute(config.shards)
+    return metadata
+
+
+def write_manifest(
+    folder: Path,
+    metadata: dict[str, str],
+    selected: Iterable[SelectedBatch],
+    summary: SelectSummary,
+    progress: Progress | None = None,
+    total: int | None = None,
+) -> None:
+    """Write the super-batches' rows in index order, whichever backend selected them, counting each into
+    `summary`: row groups are a function of the rows alone, so the file's bytes are too."""
+    pending: list[pa.Table] = []
+    with (
+        atomic_open(str(folder / MANIFEST_FILE), "wb") as handle,
+        manifest_writer(handle, metadata) as writer,
+    ):
+        for batch in selected:
+            summary.device = batch.device
+            if batch.result is None:
+                summary.skipped_last = batch.size
+            else:
+                summary.super_batches.append(batch.result)
+                summary.selected += batch.result.selected
+                pending.append(batch.rows)
+                if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
+                    writer.write_table(pa.concat_tables(pending))
+                    pending = []
+            if progress:
+                progress(batch.index + 1, total)
+        if pending or not summary.selected:
+            writer.write_table(pa.concat_tables(pending) if pending else MANIFEST_SCHEMA.empty_table())
+
+
+def write_summary(folder: Path, summary: dict) -> None:
+    with atomic_open(str(folder / SUMMARY_FILE), "w") as handle:
+        json.dump(summary, handle, indent=2)
+        handle.write("\n")
+
+
+# ---------------------------------------------------------------------------------------------- readers
+
+
 def manifest_path(manifest: str | Path) -> Path:
     """`MANIFEST/manifest.parquet` for a manifest folder; a path to the file itself is accepted too."""
-    path = Path(manifest)
+    path = local_path(manifest, "manifest")
     if path.is_dir():
         path = path / MANIFEST_FILE
     if not path.is_file():
@@ -60,7 +136,7 @@ def read_manifest(manifest: str | Path, columns: list[str] | None = None) -> pa.
     try:
         table = pq.read_table(path, columns=columns)
     except (OSError, pa.ArrowInvalid) as error:
-        raise CurateError(f"cannot read manifest {path}: {str(error).splitlines()[0]}") from None
+        raise CurateError(f"cannot read manifest {path}: {first_line(error)}") from None
     expected = MANIFEST_SCHEMA if columns is None else pa.schema([MANIFEST_SCHEMA.field(c) for c in columns])
     if not table.schema.remove_metadata().equals(expected):
         raise CurateError(f"{path} is not a curate manifest (columns {table.schema.names})")
@@ -69,7 +145,11 @@ def read_manifest(manifest: str | Path, columns: list[str] | None = None) -> pa.
 
 def manifest_metadata(manifest: str | Path) -> dict[str, str]:
     """The manifest's `curate.*` file metadata (selection parameters, `curate.shards` when recorded)."""
-    raw = pq.read_schema(manifest_path(manifest)).metadata or {}
+    path = manifest_path(manifest)
+    try:
+        raw = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid) as error:
+        raise CurateError(f"cannot read manifest {path}: {first_line(error)}") from None
     return {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"curate.")}
 
 
@@ -77,4 +157,10 @@ def read_summary(manifest: str | Path) -> dict:
     path = manifest_path(manifest).parent / SUMMARY_FILE
     if not path.is_file():
         raise CurateError(f"no {SUMMARY_FILE} beside {manifest_path(manifest)}")
-    return json.loads(path.read_text())
+    try:
+        summary = json.loads(path.read_text())
+    except ValueError:
+        raise CurateError(f"{path} is not valid JSON") from None
+    if not isinstance(summary, dict):
+        raise CurateError(f"{path} is not a curate select summary")
+    return summary

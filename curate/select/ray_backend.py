@@ -19,8 +19,9 @@ import torch
 from curate.backends.ray_cluster import ray_session, task_options, worker_errors, worker_slots
 from curate.runtime import resolve_device
 from curate.score.schema import ScoreFolder
-from curate.select.selecting import SelectConfig, SelectedBatch, select_super_batch
-from curate.select.superbatches import SuperBatch
+from curate.select.config import SelectConfig
+from curate.select.superbatch import SelectedBatch, select_super_batch
+from curate.select.window import SuperBatch
 
 IN_FLIGHT_PER_SLOT = 2  # one selecting, one queued: no slot idles while the driver reads the next window
 

@@ -1,0 +1,82 @@
+"""`curate select`'s settings: one frozen dataclass, defaults and validation in one place (the CLI passes None
+for what the user left out)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from curate.backends.ray_cluster import RayConfig, check_backend
+from curate.errors import CurateError
+from curate.jest import CRITERIA, METHODS, selection_size
+
+NEEDS_LEARNER = ("learnability", "hard")
+DEFAULT_SUPER_BATCH = 16384
+
+
+def super_batch_for(batch_size: int, ratio: float) -> int:
+    """B such that (1 - ratio) * B = b: the super-batch a `--batch-size` implies."""
+    if batch_size < 1:
+        raise CurateError(f"--batch-size must be at least 1, got {batch_size}")
+    if not 0.0 <= ratio < 1.0:
+        raise CurateError(f"--ratio must be in [0, 1), got {ratio}")
+    return round(batch_size / (1.0 - ratio))
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    ratio: float
+    super_batch: int | None = None  # B; DEFAULT_SUPER_BATCH unless batch_size sets it
+    batch_size: int | None = None  # b to keep per super-batch instead: B = b / (1 - ratio)
+    chunks: int = 16
+    method: str = "jest"
+    criterion: str | None = None  # learnability with a learner, else easy
+    temperature: float = 1.0
+    where: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    learner: str | None = None  # score folder of the learner model, matched by key
+    shards: str | None = None  # where the scored shards live, recorded for `curate export`
+    window: int = 8  # super-batches per shuffle window: bounds memory, sets how widely shards mix
+    command: str = ""  # the exact command line, for summary.json
+    backend: str = "local"
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ratio < 1.0:
+            raise CurateError(f"--ratio must be in [0, 1), got {self.ratio}")
+        if self.super_batch is not None and self.batch_size is not None:
+            raise CurateError("give --super-batch or --batch-size, not both")
+        if self.batch_size is not None:
+            self._resolve("super_batch", super_batch_for(self.batch_size, self.ratio))
+        elif self.super_batch is None:
+            self._resolve("super_batch", DEFAULT_SUPER_BATCH)
+        if self.super_batch < 1:
+            raise CurateError(f"--super-batch must be at least 1, got {self.super_batch}")
+        self._resolve("batch_size", round((1.0 - self.ratio) * self.super_batch))
+        if self.criterion is None:
+            self._resolve("criterion", "learnability" if self.learner else "easy")
+        if self.method not in METHODS:
+            raise CurateError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.criterion not in CRITERIA:
+            raise CurateError(f"--criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
+        if self.criterion in NEEDS_LEARNER and not self.learner:
+            raise CurateError(
+                f"--criterion {self.criterion} needs --learner SCORES (a second model's scores of the same "
+                "samples); with the reference's scores alone use --criterion easy"
+            )
+        if not self.temperature > 0 or self.temperature == float("inf"):
+            raise CurateError(f"--temperature must be positive and finite, got {self.temperature}")
+        if self.seed < 0:
+            raise CurateError(f"--seed must be 0 or more, got {self.seed}")
+        if self.window < 1:
+            raise CurateError(f"window must be at least 1 super-batch, got {self.window}")
+        check_backend(self.backend, self.ray)
+        # Validates ratio and chunks against B now, not after the index pass.
+        selection_size(self.super_batch, self.ratio, self.chunks if self.method == "jest" else 1)
+
+    def _resolve(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)  # frozen: defaults that depend on other fields are set once
+
+    @property
+    def uses_learner(self) -> bool:
+        return bool(self.learner) and self.criterion in NEEDS_LEARNER

@@ -1,0 +1,125 @@
+"""The index pass of `curate select`: which scored samples may enter a super-batch.
+
+One DuckDB pass over the small columns of every score file (no embedding column is read unless `--where`
+names one) keeps the samples that may enter: status ok, the `--where` predicate true, the first occurrence
+of each key, and, with a learner, a key the learner scored ok. It holds O(N) small columns (key, shard,
+file and row ids): tens of bytes per sample, fine for tens of millions, not for billions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from dataclasses import dataclass, field
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from curate.errors import CurateError, first_line
+from curate.score.schema import OK, ScoreFolder
+
+# The reference's rows, each with whether it passes the filters. Materialised once, so the predicate
+# (which may read embeddings) is evaluated in a single scan.
+REFERENCE_ROWS = """CREATE TEMP TABLE ref AS
+SELECT key, shard, status, f.file_id AS file, file_row_number AS row,
+       coalesce(status = '{ok}' AND {predicate}, false) AS passed
+FROM read_parquet({files}, filename = true, file_row_number = true) AS s
+JOIN ref_files AS f ON f.path = s.filename"""
+COUNT_BY_STATUS = "SELECT status, count(*), count(*) FILTER (passed) FROM ref GROUP BY status ORDER BY status"
+# Duplicate keys: the first occurrence in (file, row) order is kept.
+FIRST_OF_EACH_KEY = """CREATE TEMP TABLE kept AS SELECT key, shard, file, row FROM ref WHERE passed
+QUALIFY row_number() OVER (PARTITION BY key ORDER BY file, row) = 1"""
+LEARNER_ROWS = """CREATE TEMP TABLE learner AS
+SELECT key, f.file_id AS learner_file, file_row_number AS learner_row, status = '{ok}' AS ok
+FROM read_parquet({files}, filename = true, file_row_number = true) AS s
+JOIN learner_files AS f ON f.path = s.filename
+QUALIFY row_number() OVER (PARTITION BY key ORDER BY learner_file, learner_row) = 1"""
+
+
+@dataclass
+class SampleIndex:
+    """The samples that may enter a super-batch, in (reference file, row) order."""
+
+    key: pa.Array
+    shard: pa.Array
+    file: np.ndarray  # int32 id into the reference folder's files
+    row: np.ndarray  # int64 row in that file
+    learner_file: np.ndarray | None = None
+    learner_row: np.ndarray | None = None
+    counts: dict = field(default_factory=dict)  # why the others did not enter, and how many
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+
+def build_index(
+    reference: ScoreFolder, learner: ScoreFolder | None = None, where: str | None = None
+) -> SampleIndex:
+    """Filter and join the small columns of every score file; the module docstring says what is kept.
+
+    Duplicate keys: the first occurrence (in file, row order) is kept and the others dropped and counted,
+    so two copies of one sample can never share a super-batch (nor both reach the exported shards).
+    """
+    predicate = f"({where})" if where and where.strip() else "true"
+    with (
+        tempfile.TemporaryDirectory(prefix="curate-select-") as spill,
+        # A large join or sort spills to `spill`, not into the working folder.
+        contextlib.closing(duckdb.connect(config={"temp_directory": spill})) as con,
+    ):
+        try:
+            con.register("ref_files", _file_table(reference.files))
+            con.execute(REFERENCE_ROWS.format(ok=OK, predicate=predicate, files=_sql_list(reference.files)))
+        except duckdb.Error as error:
+            raise CurateError(f"--where {where!r}: {first_line(error)}") from None
+        by_status = con.sql(COUNT_BY_STATUS).fetchall()
+        statuses = {status: n for status, n, _ in by_status}
+        passed = sum(p for _, _, p in by_status)
+        con.execute(FIRST_OF_EACH_KEY)
+        unique = con.sql("SELECT count(*) FROM kept").fetchall()[0][0]
+        seen = sum(statuses.values())
+        ok = statuses.get(OK, 0)
+        counts = {
+            "seen": seen,
+            "not_ok": dict(sorted((str(s), n) for s, n in statuses.items() if s != OK)),
+            "where_filtered": ok - passed,
+            "duplicate_keys": passed - unique,
+        }
+        if learner is None:
+            table = con.sql("SELECT key, shard, file, row FROM kept ORDER BY file, row").to_arrow_table()
+        else:
+            con.register("learner_files", _file_table(learner.files))
+            con.execute(LEARNER_ROWS.format(ok=OK, files=_sql_list(learner.files)))
+            con.execute("CREATE TEMP TABLE joined AS SELECT * FROM kept LEFT JOIN learner USING (key)")
+            missing, not_ok = con.sql(
+                "SELECT count(*) FILTER (ok IS NULL), count(*) FILTER (NOT ok) FROM joined"
+            ).fetchall()[0]
+            counts["learner_missing"] = missing
+            counts["learner_not_ok"] = not_ok
+            table = con.sql(
+                "SELECT key, shard, file, row, learner_file, learner_row FROM joined WHERE ok "
+                "ORDER BY file, row"
+            ).to_arrow_table()
+    counts["eligible"] = table.num_rows
+    index = SampleIndex(
+        key=table["key"].combine_chunks(),
+        shard=table["shard"].combine_chunks().dictionary_encode(),  # a few distinct names, N rows
+        file=table["file"].to_numpy().astype(np.int32),
+        row=table["row"].to_numpy().astype(np.int64),
+        counts=counts,
+    )
+    if learner is not None:
+        index.learner_file = table["learner_file"].to_numpy().astype(np.int32)
+        index.learner_row = table["learner_row"].to_numpy().astype(np.int64)
+    return index
+
+
+def _file_table(files: tuple[str, ...]) -> pa.Table:
+    return pa.table(
+        {"file_id": pa.array(range(len(files)), pa.int32()), "path": pa.array(files, pa.string())}
+    )
+
+
+def _sql_list(values: tuple[str, ...]) -> str:
+    """A DuckDB list literal of strings (views cannot take prepared parameters)."""
+    return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"

@@ -1,0 +1,114 @@
+"""The content of `MANIFEST/summary.json` (written and read by `select/manifest.py`): what a selection did.
+
+It records the exact command, the parameters, the models' metadata, the counts, and per super-batch the
+mean criterion over the selected batch's b x b pairs next to a random batch of the same size from the same
+super-batch: the number that shows joint selection did something.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from curate import __version__
+from curate.fileio import absolute
+from curate.score.schema import ScoreFolder
+from curate.select.config import SelectConfig
+from curate.select.superbatch import SuperBatchResult
+
+
+@dataclass
+class SelectSummary:
+    counts: dict = field(default_factory=dict)
+    super_batches: list[SuperBatchResult] = field(default_factory=list)
+    selected: int = 0
+    skipped_last: int = 0  # samples of a final super-batch too small to select from
+    seconds: float = 0.0
+    device: str = ""
+
+    @property
+    def in_super_batches(self) -> int:
+        return sum(r.size for r in self.super_batches)
+
+    @property
+    def selected_score(self) -> float:
+        return (
+            float(np.mean([r.selected_score for r in self.super_batches])) if self.super_batches else math.nan
+        )
+
+    @property
+    def random_score(self) -> float:
+        return (
+            float(np.mean([r.random_score for r in self.super_batches])) if self.super_batches else math.nan
+        )
+
+    @property
+    def last(self) -> SuperBatchResult | None:
+        return self.super_batches[-1] if self.super_batches else None
+
+
+def summary_json(
+    summary: SelectSummary,
+    config: SelectConfig,
+    scores: str,
+    reference: ScoreFolder,
+    learner: ScoreFolder | None,
+) -> dict:
+    parameters = {k: v for k, v in asdict(config).items() if k not in ("command", "learner", "shards")}
+    return {
+        "command": config.command,
+        "curate_version": __version__,
+        "parameters": parameters,
+        "inputs": {
+            "scores": absolute(scores),
+            "learner": absolute(config.learner) if learner else None,
+            "shards": absolute(config.shards) if config.shards else None,
+        },
+        "models": {
+            "reference": asdict(reference.metadata),
+            "learner": asdict(learner.metadata) if learner else None,
+        },
+        "device": summary.device,
+        "seconds": round(summary.seconds, 3),
+        "counts": {
+            **summary.counts,
+            "in_super_batches": summary.in_super_batches,
+            "skipped_last_super_batch": summary.skipped_last,
+            "selected": summary.selected,
+            "super_batches": len(summary.super_batches),
+        },
+        "last_super_batch": _last(summary, config),
+        "score": (
+            f"mean of A_ij over the b x b pairs of a batch, criterion {config.criterion}; "
+            "random_score is a uniform batch of the same size from the same super-batch"
+        ),
+        "selected_score": summary.selected_score,
+        "random_score": summary.random_score,
+        "super_batch_results": [asdict(r) for r in summary.super_batches],
+    }
+
+
+def _last(summary: SelectSummary, config: SelectConfig) -> dict | None:
+    """What happened to the final super-batch, which is short unless B divides the eligible count."""
+    if summary.skipped_last:
+        return {
+            "size": summary.skipped_last,
+            "selected": 0,
+            "note": "too small to keep any sample at this ratio",
+        }
+    last = summary.last
+    if last is None:
+        return None
+    return {"size": last.size, "selected": last.selected, "short": last.size < config.super_batch}
+
+
+def describe_counts(counts: dict) -> str:
+    parts = [f"{counts['seen']} rows"]
+    if counts["not_ok"]:
+        parts.append(f"{sum(counts['not_ok'].values())} not ok")
+    for name in ("where_filtered", "duplicate_keys", "learner_missing", "learner_not_ok"):
+        if counts.get(name):
+            parts.append(f"{counts[name]} {name.replace('_', ' ')}")
+    return ", ".join(parts)

@@ -1,0 +1,105 @@
+"""The unit of `curate select`: one super-batch in, its manifest rows and summary line out.
+
+Both backends run `select_super_batch` (the local loop in order, Ray tasks in parallel). It is a function
+of the super-batch, the config and the device type alone: its generators are seeded from (seed,
+super-batch index), so the order super-batches are selected in does not change any row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from curate.jest import PairEmbeddings, choose
+from curate.score.schema import ScoreFolder, ScoreMetadata
+from curate.select.config import SelectConfig
+from curate.select.manifest import MANIFEST_SCHEMA
+from curate.select.window import Embeddings, SuperBatch
+
+
+@dataclass
+class SuperBatchResult:
+    super_batch: int
+    size: int
+    selected: int
+    shards: int
+    selected_score: float  # mean A_ij over the b x b pairs of the selected batch
+    random_score: float  # the same for a random batch of the same size
+
+
+@dataclass
+class SelectedBatch:
+    """What one super-batch gives the manifest: its rows in draw order and its line in the summary."""
+
+    index: int
+    size: int
+    device: str
+    rows: pa.Table | None = None  # None (and no result) when it is too small to keep any sample
+    result: SuperBatchResult | None = None
+
+
+@torch.no_grad()
+def select_super_batch(
+    batch: SuperBatch,
+    reference: ScoreFolder,
+    learner: ScoreFolder | None,
+    config: SelectConfig,
+    device: torch.device,
+) -> SelectedBatch:
+    n = len(batch)
+    size = round((1.0 - config.ratio) * n)
+    if size < 1:  # only the last super-batch can be this small
+        return SelectedBatch(batch.index, n, str(device))
+    # A short last super-batch keeps the ratio; JEST then uses at most one chunk per selected sample.
+    chunks = min(config.chunks, size) if config.method == "jest" else 1
+    ref = _pair(batch.reference, reference.metadata, device)
+    lrn = _pair(batch.learner, learner.metadata, device) if learner is not None and batch.learner else None
+    choice = choose(
+        config.method,
+        ref,
+        lrn,
+        config.criterion,
+        config.ratio,
+        chunks,
+        config.temperature,
+        generator=torch.Generator(device).manual_seed(stream_seed(config.seed, batch.index, 0)),
+        random_generator=torch.Generator(device).manual_seed(stream_seed(config.seed, batch.index, 1)),
+    )
+    selection = choice.selection
+    indices = pa.array(selection.indices.cpu().numpy())
+    result = SuperBatchResult(
+        super_batch=batch.index,
+        size=n,
+        selected=len(selection),
+        shards=batch.shards,
+        selected_score=float(choice.selected_score),
+        random_score=float(choice.random_score),
+    )
+    rows = pa.table(
+        {
+            "key": batch.key.take(indices),
+            "shard": batch.shard.take(indices).cast(pa.string()),
+            "super_batch": pa.array(np.full(len(selection), batch.index, np.int64)),
+            "chunk": pa.array(selection.chunk.cpu().numpy().astype(np.int32)),
+            "score": pa.array(selection.score.float().cpu().numpy().astype(np.float32)),
+        },
+        schema=MANIFEST_SCHEMA,
+    )
+    return SelectedBatch(batch.index, n, str(device), rows, result)
+
+
+def _pair(embeddings: Embeddings, meta: ScoreMetadata, device: torch.device) -> PairEmbeddings:
+    # CUDA keeps float16 (the fp32-accumulating GEMM reads it directly); the CPU upcasts once, not per block.
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    image, text = (
+        torch.from_numpy(a).to(device=device, dtype=dtype) for a in (embeddings.image, embeddings.text)
+    )
+    return PairEmbeddings(image, text, meta.logit_scale, meta.logit_bias)
+
+
+def stream_seed(seed: int, super_batch: int, stream: int) -> int:
+    """An independent 63-bit seed per (seed, super-batch, stream), from numpy's SeedSequence hashing."""
+    return int(np.random.SeedSequence([seed, super_batch, stream]).generate_state(2, np.uint64)[0] >> 1)
