@@ -36,6 +36,7 @@ def score(
     allow_random_init: Annotated[
         bool, typer.Option(help="Accept a model without weights (tests and benchmarks only).")
     ] = False,
+    seed: Annotated[int, typer.Option(help="Draws a random-init model's weights (--allow-random-init).")] = 0,
     backend: Backend = "local",
     ray_address: RayAddress = None,
     gpus_per_worker: GpusPerWorker = 0.0,
@@ -67,6 +68,7 @@ def score(
         workers=workers,
         overwrite=overwrite,
         allow_random_init=allow_random_init,
+        seed=seed,
         backend=backend,
         ray=ray_config(ray_address, gpus_per_worker, workers_per_node),
     )

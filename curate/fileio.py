@@ -34,21 +34,25 @@ def basename(path: str) -> str:
     return str(path).rstrip("/").rsplit("/", 1)[-1]
 
 
+LOCAL_PROTOCOLS = (None, "file", "local")
+
+
 def is_local(path: str | os.PathLike) -> bool:
-    """True for a plain path or a file:// URL, False for any other fsspec URL (s3://, memory://, ...)."""
-    return isinstance(filesystem(str(path))[0], LocalFileSystem)
+    """True for a plain path or a file:// URL, False for any other fsspec URL (s3://, memory://, ...).
+    Read off the URL alone: no filesystem is created, so a URL whose driver is not installed is still
+    recognised as remote."""
+    return fsspec.core.split_protocol(str(path))[0] in LOCAL_PROTOCOLS
 
 
 def local_path(path: str | os.PathLike, option: str) -> Path:
     """`path` as a local Path (file:// URLs unwrapped), or a one-line error naming `option` for a URL of
     another filesystem, which the stage behind `option` cannot read or write."""
-    fs, fs_path = filesystem(str(path))
-    if not isinstance(fs, LocalFileSystem):
+    if not is_local(path):
         raise CurateError(
             f"{option} {path}: only local paths (or file:// URLs) are supported here; copy the data to a "
             "local folder first"
         )
-    return Path(fs_path)
+    return Path(fsspec.core.split_protocol(str(path))[1])
 
 
 def absolute(path: str | os.PathLike) -> str:

@@ -176,3 +176,29 @@ def test_command_line_errors_are_one_line(tmp_path, small_synth):
         result = run_cli(*args)
         assert result.returncode == 1, (args, result.stderr)
         assert result.stderr.count("\n") == 1 and fragment in result.stderr, result.stderr
+
+
+def test_random_init_models_are_seeded_so_two_runs_agree(tmp_path, small_synth):
+    shard = f"{small_synth}/web/00000.tar"
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        torch.manual_seed(len(name) * 1000 + seed)  # the caller's global RNG must not matter
+        score_shards(shard, str(tmp_path / name), ScoreConfig(**{**vars(TINY), "seed": seed}))
+    a, b, c = (pq.read_table(tmp_path / name / "00000.parquet") for name in "abc")
+    assert a.equals(b)
+    assert not np.array_equal(embeddings_numpy(a["image_emb"]), embeddings_numpy(c["image_emb"]))
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/scores", "memory://scores"])
+def test_an_output_url_is_refused_in_one_line_never_written_as_a_local_folder(
+    tmp_path, small_synth, url, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CurateError, match="only local paths"):
+        score_shards(f"{small_synth}/web/00000.tar", url, TINY)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_url_output_is_the_local_folder(tmp_path, small_synth, tiny):
+    summary = score_shards(f"{small_synth}/web/00000.tar", f"file://{tmp_path}/scores", TINY, model=tiny)
+    assert summary.shards_done == 1
+    assert ScoreMetadata.read(tmp_path / "scores" / "00000.parquet").model == "siglip-tiny"

@@ -199,6 +199,34 @@ def test_short_last_super_batch_and_batch_size(tmp_path):
     assert super_batch_for(256, 0.75) == 1024
 
 
+def test_defaults_resolve_once_in_the_config():
+    assert SelectConfig(ratio=0.8).super_batch == 16384
+    assert SelectConfig(ratio=0.8).batch_size == round(0.2 * 16384)
+    assert SelectConfig(ratio=0.75, batch_size=256).super_batch == 1024
+    assert SelectConfig(ratio=0.5).criterion == "easy"
+    assert SelectConfig(ratio=0.5, learner="early/").criterion == "learnability"
+    with pytest.raises(CurateError, match="not both"):
+        SelectConfig(ratio=0.5, super_batch=64, batch_size=32)
+    for bad in (float("nan"), -0.1):
+        with pytest.raises(CurateError, match="ratio"):
+            SelectConfig(ratio=bad)
+    with pytest.raises(CurateError, match="temperature"):
+        SelectConfig(ratio=0.5, temperature=float("nan"))
+
+
+def test_paths_are_urls_or_local_never_a_local_folder_named_like_a_url(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    planted_scores(tmp_path / "scores", shards=2, per_shard=40)
+    config = SelectConfig(ratio=0.5, super_batch=32, chunks=2, shards="s3://bucket/crawl")
+    with pytest.raises(CurateError, match="only local paths"):
+        select("scores", "memory://manifest", config)
+    select(f"file://{tmp_path}/scores", "m", config)
+    # A remote shard location is recorded as given, for export to open through fsspec.
+    assert manifest_metadata("m")["curate.shards"] == "s3://bucket/crawl"
+    assert read_summary("m")["inputs"]["scores"] == str(tmp_path / "scores")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "scores"]
+
+
 def test_bad_inputs_are_clear_errors(tmp_path):
     scores = tmp_path / "scores"
     planted_scores(scores, shards=1, per_shard=20)

@@ -80,12 +80,15 @@ def load_model(
     pretrained: str | None = None,
     device: torch.device | str = "cpu",
     allow_random_init: bool = False,
+    seed: int = 0,
 ) -> ImageTextModel:
     """Resolve `--model NAME [--pretrained TAG|PATH]` to a model in eval mode on `device`.
 
     NAME is a checkpoint path (written by `curate train`), a built-in (`siglip-tiny`, `siglip-small`) or
     an open_clip model name. A model with no weights is refused unless `allow_random_init`: a random
-    reference silently scoring a crawl is the worst failure this tool could have.
+    reference silently scoring a crawl is the worst failure this tool could have. Random weights are
+    drawn from `seed` (on a forked RNG, so the caller's global RNG is untouched): every process that
+    builds the same model gets the same weights, and two runs of one command agree.
     """
     register_builtins()
     if Path(name).suffix in CHECKPOINT_SUFFIXES or Path(name).is_file():
@@ -97,7 +100,9 @@ def load_model(
                 f"--model {name} has no weights: pass --pretrained TAG or a weights file, a checkpoint path, "
                 "or --allow-random-init (for tests and benchmarks only)"
             )
-        model = _create(name, open_clip_name, pretrained or None)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = _create(name, open_clip_name, pretrained or None)
     model.module.to(device).eval()
     return model
 

@@ -8,9 +8,7 @@ retried; the score file is written atomically, so a retry can never leave a half
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,28 +21,32 @@ from curate.backends.ray_cluster import (
     worker_slots,
 )
 from curate.batches import ShardBatches
+from curate.fileio import absolute
 from curate.models import ImageTextModel, load_model
-from curate.runtime import resolve_device, resolve_precision
-from curate.score.scoring import ScoreConfig, ScoreSummary, score_batches
+from curate.runtime import Progress, resolve_device, resolve_precision
+from curate.score.config import ScoreConfig, ScoreSummary
+from curate.score.schema import check_same_model
+from curate.score.unit import score_batches
 from curate.shards.paths import count_samples
 
 
 class ShardScorer:
     """A Ray actor (wrapped with `ray.remote` at run time, so this module imports without Ray)."""
 
-    def __init__(self, config: ScoreConfig, out: str, threads: int) -> None:
+    def __init__(self, config: ScoreConfig, out: Path, threads: int) -> None:
         torch.set_num_threads(threads)  # the node's cores are shared among its actors: no oversubscription
         self.config, self.out = config, out
         self._model: ImageTextModel | None = None
         self.device, self.precision = torch.device("cpu"), "fp32"  # set with the model, on the worker
 
-    def start(self) -> str:
+    def start(self) -> tuple[str, dict[str, str]]:
         """Load the model now, so a bad --model fails once, as a user error, before any shard is handed out.
+        Returns the device and the model's score metadata, which the driver checks against the folder.
 
         Not in __init__: Ray reports an exception there as a dead actor with a traceback, not as the error.
         """
-        self._load()
-        return f"{self.device.type} {self.precision}"
+        model = self._load()
+        return f"{self.device.type} {self.precision}", model.metadata()
 
     def score(self, path: str) -> ScoreSummary:
         summary = ScoreSummary()
@@ -64,27 +66,28 @@ class ShardScorer:
             config = self.config
             self.device = resolve_device(config.device)  # the worker's own GPU, if Ray gave it one
             self.precision = resolve_precision(config.precision, self.device)
-            self._model = load_model(config.model, config.pretrained, self.device, config.allow_random_init)
+            self._model = load_model(
+                config.model, config.pretrained, self.device, config.allow_random_init, config.seed
+            )
         return self._model
 
 
 def score_on_ray(
     pending: list[str],
-    out: str,
+    out: Path,
     config: ScoreConfig,
     summary: ScoreSummary,
-    progress: Callable[[int, int | None], None] | None = None,
+    progress: Progress | None = None,
 ) -> None:
     """Score `pending` shards on the Ray cluster of `config.ray`, counting into `summary`."""
     start = time.perf_counter()
     # Workers run in other folders, on other machines: they get absolute paths (which, like the shards,
     # must name storage every node sees).
-    pending, out = [_absolute(p) for p in pending], _absolute(out)
+    pending, out = [absolute(p) for p in pending], out.absolute()
     with ray_session(config.ray) as ray:
         from ray.util import ActorPool
 
         slots = worker_slots(ray, config.ray)[: len(pending)]
-        Path(out).mkdir(parents=True, exist_ok=True)  # only now: a run that cannot start leaves nothing
         remote = ray.remote(ShardScorer)
         actors = [
             remote.options(**worker_options(slot, config.ray)).remote(config, out, slot.threads)
@@ -92,8 +95,12 @@ def score_on_ray(
         ]
         try:
             with worker_errors(ray, "scoring"):
-                devices = ray.get([actor.start.remote() for actor in actors])
-                summary.device = f"{len(actors)} Ray workers, {', '.join(sorted(set(devices)))}"
+                started = ray.get([actor.start.remote() for actor in actors])
+                devices = sorted({device for device, _ in started})
+                summary.device = f"{len(actors)} Ray workers, {', '.join(devices)}"
+                if not config.overwrite:
+                    check_same_model(out, started[0][1])
+                out.mkdir(parents=True, exist_ok=True)  # only now: a run that cannot start leaves nothing
                 scoring = time.perf_counter()
                 summary.startup_seconds = scoring - start
                 total, seen = count_samples(pending), 0
@@ -107,7 +114,3 @@ def score_on_ray(
         finally:
             for actor in actors:
                 ray.kill(actor)  # frees their resources now, even when connected to a long-lived cluster
-
-
-def _absolute(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)

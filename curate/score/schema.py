@@ -34,6 +34,7 @@ __all__ = [
     "ScoreMetadata",
     "embeddings_array",
     "embeddings_numpy",
+    "check_same_model",
     "is_score_file",
     "open_score_folder",
     "score_file",
@@ -236,3 +237,16 @@ def open_score_folder(path: str | Path, role: str = "scores") -> ScoreFolder:
                 f"{other} was scored by another model than {files[0]}; keep one model per folder"
             )
     return ScoreFolder(str(folder), files, metadata)
+
+
+def check_same_model(folder: str | Path, metadata: dict[str, str]) -> None:
+    """Refuse to add a model's score files to a folder that holds another model's: one folder, one model
+    (the check `open_score_folder` applies when reading)."""
+    if not any(local_path(folder, "score folder").glob("*.parquet")):
+        return
+    existing = open_score_folder(folder, "score folder").metadata
+    if existing.identity != ScoreMetadata.from_strings(metadata, "the model").identity:
+        raise CurateError(
+            f"{folder} holds scores by --model {existing.model} --pretrained '{existing.pretrained}'; "
+            "score into another folder or pass --overwrite"
+        )

@@ -11,6 +11,8 @@ import math
 import time
 from collections.abc import Callable, Iterator
 
+import pyarrow as pa
+
 from curate.errors import CurateError
 from curate.fileio import local_path
 from curate.runtime import Progress, resolve_device
@@ -90,10 +92,26 @@ def select(
         folder.mkdir(parents=True, exist_ok=True)  # only now: a run that cannot start leaves nothing
         total = math.ceil(len(index) / config.super_batch)
         metadata = manifest_metadata_for(config, reference, learner)
-        write_manifest(folder, metadata, selected(batches), summary, progress, total)
+        write_manifest(folder, metadata, _counted(selected(batches), summary, progress, total))
     summary.seconds = time.perf_counter() - start
     write_summary(folder, summary_json(summary, config, scores, reference, learner))
     return summary
+
+
+def _counted(
+    selected: Iterator[SelectedBatch], summary: SelectSummary, progress: Progress | None, total: int
+) -> Iterator[pa.Table]:
+    """The manifest rows of each super-batch, its result counted into `summary` on the way."""
+    for batch in selected:
+        summary.device = batch.device
+        if batch.result is None:
+            summary.skipped_last = batch.size
+        else:
+            summary.super_batches.append(batch.result)
+            summary.selected += batch.result.selected
+            yield batch.rows
+        if progress:
+            progress(batch.index + 1, total)
 
 
 @contextlib.contextmanager

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,13 +23,8 @@ import pyarrow.parquet as pq
 from curate import __version__
 from curate.errors import CurateError, first_line
 from curate.fileio import absolute, atomic_open, local_path
-from curate.runtime import Progress
-
-if TYPE_CHECKING:  # annotations only: the unit imports this module for MANIFEST_SCHEMA
-    from curate.score.schema import ScoreFolder
-    from curate.select.config import SelectConfig
-    from curate.select.summary import SelectSummary
-    from curate.select.superbatch import SelectedBatch
+from curate.score.schema import ScoreFolder
+from curate.select.config import SelectConfig
 
 MANIFEST_FILE = "manifest.parquet"
 SUMMARY_FILE = "summary.json"
@@ -79,35 +73,22 @@ def manifest_metadata_for(
     return metadata
 
 
-def write_manifest(
-    folder: Path,
-    metadata: dict[str, str],
-    selected: Iterable[SelectedBatch],
-    summary: SelectSummary,
-    progress: Progress | None = None,
-    total: int | None = None,
-) -> None:
-    """Write the super-batches' rows in index order, whichever backend selected them, counting each into
-    `summary`: row groups are a function of the rows alone, so the file's bytes are too."""
+def write_manifest(folder: Path, metadata: dict[str, str], tables: Iterable[pa.Table]) -> None:
+    """Write the selected rows, super-batch by super-batch in index order, as one file: row groups are a
+    function of the rows alone, so the file's bytes are too."""
     pending: list[pa.Table] = []
+    written = 0
     with (
         atomic_open(str(folder / MANIFEST_FILE), "wb") as handle,
         manifest_writer(handle, metadata) as writer,
     ):
-        for batch in selected:
-            summary.device = batch.device
-            if batch.result is None:
-                summary.skipped_last = batch.size
-            else:
-                summary.super_batches.append(batch.result)
-                summary.selected += batch.result.selected
-                pending.append(batch.rows)
-                if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
-                    writer.write_table(pa.concat_tables(pending))
-                    pending = []
-            if progress:
-                progress(batch.index + 1, total)
-        if pending or not summary.selected:
+        for table in tables:
+            pending.append(table)
+            if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
+                writer.write_table(pa.concat_tables(pending))
+                written += sum(t.num_rows for t in pending)
+                pending = []
+        if pending or not written:
             writer.write_table(pa.concat_tables(pending) if pending else MANIFEST_SCHEMA.empty_table())
 
 

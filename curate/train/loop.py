@@ -62,7 +62,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainSummary
     precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
     paths = expand_shards(list(config.data))
-    model = load_model(config.model, config.pretrained, device, allow_random_init=True)
+    model = load_model(config.model, config.pretrained, device, allow_random_init=True, seed=config.seed)
     (run / "checkpoints").mkdir(parents=True, exist_ok=True)
 
     # ---------------------------------------------------------------- data

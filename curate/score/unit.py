@@ -1,0 +1,87 @@
+"""The unit of `curate score`: decoded batches in, one score file per shard out.
+
+The local DataLoader loop and every Ray worker run `score_batches`, so both backends write the same bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from curate.batches import ShardBatch
+from curate.models import ImageTextModel
+from curate.runtime import autocast
+from curate.score.config import ScoreSummary
+from curate.score.schema import OK, score_file, write_score_file
+
+
+def score_batches(
+    batches: Iterable[ShardBatch],
+    model: ImageTextModel,
+    device: torch.device,
+    precision: str,
+    out: Path,
+    summary: ScoreSummary,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Embed `batches` and write each shard's score file as its last batch arrives.
+
+    Batches of several shards may interleave (the local DataLoader's workers each own whole shards) as long
+    as each shard's arrive in order. `progress(samples seen)` is called after every batch.
+    """
+    metadata = model.metadata()
+    open_shards: dict[str, list] = {}
+    seen = 0
+    with torch.no_grad():
+        for batch in batches:
+            parts = open_shards.setdefault(batch.shard, [])
+            parts.append((batch, _embed(model, batch, device, precision)))
+            seen += len(batch.keys)
+            if batch.last:
+                _write(out, batch.shard, open_shards.pop(batch.shard), model.embed_dim, metadata, summary)
+            if progress:
+                progress(seen)
+
+
+def _embed(model: ImageTextModel, batch: ShardBatch, device: torch.device, precision: str):
+    if not len(batch.images):
+        return None
+    with autocast(precision, device):
+        images, texts = model.encode(
+            batch.images.to(device, non_blocking=True), batch.tokens.to(device, non_blocking=True)
+        )
+    # Stay on the device: the shard is copied to the host once, when it is written (one sync per shard).
+    return images.half(), texts.half(), (images * texts).sum(-1)
+
+
+def _write(
+    out: Path, shard: str, parts: list, dim: int, metadata: dict[str, str], summary: ScoreSummary
+) -> None:
+    keys, captions, status = [], [], []
+    image_parts, text_parts, similarity_parts = [], [], []
+    for batch, embedded in parts:
+        keys += batch.keys
+        captions += batch.captions
+        status += batch.status
+        if embedded is not None:
+            image_parts.append(embedded[0])
+            text_parts.append(embedded[1])
+            similarity_parts.append(embedded[2])
+        if batch.damage:
+            summary.damaged.append((shard, batch.damage))
+    valid = np.array([s == OK for s in status], dtype=bool)
+    image_emb = np.zeros((len(keys), dim), np.float16)
+    text_emb = np.zeros((len(keys), dim), np.float16)
+    similarity = np.full(len(keys), np.nan, np.float32)
+    if image_parts:
+        image_emb[valid] = torch.cat(image_parts).cpu().numpy()
+        text_emb[valid] = torch.cat(text_parts).cpu().numpy()
+        similarity[valid] = torch.cat(similarity_parts).float().cpu().numpy()
+    path = score_file(out, shard)
+    write_score_file(path, shard, keys, captions, status, image_emb, text_emb, similarity, metadata)
+    summary.shards_done += 1
+    summary.ok += int(valid.sum())
+    summary.failed.update(s for s in status if s != OK)
