@@ -350,8 +350,10 @@ def test_half_precision_inputs_are_accumulated_in_fp32_not_in_half(models):
         want = pair_scores("learnability", *exact).cross_sums(chunk, F64)
         assert got.dtype == torch.float32
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(pair_scores("easy", half[0], None).diagonal().double(),
-                                   pair_scores("easy", exact[0], None).diagonal(F64), rtol=1e-5, atol=1e-6)  # fmt: skip
+        diagonal = pair_scores("easy", half[0], None).diagonal().double()
+        torch.testing.assert_close(
+            diagonal, pair_scores("easy", exact[0], None).diagonal(F64), rtol=1e-5, atol=1e-6
+        )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

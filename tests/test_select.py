@@ -1,3 +1,5 @@
+import dataclasses
+
 """`curate select` on score folders with planted structure (written directly, no model needed)."""
 
 from __future__ import annotations
@@ -205,8 +207,10 @@ def test_defaults_resolve_once_in_the_config():
     assert SelectConfig(ratio=0.75, batch_size=256).super_batch == 1024
     assert SelectConfig(ratio=0.5).criterion == "easy"
     assert SelectConfig(ratio=0.5, learner="early/").criterion == "learnability"
+    resolved = SelectConfig(ratio=0.5, batch_size=32)
+    assert dataclasses.replace(resolved, seed=1).super_batch == 64  # a resolved config carries both, agreeing
     with pytest.raises(CurateError, match="not both"):
-        SelectConfig(ratio=0.5, super_batch=64, batch_size=32)
+        SelectConfig(ratio=0.5, super_batch=64, batch_size=30)
     for bad in (float("nan"), -0.1):
         with pytest.raises(CurateError, match="ratio"):
             SelectConfig(ratio=bad)

@@ -65,6 +65,8 @@ def score_shards(
     summary = ScoreSummary()
     pending = [p for p in paths if config.overwrite or not score_file(folder, basename(p)).exists()]
     summary.shards_skipped = len(paths) - len(pending)
+    if not config.overwrite:
+        check_same_model(folder, config.model, config.pretrained)
     if not pending:
         return summary
     if config.backend == "ray":
@@ -92,7 +94,7 @@ def _score_locally(
     if model is None:
         model = load_model(config.model, config.pretrained, device, config.allow_random_init, config.seed)
     if not config.overwrite:
-        check_same_model(folder, model.metadata())
+        check_same_model(folder, config.model, config.pretrained, model.metadata())
     folder.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(
         ShardBatches(pending, model.preprocess, model.tokenizer, config.batch_size),

@@ -99,7 +99,7 @@ def score_on_ray(
                 devices = sorted({device for device, _ in started})
                 summary.device = f"{len(actors)} Ray workers, {', '.join(devices)}"
                 if not config.overwrite:
-                    check_same_model(out, started[0][1])
+                    check_same_model(out, config.model, config.pretrained, started[0][1])
                 out.mkdir(parents=True, exist_ok=True)  # only now: a run that cannot start leaves nothing
                 scoring = time.perf_counter()
                 summary.startup_seconds = scoring - start

@@ -239,13 +239,20 @@ def open_score_folder(path: str | Path, role: str = "scores") -> ScoreFolder:
     return ScoreFolder(str(folder), files, metadata)
 
 
-def check_same_model(folder: str | Path, metadata: dict[str, str]) -> None:
+def check_same_model(
+    folder: str | Path, model: str, pretrained: str | None, metadata: dict[str, str] | None = None
+) -> None:
     """Refuse to add a model's score files to a folder that holds another model's: one folder, one model
-    (the check `open_score_folder` applies when reading)."""
+    (what `open_score_folder` checks when reading). By name and tag before the model is loaded (so a rerun
+    with another --model is refused even when nothing is left to score), and by the loaded model's full
+    identity (t, b, D too) once its `metadata` is known."""
     if not any(local_path(folder, "score folder").glob("*.parquet")):
         return
     existing = open_score_folder(folder, "score folder").metadata
-    if existing.identity != ScoreMetadata.from_strings(metadata, "the model").identity:
+    asked = (model, pretrained or "")
+    if (existing.model, existing.pretrained) != asked or (
+        metadata is not None and ScoreMetadata.from_strings(metadata, model).identity != existing.identity
+    ):
         raise CurateError(
             f"{folder} holds scores by --model {existing.model} --pretrained '{existing.pretrained}'; "
             "score into another folder or pass --overwrite"

@@ -44,10 +44,12 @@ class SelectConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
             raise CurateError(f"--ratio must be in [0, 1), got {self.ratio}")
-        if self.super_batch is not None and self.batch_size is not None:
-            raise CurateError("give --super-batch or --batch-size, not both")
         if self.batch_size is not None:
-            self._resolve("super_batch", super_batch_for(self.batch_size, self.ratio))
+            implied = super_batch_for(self.batch_size, self.ratio)
+            # Both given is fine when they agree: a resolved config (dataclasses.replace) carries both.
+            if self.super_batch is not None and self.super_batch != implied:
+                raise CurateError("give --super-batch or --batch-size, not both")
+            self._resolve("super_batch", implied)
         elif self.super_batch is None:
             self._resolve("super_batch", DEFAULT_SUPER_BATCH)
         if self.super_batch < 1:
