@@ -1,9 +1,8 @@
-import dataclasses
-
 """`curate select` on score folders with planted structure (written directly, no model needed)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 
