@@ -114,10 +114,12 @@ def _check_end_of_archive(counted: _CountingReader, last: tarfile.TarInfo | None
     tarfile stops quietly at a missing or partial header, so a tar cut at a member boundary reads like a
     short whole one; only the zero block after the last member's (512-padded) data tells them apart.
     """
-    while counted.read(1 << 16):
-        pass  # the rest is the end-of-archive blocks and padding: at most a record (10 KiB)
     end = 0 if last is None else last.offset_data + -(-last.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-    if counted.bytes < end + tarfile.BLOCKSIZE:
+    needed = end + tarfile.BLOCKSIZE
+    # tarfile reads whole 10 KiB records, so the block is usually in already; read no further than it.
+    while counted.bytes < needed and counted.read(needed - counted.bytes):
+        pass
+    if counted.bytes < needed:
         raise tarfile.ReadError("no end-of-archive marker (truncated)")
 
 
