@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli.console import out, progress_bar
-from curate.download import DownloadConfig, DownloadSummary, download, retry_failed
+
+if TYPE_CHECKING:
+    from curate.download import DownloadSummary
 
 
 def download_command(
     urls: Annotated[
-        Path,
-        typer.Argument(metavar="URLS", help="Table of urls and captions: .parquet, .csv, .tsv or .jsonl."),
+        str,
+        typer.Argument(
+            metavar="URLS",
+            help="Table of urls and captions: .parquet, .csv, .tsv or .jsonl (a local path or fsspec URL).",
+        ),
     ],
     out_dir: Annotated[
-        Path, typer.Argument(metavar="OUT", help="Folder for the shards (img2dataset layout).")
+        str, typer.Argument(metavar="OUT", help="Local folder for the shards (img2dataset layout).")
     ],
     url_col: Annotated[str, typer.Option(help="Column holding the image url.")] = "url",
     caption_col: Annotated[str, typer.Option(help="Column holding the caption.")] = "caption",
@@ -52,6 +56,8 @@ def download_command(
     example: curate download urls.parquet shards/ --caption-col TEXT --image-size 256
              curate download urls.parquet shards/ --retry-failed
     """
+    from curate.download import DownloadConfig, download, retry_failed
+
     config = DownloadConfig(
         url_col=url_col,
         caption_col=caption_col,
@@ -67,9 +73,9 @@ def download_command(
     )
     with progress_bar("download", unit="shards") as progress:
         if retry_failed_rows:
-            summary = retry_failed(str(out_dir), config, progress)
+            summary = retry_failed(out_dir, config, progress)
         else:
-            summary = download(str(urls), str(out_dir), config, progress)
+            summary = download(urls, out_dir, config, progress)
     out.print(_describe(summary))
 
 

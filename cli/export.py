@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,10 +13,15 @@ from cli.console import err, out, progress_bar
 
 def export_command(
     manifest: Annotated[
-        Path,
+        str,
         typer.Argument(metavar="MANIFEST", help="Manifest folder (or manifest.parquet) from curate select."),
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", metavar="OUT", help="Folder for the new shards.")],
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output", "-o", metavar="OUT", help="Folder for the new shards (a path or fsspec URL)."
+        ),
+    ],
     shards: Annotated[
         str | None,
         typer.Option(
@@ -49,9 +53,17 @@ def export_command(
         shards=shards, samples_per_shard=samples_per_shard, command=shlex.join(["curate", *sys.argv[1:]])
     )
     with progress_bar("export") as progress:
-        summary = export(str(manifest), str(output), config, progress)
+        summary = export(manifest, output, config, progress)
     for shard, why in summary.damaged:
         err.print(f"warning: source shard {shard} is damaged ({why}); samples after the damage are missing")
+    if summary.rebuilt:
+        examples = "; ".join(f"{shard}: {why}" for shard, why in summary.rebuilt[:3])
+        more = ", ..." if len(summary.rebuilt) > 3 else ""
+        err.print(
+            f"warning: the parquet rows of {len(summary.rebuilt)} source shard(s) were rebuilt from their "
+            f".json members, without the parquet's extra columns ({examples}{more})",
+            markup=False,
+        )
     if summary.missing:
         err.print(
             f"warning: {summary.missing} chosen samples were not in their source shard "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -17,22 +16,26 @@ CELL_CHARS = 60
 def query_command(
     sql: Annotated[str, typer.Argument(metavar="SQL", help="A DuckDB query over the views below.")],
     scores: Annotated[
-        Path | None, typer.Option(metavar="DIR", help="Score folder, queried as the view `scores`.")
+        str | None, typer.Option(metavar="DIR", help="Score folder, queried as the view `scores`.")
     ] = None,
     manifest: Annotated[
-        Path | None, typer.Option(metavar="DIR", help="Manifest folder, queried as the view `manifest`.")
+        str | None, typer.Option(metavar="DIR", help="Manifest folder, queried as the view `manifest`.")
     ] = None,
     shards: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            metavar="DIR", help="Shard folder; its img2dataset .parquet tables are the view `shards`."
+            metavar="DIR",
+            help="Shard folder (path or fsspec URL); its img2dataset .parquet tables are the view `shards`.",
         ),
     ] = None,
     fmt: Annotated[
         str, typer.Option("--format", help="table, csv, json (one object per line) or parquet (needs -o).")
     ] = "table",
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", metavar="FILE", help="Write here instead of stdout.")
+        str | None,
+        typer.Option(
+            "--output", "-o", metavar="FILE", help="Write here (a path or fsspec URL), not to stdout."
+        ),
     ] = None,
 ) -> None:
     """Ask SQL questions of scores, manifests and shards (DuckDB; nothing is loaded up front).
@@ -57,22 +60,18 @@ def query_command(
         raise CurateError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt == "parquet" and output is None:
         raise CurateError("--format parquet needs -o FILE")
-    sources = QuerySources(
-        scores=str(scores) if scores else None,
-        manifest=str(manifest) if manifest else None,
-        shards=str(shards) if shards else None,
-    )
+    sources = QuerySources(scores=scores, manifest=manifest, shards=shards)
     with run_query(sql, sources) as reader:
         if fmt == "table":
             _print_table(reader, output)
         elif output is None:
             write_result(reader, fmt, sys.stdout)
         else:
-            rows = write_result(reader, fmt, path=str(output))
+            rows = write_result(reader, fmt, path=output)
             err.print(f"wrote {rows} rows to {output}")
 
 
-def _print_table(reader, output: Path | None) -> None:
+def _print_table(reader, output: str | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -88,9 +87,9 @@ def _print_table(reader, output: Path | None) -> None:
     if output is None:
         out.print(table)
     else:
-        from curate.fileio import atomic_open
+        from curate.query import output_file
 
-        with atomic_open(str(output), "w") as handle:
+        with output_file(output, "w") as handle:
             Console(file=handle, width=200).print(table)
     more = f" (first {shown} shown; --format csv or json writes all)" if total > shown else ""
     err.print(f"{total} rows{more}")

@@ -6,6 +6,8 @@ whose `_stats.json` exists and reads only the source shards that the others need
 once each, in order, as tar streams; every member of a chosen sample (image, .txt, .json and any other) is
 copied byte for byte, never decoded. Each output shard also gets its rows of the source `.parquet` (all
 columns, e.g. `noise` or `sha256`) and a `_stats.json`; `sizes.json` lists them all for open_clip.
+
+The manifest is local (as select writes it); the source shards and the output folder may be fsspec URLs.
 """
 
 from __future__ import annotations
@@ -13,20 +15,32 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import tarfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.errors import CurateError
-from curate.fileio import atomic_open, filesystem, join
+from curate.errors import CurateError, first_line
+from curate.fileio import atomic_open, basename, filesystem, join, local_path
+from curate.runtime import Progress
 from curate.select.manifest import SHARDS_METADATA_KEY, manifest_metadata, manifest_path, read_manifest
-from curate.shards import SHARD_TABLE_SCHEMA, SUCCESS, ReadStats, expand_shards, iter_members, shard_name
-from curate.shards.writer import add_tar_member, shard_done, write_sizes
+from curate.shards import (
+    SHARD_TABLE_SCHEMA,
+    STATS_SUFFIX,
+    SUCCESS,
+    ReadStats,
+    expand_shards,
+    folder_files,
+    iter_members,
+    shard_done,
+    shard_name,
+    shard_sibling,
+    write_shard_files,
+    write_sizes,
+)
 
 EXPORT_FILE = "export.json"  # the plan's fingerprint, so a resume never mixes two exports in one folder
 MAX_SAMPLES_PER_SHARD = 10_000  # img2dataset's default
@@ -61,6 +75,8 @@ class ExportSummary:
     missing: int = 0  # chosen samples not found in their source tar
     missing_examples: list[str] = field(default_factory=list)
     damaged: list[tuple[str, str]] = field(default_factory=list)  # (source shard, why its tar ended early)
+    # (source shard, why): its chosen samples' parquet rows were rebuilt from their .json members
+    rebuilt: list[tuple[str, str]] = field(default_factory=list)
     samples_per_shard: int = 0
     seconds: float = 0.0
 
@@ -75,18 +91,15 @@ class _Source:
 
     name: str
     members: dict[str, list[tuple[str, bytes]]]
-    table: pa.Table | None  # rows of the source parquet for those keys, first row per key
-    rows: dict[str, int]  # key -> row of `table`
+    table: pa.Table | None  # the source parquet, when it could be read
+    rows: dict[str, int]  # key -> its row of `table` (a successful one first)
+    unusable: str | None  # why the source parquet could not be used, when it could not
 
 
-def export(
-    manifest: str,
-    out: str,
-    config: ExportConfig,
-    progress: Callable[[int, int | None], None] | None = None,
-) -> ExportSummary:
+def export(manifest: str, out: str, config: ExportConfig, progress: Progress | None = None) -> ExportSummary:
     """Write `out/{00000..}.tar|.parquet|_stats.json` and `out/sizes.json` holding the manifest's samples."""
     start = time.perf_counter()
+    manifest = str(local_path(manifest, "MANIFEST"))
     plan = _plan(manifest)
     sources = _locate_sources(manifest, config, plan)
     per_shard = config.samples_per_shard or default_samples_per_shard(len(plan))
@@ -120,7 +133,7 @@ def export(
                     if len(summary.missing_examples) < 3:
                         summary.missing_examples.append(f"{source}:{key}")
             samples.extend((key, current.members[key]) for key in found)
-            tables.append(_rows(current, found))
+            tables.append(_rows(current, found, summary))
         _write_output(out, i, samples, tables)
         summary.shards_written += 1
         summary.samples += len(samples)
@@ -156,7 +169,7 @@ def _locate_sources(manifest: str, config: ExportConfig, plan: list[tuple[str, s
             "the manifest does not record where its shards live: pass --shards SHARDS "
             "(or record it with curate select --shards)"
         )
-    paths = {path.rstrip("/").rsplit("/", 1)[-1]: path for path in expand_shards(location)}
+    paths = {basename(path): path for path in expand_shards(location)}
     needed = sorted({source for source, _ in plan})
     absent = [name for name in needed if name not in paths]
     if absent:
@@ -177,20 +190,32 @@ def _claim_folder(out: str, manifest: str, plan: list, per_shard: int, outputs: 
     record = join(out, EXPORT_FILE)
     record_path = filesystem(record)[1]
     if fs.exists(record_path):
-        with fs.open(record_path, "r") as handle:
-            existing = json.load(handle)
+        existing = _read_record(fs, record_path, record)
         if {k: existing.get(k) for k in fingerprint} != fingerprint:
             raise CurateError(
                 f"{out} holds another export (another manifest or --samples-per-shard); "
                 "export into a new folder"
             )
         return
-    if fs.glob(f"{path.rstrip('/')}/*_stats.json"):
+    if folder_files(out, STATS_SUFFIX):
         raise CurateError(f"{out} already holds shards that curate export did not write; use a new folder")
     with atomic_open(record, "w") as handle:
         json.dump(
             {**fingerprint, "manifest": str(manifest_path(manifest).resolve()), "command": command}, handle
         )
+
+
+def _read_record(fs, path: str, record: str) -> dict:
+    try:
+        with fs.open(path, "r") as handle:
+            existing = json.load(handle)
+    except ValueError as error:
+        raise CurateError(
+            f"{record} is damaged ({first_line(error)}); export into a new folder, or delete it to start over"
+        ) from None
+    if not isinstance(existing, dict):
+        raise CurateError(f"{record} is not a curate export record; export into a new folder")
+    return existing
 
 
 def _runs(rows: list[tuple[str, str]]) -> Iterator[tuple[str, list[str]]]:
@@ -203,42 +228,49 @@ def _runs(rows: list[tuple[str, str]]) -> Iterator[tuple[str, list[str]]]:
 
 
 def _read_source(path: str, keys: set[str], summary: ExportSummary) -> _Source:
-    name = path.rstrip("/").rsplit("/", 1)[-1]
     stats = ReadStats()
     members: dict[str, list[tuple[str, bytes]]] = {}
     for key, group in iter_members(path, stats):
         if key in keys and key not in members:  # a key repeated later in the tar keeps its first copy
             members[key] = list(group.items())
     summary.damaged.extend(stats.bad_shards)
-    table, rows = _source_rows(path, members)
-    return _Source(name, members, table, rows)
+    table, rows, unusable = _source_rows(path, members) if members else (None, {}, None)
+    return _Source(basename(path), members, table, rows, unusable)
 
 
-def _source_rows(path: str, members: dict[str, list[tuple[str, bytes]]]) -> tuple[pa.Table | None, dict]:
-    """The source parquet's rows of the found keys (a successful row first when a key has several)."""
-    parquet = path.removesuffix(".tar") + ".parquet"
+def _source_rows(path: str, members: dict) -> tuple[pa.Table | None, dict[str, int], str | None]:
+    """The source parquet, the row of each found key in it (a successful row first when a key has
+    several), and why it cannot be used when it cannot."""
+    parquet = shard_sibling(path, ".parquet")
     fs, fs_path = filesystem(parquet)
-    if not members or not fs.exists(fs_path):
-        return None, {}
+    if not fs.exists(fs_path):
+        return None, {}, f"no {basename(parquet)} beside it"
     try:
         with fs.open(fs_path, "rb") as handle:
             table = pq.read_table(handle)
-    except (OSError, pa.ArrowInvalid):
-        return None, {}  # the .json members still carry each sample's metadata
+    except (OSError, pa.ArrowInvalid) as error:
+        return None, {}, f"its .parquet cannot be read: {first_line(error)}"
     if "key" not in table.column_names:
-        return None, {}
+        return None, {}, "its .parquet has no key column"
     statuses = table["status"].to_pylist() if "status" in table.column_names else [SUCCESS] * table.num_rows
     rows: dict[str, int] = {}
     for row, (key, status) in enumerate(zip(table["key"].to_pylist(), statuses, strict=True)):
         if key in members and (key not in rows or (status == SUCCESS and statuses[rows[key]] != SUCCESS)):
             rows[key] = row
-    return table, rows
+    return table, rows, None
 
 
-def _rows(source: _Source, keys: list[str]) -> pa.Table:
-    """One parquet row per written sample, in tar order: the source's row, else one built from its .json."""
+def _rows(source: _Source, keys: list[str], summary: ExportSummary) -> pa.Table:
+    """One parquet row per written sample, in tar order: the source's row, else one built from its .json.
+
+    The .json members carry each sample's metadata, so a source parquet that is missing or unusable costs
+    only its extra columns; the summary names it, once per source shard.
+    """
     if source.table is not None and all(key in source.rows for key in keys):
         return source.table.take(pa.array([source.rows[key] for key in keys], pa.int64()))
+    if keys and all(name != source.name for name, _ in summary.rebuilt):
+        missing = sum(key not in source.rows for key in keys)
+        summary.rebuilt.append((source.name, source.unusable or f"its .parquet lacks {missing} chosen keys"))
     built = {name: [] for name in SHARD_TABLE_SCHEMA.names}
     for key in keys:
         meta = _json_member(source.members[key])
@@ -267,22 +299,6 @@ def _json_member(members: list[tuple[str, bytes]]) -> dict:
 def _write_output(
     out: str, index: int, samples: list[tuple[str, list[tuple[str, bytes]]]], tables: list[pa.Table]
 ) -> None:
-    stem = join(out, shard_name(index))
-    with atomic_open(f"{stem}.tar", "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
-        for key, members in samples:
-            for extension, data in members:
-                add_tar_member(tar, f"{key}.{extension}" if extension else key, data)
     tables = [t for t in tables if t.num_rows] or tables[:1] or [SHARD_TABLE_SCHEMA.empty_table()]
     table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-    with atomic_open(f"{stem}.parquet", "wb") as handle:
-        pq.write_table(table.replace_schema_metadata(None), handle)
-    count = len(samples)
-    stats = {
-        "count": count,
-        "successes": count,
-        "failed_to_download": 0,
-        "failed_to_resize": 0,
-        "status_dict": {SUCCESS: count} if count else {},
-    }
-    with atomic_open(f"{stem}_stats.json", "w") as handle:  # last: its presence marks the shard done
-        json.dump(stats, handle, indent=4)
+    write_shard_files(out, shard_name(index), samples, table.replace_schema_metadata(None))

@@ -1,10 +1,16 @@
 """`curate query`: SQL (DuckDB) over the pipeline's Parquet files, streamed to a table, CSV, JSON or Parquet.
 
 Views, each made only when its folder is given:
-    scores    every SCORES/*.parquet (embeddings read as FLOAT[] arrays)
-    manifest  MANIFEST/manifest.parquet
-    shards    every SHARDS/*.parquet: img2dataset's per-shard tables (url, status, noise, sha256, ...)
-Results stream in Arrow batches, so a large answer written to csv, json or parquet is never held whole.
+    scores    every score file of SCORES, checked to come from one model (`open_score_folder`; local)
+    manifest  MANIFEST/manifest.parquet (`manifest_path`; local)
+    shards    every SHARDS/*.parquet: img2dataset's per-shard tables (url, status, noise, sha256, ...);
+              a local folder or any fsspec URL, which DuckDB then reads through fsspec
+Results stream in Arrow batches, so a large answer written to csv, json or parquet is never held whole; -o
+may be a local path or any fsspec URL.
+
+The csv and json writers are ours, not DuckDB's `COPY ... TO`: DuckDB's json widens float32 (0.27 becomes
+0.27000001072883606) and writes NaN as a bare `NaN`, which is not JSON; its csv writes structs as
+`{'a': 1}` and NaN as `nan`; and it cannot write to a Python stream, which stdout (the default) is.
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO
 
 import duckdb
@@ -24,9 +29,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.errors import CurateError
-from curate.fileio import atomic_open
-from curate.select.manifest import MANIFEST_FILE
+from curate.errors import CurateError, first_line
+from curate.fileio import atomic_open, filesystem, is_local, local_path
+from curate.score.schema import open_score_folder
+from curate.select.manifest import manifest_path
+from curate.shards.paths import folder_files
 
 FORMATS = ("table", "csv", "json", "parquet")
 
@@ -37,50 +44,47 @@ class QuerySources:
     manifest: str | None = None
     shards: str | None = None
 
-    def views(self) -> dict[str, str]:
-        """View name -> the Parquet glob or file behind it, for the sources given."""
+    def views(self) -> dict[str, list[str]]:
+        """View name -> the Parquet files behind it, for the sources given."""
         views = {}
         if self.scores:
-            views["scores"] = _parquet_glob(self.scores, "--scores")
+            views["scores"] = list(open_score_folder(self.scores, "--scores").files)
         if self.manifest:
-            views["manifest"] = _manifest_file(self.manifest)
+            views["manifest"] = [str(manifest_path(local_path(self.manifest, "--manifest")))]
         if self.shards:
-            views["shards"] = _parquet_glob(self.shards, "--shards")
+            views["shards"] = _shard_tables(self.shards)
         if not views:
             raise CurateError("nothing to query: give at least one of --scores, --manifest and --shards")
         return views
 
 
-def _parquet_glob(path: str, option: str) -> str:
-    source = Path(path)
-    if source.is_file():
-        return str(source)
-    if not source.is_dir():
-        raise CurateError(f"{option} {path}: no such folder")
-    if not any(source.glob("*.parquet")):
-        raise CurateError(f"{option} {path}: no .parquet files in it")
-    return str(source / "*.parquet")
-
-
-def _manifest_file(path: str) -> str:
-    source = Path(path)
-    if source.is_dir():
-        source = source / MANIFEST_FILE
-    if not source.is_file():
-        raise CurateError(f"--manifest {path}: no {MANIFEST_FILE} there (written by curate select)")
-    return str(source)
+def _shard_tables(path: str) -> list[str]:
+    fs, fs_path = filesystem(path)
+    if fs.isfile(fs_path):
+        return [path]
+    if not fs.isdir(fs_path):
+        raise CurateError(f"--shards {path}: no such folder")
+    tables = folder_files(path, ".parquet")
+    if not tables:
+        raise CurateError(f"--shards {path}: no .parquet files in it")
+    return tables
 
 
 def connect(sources: QuerySources) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view per source."""
     con = duckdb.connect()
-    for name, path in sources.views().items():
-        literal = "'" + path.replace("'", "''") + "'"
+    protocols: set[str] = set()
+    for name, paths in sources.views().items():
+        for path in paths:
+            if not is_local(path) and (fs := filesystem(path)[0]).protocol not in protocols:
+                protocols.add(fs.protocol)
+                con.register_filesystem(fs)  # DuckDB reads other filesystems through fsspec
+        files = "[" + ", ".join("'" + path.replace("'", "''") + "'" for path in paths) + "]"
         try:
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({literal}, union_by_name = true)")
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({files}, union_by_name = true)")
         except duckdb.Error as error:
             con.close()
-            raise CurateError(f"cannot read {path} as the {name} view: {first_line(error)}") from None
+            raise CurateError(f"cannot read the {name} view: {first_line(error)}") from None
     return con
 
 
@@ -123,10 +127,6 @@ def _guarded(reader: pa.RecordBatchReader) -> pa.RecordBatchReader:
     return pa.RecordBatchReader.from_batches(reader.schema, batches())
 
 
-def first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
 def write_result(
     reader: pa.RecordBatchReader, fmt: str, handle: IO | None = None, path: str | None = None
 ) -> int:
@@ -139,7 +139,7 @@ def write_result(
         if path is None:
             raise CurateError("--format parquet needs -o FILE")
         rows = 0
-        with atomic_open(path, "wb") as raw, pq.ParquetWriter(raw, reader.schema) as writer:
+        with output_file(path, "wb") as raw, pq.ParquetWriter(raw, reader.schema) as writer:
             for batch in reader:
                 writer.write_batch(batch)
                 rows += batch.num_rows
@@ -147,7 +147,7 @@ def write_result(
     if fmt not in ("csv", "json"):
         raise CurateError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if handle is None:
-        with atomic_open(path, "w") as text:
+        with output_file(path, "w") as text:
             return write_result(reader, fmt, text)
     rows = 0
     if fmt == "csv":
@@ -163,6 +163,16 @@ def write_result(
                 handle.write(json.dumps({k: jsonable(v) for k, v in row.items()}, ensure_ascii=False) + "\n")
             rows += batch.num_rows
     return rows
+
+
+@contextlib.contextmanager
+def output_file(path: str, mode: str) -> Iterator[IO]:
+    """`atomic_open(path)`, with a folder that does not exist (or cannot be written) as a one-line error."""
+    try:
+        with atomic_open(path, mode) as handle:
+            yield handle
+    except OSError as error:
+        raise CurateError(f"-o {path}: cannot write there ({error.strerror or first_line(error)})") from None
 
 
 def shortest_floats(batch: pa.RecordBatch) -> pa.RecordBatch:

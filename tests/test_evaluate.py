@@ -12,14 +12,15 @@ from typer.testing import CliRunner
 
 from cli.evaluate import evaluate_command
 from curate.errors import CurateError
-from curate.evalsets import read_eval_set, write_eval_set
 from curate.evaluate import (
     EvalConfig,
     EvalSet,
     class_embeddings,
     evaluate,
+    read_eval_set,
     retrieval_metrics,
     run_eval,
+    write_eval_set,
     zeroshot_metrics,
 )
 from curate.models import ImageTextModel, load_model, save_checkpoint
@@ -120,6 +121,35 @@ def test_swapping_two_text_axes_costs_exactly_those_classes(colour_set):
     assert metrics["text_to_image_r1"] == 12 / 16
     reversed_axes = list(reversed(range(len(NAMES))))  # no colour keeps its own axis
     assert evaluate(colour_model(reversed_axes), colour_set)["zeroshot_top1"] == 0.0
+
+
+def counting(preprocess, calls: list):
+    def counted(image):
+        calls.append(image.mode)
+        return preprocess(image)
+
+    return counted
+
+
+def test_a_set_loaded_with_a_preprocess_decodes_once_and_one_without_streams(colour_set):
+    calls: list[str] = []
+    model = colour_model()
+    bound = EvalSet.load(colour_set, preprocess=counting(model.preprocess, calls))
+    assert len(calls) == 16 and set(calls) == {"RGB"} and bound.decoded.shape == (16, 3, 8, 8)
+    first, second = evaluate(model, bound), evaluate(model, bound)
+    assert len(calls) == 16 and first == second and first["zeroshot_top1"] == 1.0
+
+    streamed = EvalSet.load(colour_set)
+    assert streamed.decoded is None
+    counted = colour_model()
+    counted.preprocess = counting(counted.preprocess, calls)
+    assert evaluate(counted, streamed) == evaluate(counted, streamed) == first
+    assert len(calls) == 16 + 2 * 16 and streamed.decoded is None  # decoded by each evaluation, not kept
+
+    calls.clear()
+    too_big = EvalSet.load(colour_set, preprocess=counting(model.preprocess, calls), cache_bytes=1)
+    assert too_big.decoded is None and len(calls) == 16  # still decoded at load: a broken set fails there
+    assert evaluate(model, too_big) == first and len(calls) == 32  # again, with the preprocess it was given
 
 
 # ------------------------------------------------------------------------------ clip_benchmark layouts

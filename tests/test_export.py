@@ -151,3 +151,67 @@ def test_export_from_the_command_line(selected, tmp_path):
     assert result.stdout.startswith("wrote ") and f"{out}/{{00000..0000" in result.stdout
     bad = run_cli("export", str(tmp_path / "nope"), "-o", str(out))
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and "no manifest" in bad.stderr
+
+
+def first_keys(web: str) -> list[tuple[str, str]]:
+    """(shard, key) of the first two samples of small_synth's shards 00000 and 00001."""
+    rows = []
+    for shard in ("00000.tar", "00001.tar"):
+        members = iter_members(f"{web}/{shard}", ReadStats())
+        rows += [(shard, next(members)[0]), (shard, next(members)[0])]
+    return rows
+
+
+def test_a_damaged_export_record_is_a_one_line_error(small_synth, tmp_path):
+    web = f"{small_synth}/web"
+    write_manifest(tmp_path / "m", first_keys(web))
+    out = tmp_path / "curated"
+    export(str(tmp_path / "m"), str(out), ExportConfig(shards=web))
+    (out / "export.json").write_text('{"samples": 4, "plan_sha')  # torn by a full disk, say
+    with pytest.raises(CurateError, match="export.json is damaged") as caught:
+        export(str(tmp_path / "m"), str(out), ExportConfig(shards=web))
+    assert "\n" not in str(caught.value)
+    (out / "export.json").write_text("[1, 2]")
+    with pytest.raises(CurateError, match="not a curate export record"):
+        export(str(tmp_path / "m"), str(out), ExportConfig(shards=web))
+
+
+def test_rows_rebuilt_from_json_members_are_counted_and_printed(small_synth, tmp_path):
+    source = tmp_path / "web"
+    source.mkdir()
+    for name in ("00000.tar", "00000.parquet", "00001.tar"):  # 00001 has no parquet at all
+        (source / name).write_bytes((Path(small_synth) / "web" / name).read_bytes())
+    (source / "00000.parquet").write_bytes(b"PAR1 torn")
+    write_manifest(tmp_path / "m", first_keys(str(source)))
+    config = ExportConfig(shards=str(source), samples_per_shard=4)
+    summary = export(str(tmp_path / "m"), str(tmp_path / "a"), config)
+    assert summary.samples == 4
+    assert [(shard, why.split(":")[0]) for shard, why in summary.rebuilt] == [
+        ("00000.tar", "its .parquet cannot be read"),
+        ("00001.tar", "no 00001.parquet beside it"),
+    ]
+    table = pq.read_table(tmp_path / "a" / "00000.parquet")
+    assert table["key"].to_pylist() == [key for _, key in first_keys(str(source))]
+    assert set(table["status"].to_pylist()) == {"success"} and all(table["caption"].to_pylist())
+
+    result = run_cli("export", str(tmp_path / "m"), "-o", str(tmp_path / "b"), "--shards", str(source))
+    assert result.returncode == 0, result.stderr
+    assert "rows of 2 source shard(s) were rebuilt from their .json members" in result.stderr
+
+
+def test_export_writes_to_fsspec_urls_and_reads_file_urls(small_synth, tmp_path, monkeypatch):
+    import fsspec
+
+    monkeypatch.chdir(tmp_path)
+    web = f"{small_synth}/web"
+    write_manifest(tmp_path / "m", first_keys(web))
+    local = export(str(tmp_path / "m"), str(tmp_path / "local"), ExportConfig(shards=web))
+    remote = export(f"file://{tmp_path}/m", "memory://curated", ExportConfig(shards=f"file://{web}"))
+    assert (remote.samples, remote.shards) == (local.samples, local.shards)
+    fs = fsspec.filesystem("memory")
+    for path in sorted((tmp_path / "local").iterdir()):
+        if path.name != "export.json":  # it records the manifest's path, spelt as given
+            assert fs.cat(f"/curated/{path.name}") == path.read_bytes(), path.name
+    with pytest.raises(CurateError, match="^MANIFEST memory://m: only local paths"):
+        export("memory://m", str(tmp_path / "x"), ExportConfig(shards=web))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["local", "m"]  # no ./memory:/ or ./file:/ folder

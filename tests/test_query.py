@@ -99,8 +99,10 @@ def test_bad_queries_and_sources_are_one_line_errors(folders, tmp_path):
         rows("SELECT nope FROM scores", scores=folders["scores"])
     with pytest.raises(CurateError, match="manifest"):  # only the views whose folder is given exist
         rows("SELECT * FROM manifest", scores=folders["scores"])
-    with pytest.raises(CurateError, match="no such folder"):
+    with pytest.raises(CurateError, match="does not exist"):
         rows("SELECT 1", scores=tmp_path / "nope")
+    with pytest.raises(CurateError, match="no such folder"):
+        rows("SELECT 1", shards=tmp_path / "nope")
     with pytest.raises(CurateError, match="at least one"):
         rows("SELECT 1")
 
@@ -120,3 +122,41 @@ def test_query_from_the_command_line(folders, tmp_path):
     bad = run_cli("query", "SELECT nope FROM manifest", "--manifest", str(folders["manifest"]))
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().count("\n") == 0 and "nope" in bad.stderr
+
+
+def test_the_scores_view_holds_one_model_like_every_reader(tmp_path):
+    rng = np.random.default_rng(1)
+    for shard, model in (("00000.tar", "one"), ("00001.tar", "another")):
+        image, text = unit(rng.normal(size=(3, 4))), unit(rng.normal(size=(3, 4)))
+        write_scores(
+            tmp_path / "scores", shard, [f"{shard[:5]}{i}" for i in range(3)], image, text, model=model
+        )
+    with pytest.raises(CurateError, match="scored by another model"):
+        rows("SELECT count(*) FROM scores", scores=tmp_path / "scores")
+
+
+def test_sources_and_outputs_on_other_filesystems(folders, tmp_path, monkeypatch):
+    import fsspec
+
+    monkeypatch.chdir(tmp_path)
+    memory = fsspec.filesystem("memory")
+    for table in sorted(folders["shards"].glob("*.parquet")):
+        memory.pipe(f"/query-shards/{table.name}", table.read_bytes())
+    sql = "SELECT count(*) AS n FROM shards"
+    assert rows(sql, shards="memory://query-shards") == rows(sql, shards=folders["shards"]) == [{"n": 400}]
+    assert rows("SELECT count(*) AS n FROM manifest", manifest=f"file://{folders['manifest']}")[0]["n"] > 0
+    with pytest.raises(CurateError, match="^--scores memory://s: only local paths"):
+        rows("SELECT 1", scores="memory://s")
+    with pytest.raises(CurateError, match="^--manifest memory://m: only local paths"):
+        rows("SELECT 1", manifest="memory://m")
+
+    sources = QuerySources(shards="memory://query-shards")
+    with run_query("SELECT key FROM shards ORDER BY key LIMIT 3", sources) as reader:
+        assert write_result(reader, "csv", path="memory://answers/keys.csv") == 3
+    assert memory.cat("/answers/keys.csv").decode().splitlines()[0] == "key"
+    with (
+        run_query(sql, sources) as reader,
+        pytest.raises(CurateError, match="^-o missing/x.csv: cannot write"),
+    ):
+        write_result(reader, "csv", path="missing/x.csv")
+    assert list(tmp_path.iterdir()) == []  # no ./memory:/ folder, nothing half-written

@@ -2,6 +2,7 @@ import io
 import json
 import tarfile
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -10,11 +11,18 @@ from curate.errors import CurateError
 from curate.shards import (
     ReadStats,
     ShardRecord,
+    decode_rgb,
     expand_shards,
+    folder_files,
+    image_decodes,
+    iter_members,
     iter_samples,
     sample_key,
     shard_done,
+    shard_sibling,
+    shard_stats,
     write_shard,
+    write_shard_files,
     write_sizes,
 )
 
@@ -200,3 +208,107 @@ def test_reads_from_an_fsspec_memory_filesystem():
     assert fs.exists("/shards/00000_stats.json")
     samples = list(iter_samples("memory://shards"))
     assert [s.key for s in samples] == [sample_key(0, i, 100) for i in range(4)]
+
+
+def cut(path, end: int, to) -> None:
+    to.write_bytes(path.read_bytes()[:end])
+
+
+def test_a_tar_cut_at_a_member_boundary_or_inside_a_header_is_damaged(tmp_path):
+    write_shard(str(tmp_path), 0, records(4))
+    whole = tmp_path / "00000.tar"
+    with tarfile.open(whole) as tar:
+        members = tar.getmembers()
+    # The end of the second sample's .json, padded to its block: a tar that stops here reads like a whole
+    # two-sample one but for its missing end-of-archive block.
+    json_member = members[5]
+    boundary = json_member.offset_data + -(-json_member.size // 512) * 512
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    cut(whole, boundary, damaged / "00000.tar")
+    cut(whole, boundary + 100, damaged / "00001.tar")  # inside the next header
+    stats = ReadStats()
+    samples = list(iter_samples(str(damaged), stats))
+    assert [s.key for s in samples] == [sample_key(0, 0, 100)] * 2 and {s.shard for s in samples} == {
+        "00000.tar",
+        "00001.tar",
+    }
+    assert [name for name, _ in stats.bad_shards] == ["00000.tar", "00001.tar"]
+    assert all("end-of-archive" in why for _, why in stats.bad_shards)
+    assert stats.skipped["truncated_tar"] == 2  # the sample read last may have had more members
+
+    stats = ReadStats()
+    assert len(list(iter_samples(str(tmp_path), stats))) == 4 and not stats.bad_shards
+
+
+def test_compressed_tars_are_read_by_their_name(tmp_path):
+    import gzip
+
+    write_shard(str(tmp_path), 0, records(3))
+    (tmp_path / "00000.tar.gz").write_bytes(gzip.compress((tmp_path / "00000.tar").read_bytes()))
+    stats = ReadStats()
+    samples = list(iter_samples(str(tmp_path / "00000.tar.gz"), stats))
+    assert [s.key for s in samples] == [r.key for r in records(3)] and not stats.bad_shards
+
+
+def test_write_shard_files_computes_img2dataset_stats_from_the_table(tmp_path):
+    table = pa.table(
+        {
+            "key": ["a1", "a2", "a3", "a4"],
+            "status": ["success", "failed_to_download", "failed_to_resize", "success"],
+            "error_message": [None, "404 Not Found", "image too small", None],
+        }
+    )
+    samples = [("a1", [("png", png()), ("txt", b"one")]), ("a4", [("png", png()), ("", b"bare")])]
+    earlier = {"count": 99, "start_time": 12.5, "duration": 3.0}
+    stats = write_shard_files(str(tmp_path), "00007", samples, table, keep_stats=earlier)
+    assert stats == {
+        "count": 4,
+        "start_time": 12.5,
+        "duration": 3.0,
+        "successes": 2,
+        "failed_to_download": 1,
+        "failed_to_resize": 1,
+        "status_dict": {"404 Not Found": 1, "image too small": 1, "success": 2},
+    }
+    assert json.loads((tmp_path / "00007_stats.json").read_text()) == stats
+    assert pq.read_table(tmp_path / "00007.parquet").equals(table)
+    with tarfile.open(tmp_path / "00007.tar") as tar:
+        assert tar.getnames() == ["a1.png", "a1.txt", "a4.png", "a4"]
+        assert {m.mtime for m in tar.getmembers()} == {0}
+    members = dict(iter_members(str(tmp_path / "00007.tar"), ReadStats()))
+    assert members["a4"] == {"png": png(), "": b"bare"}
+    assert shard_stats(table.drop_columns(["status", "error_message"]))["successes"] == 4
+
+
+def test_a_success_without_an_image_is_refused(tmp_path):
+    bad = records(2)
+    bad[1].image = None
+    with pytest.raises(CurateError, match="no image"):
+        write_shard(str(tmp_path), 0, bad)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "1", "I;16"])
+def test_decode_rgb_converts_every_mode_to_rgb(mode):
+    buffer = io.BytesIO()
+    Image.new(mode, (9, 7)).save(buffer, format="PNG")
+    image = decode_rgb(buffer.getvalue())
+    assert (image.mode, image.size) == ("RGB", (9, 7))
+    assert image_decodes(buffer.getvalue()) and not image_decodes(buffer.getvalue()[:40])
+
+
+def test_folder_files_lists_one_kind_of_file_locally_and_on_fsspec(tmp_path):
+    write_shard(str(tmp_path), 0, records(1))
+    write_shard(str(tmp_path), 1, records(1, shard=1))
+    (tmp_path / ".00002.parquet.abcd1234.tmp").write_bytes(b"")  # a writer's temporary file
+    assert folder_files(str(tmp_path), ".parquet") == [
+        f"{tmp_path}/00000.parquet",
+        f"{tmp_path}/00001.parquet",
+    ]
+    assert folder_files(f"file://{tmp_path}", "_stats.json")[0] == f"{tmp_path}/00000_stats.json"
+    assert shard_sibling("memory://s/00003.tar", "_stats.json") == "memory://s/00003_stats.json"
+    write_shard("memory://listing", 0, records(1))
+    (listed,) = folder_files("memory://listing", ".tar")
+    assert listed.startswith("memory://") and listed.endswith("/listing/00000.tar")  # a URL stays a URL
+    assert len(list(iter_samples(listed))) == 1

@@ -1,14 +1,16 @@
-"""Turn what a user typed (a folder, tar paths, a brace pattern, fsspec URLs) into a list of shard paths."""
+"""Turn what a user typed (a folder, tar paths, a brace pattern, fsspec URLs) into a list of shard paths,
+and find the other files of a shard folder (its tables, its stats)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import braceexpand
 
 from curate.errors import CurateError
 from curate.fileio import filesystem
+from curate.shards.schema import STATS_SUFFIX
 
 
 def expand_shards(sources: str | Sequence[str], extension: str = "tar") -> list[str]:
@@ -29,13 +31,30 @@ def expand_shards(sources: str | Sequence[str], extension: str = "tar") -> list[
     return paths
 
 
+def folder_files(folder: str, suffix: str) -> list[str]:
+    """The files directly in `folder` whose names end in `suffix` (`.parquet`, `_stats.json`), sorted.
+
+    A URL's files come back as URLs. Temporary files (`.name.XXXX.tmp`, see `atomic_open`) never match.
+    """
+    fs, path = filesystem(folder)
+    unstrip = _unstripper(fs)
+    return [unstrip(p) for p in sorted(fs.glob(f"{path.rstrip('/')}/*{suffix}"))]
+
+
+def shard_sibling(tar: str, suffix: str) -> str:
+    """`.../00003.parquet` for `.../00003.tar` and `.parquet`: the other files of a shard's trio."""
+    return tar.removesuffix(".tar") + suffix
+
+
+def _unstripper(fs) -> Callable[[str], str]:
+    """fsspec globs return paths without their protocol: put it back, except for local files."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return (lambda p: p) if protocol in ("file", "local") else fs.unstrip_protocol
+
+
 def _expand_one(pattern: str, extension: str) -> list[str]:
     fs, path = filesystem(pattern)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-
-    def unstrip(p: str) -> str:
-        return p if protocol in ("file", "local") else fs.unstrip_protocol(p)
-
+    unstrip = _unstripper(fs)
     if any(ch in path for ch in "*?["):
         found = sorted(fs.glob(path))
         if not found:
@@ -53,7 +72,7 @@ def count_samples(paths: Sequence[str]) -> int | None:
     shard), or None when any is missing: a progress bar's total, never a correctness input."""
     total = 0
     for path in paths:
-        fs, stats_path = filesystem(path.removesuffix(".tar") + "_stats.json")
+        fs, stats_path = filesystem(shard_sibling(path, STATS_SUFFIX))
         try:
             with fs.open(stats_path, "r") as handle:
                 total += int(json.load(handle)["successes"])

@@ -6,16 +6,16 @@ in `ReadStats`; the iteration goes on. Nothing here raises on bad data.
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import IO
 
-from PIL import Image
-
-from curate.fileio import filesystem
+from curate.errors import first_line
+from curate.fileio import basename, filesystem
+from curate.shards.images import image_decodes
 from curate.shards.paths import expand_shards
 from curate.shards.schema import (
     CAPTION_EXTENSION,
@@ -59,31 +59,33 @@ def iter_members(
 ) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Yield (key, {extension: bytes}) for each run of consecutive members that share a key.
 
-    The tar is read as a stream (`r|*`), so it is never seeked nor extracted and remote files work. A
-    truncated or corrupt tar ends the shard: what was read before the damage is kept, the damage is
-    recorded once in `stats.bad_shards` and the half-read sample is counted as `truncated_tar`.
+    The tar is read as a stream (`r|`, decompressed first when its name says .gz, .bz2, .xz, ...), so it is
+    never seeked nor extracted and remote files work. A truncated or corrupt tar ends the shard: what was
+    read before the damage is kept, the damage is recorded once in `stats.bad_shards` and the half-read
+    sample is counted as `truncated_tar`.
     """
-    shard = path.rstrip("/").rsplit("/", 1)[-1]
+    shard = basename(path)
     fs, fs_path = filesystem(path)
     key, members = None, {}
     try:
-        with fs.open(fs_path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue  # directories, links and devices carry no sample data
-                member_key, extension = split_member_name(info.name)
-                if member_key != key and members:
-                    yield key, members
-                    members = {}
-                key = member_key
-                handle = tar.extractfile(info)
-                members[extension] = handle.read() if handle is not None else b""
-            # A tar cut at a block boundary reads like a short, whole one; only the end-of-archive block
-            # tells them apart, and reading that block is what moves the stream past the last member.
-            if tar.fileobj.tell() <= tar.offset:
-                raise tarfile.ReadError("no end-of-archive marker (truncated)")
+        with fs.open(fs_path, "rb", compression="infer") as raw:
+            counted = _CountingReader(raw)
+            last = None
+            with tarfile.open(fileobj=counted, mode="r|") as tar:
+                for info in tar:
+                    last = info
+                    if not info.isfile():
+                        continue  # directories, links and devices carry no sample data
+                    member_key, extension = split_member_name(info.name)
+                    if member_key != key and members:
+                        yield key, members
+                        members = {}
+                    key = member_key
+                    handle = tar.extractfile(info)
+                    members[extension] = handle.read() if handle is not None else b""
+            _check_end_of_archive(counted, last)
     except (tarfile.TarError, EOFError, OSError, ValueError) as error:
-        stats.bad_shards.append((shard, _describe(error)))
+        stats.bad_shards.append((shard, first_line(error)))
         if members:
             stats.skipped["truncated_tar"] += 1
             if on_skip:
@@ -91,6 +93,34 @@ def iter_members(
         return
     if members:
         yield key, members
+
+
+class _CountingReader:
+    """A read-only file that counts the bytes read through it: how long the tar stream really was."""
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw = raw
+        self.bytes = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.bytes += len(data)
+        return data
+
+
+def _check_end_of_archive(counted: _CountingReader, last: tarfile.TarInfo | None) -> None:
+    """Raise when the stream ends right after the last member instead of holding an end-of-archive block.
+
+    tarfile stops quietly at a missing or partial header, so a tar cut at a member boundary reads like a
+    short whole one; only the zero block after the last member's (512-padded) data tells them apart.
+    """
+    end = 0 if last is None else last.offset_data + -(-last.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    needed = end + tarfile.BLOCKSIZE
+    # tarfile reads whole 10 KiB records, so the block is usually in already; read no further than it.
+    while counted.bytes < needed and counted.read(needed - counted.bytes):
+        pass
+    if counted.bytes < needed:
+        raise tarfile.ReadError("no end-of-archive marker (truncated)")
 
 
 def iter_samples(
@@ -112,7 +142,7 @@ def iter_shard(
 ) -> Iterator[Sample]:
     """The samples of one shard; `on_skip(key, reason)` hears of each one skipped, for callers that keep
     a row per sample (like `score`)."""
-    shard = path.rstrip("/").rsplit("/", 1)[-1]
+    shard = basename(path)
     for key, members in iter_members(path, stats, on_skip):
         sample, reason = _to_sample(key, members, shard, check_images)
         if sample is None:
@@ -147,18 +177,3 @@ def _to_sample(key: str, members: dict[str, bytes], shard: str, check_images: bo
     if check_images and not image_decodes(image):
         return None, "undecodable_image"
     return Sample(key, image, image_ext, caption, meta, shard), None
-
-
-def image_decodes(data: bytes) -> bool:
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.draft("RGB", (1, 1))  # JPEG decodes at 1/8 scale: enough to prove the stream is whole
-            image.load()
-        return True
-    except Exception:  # PIL raises a zoo of types for bad data (OSError, SyntaxError, ValueError, ...)
-        return False
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
-    return text.splitlines()[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pyarrow as pa
 
@@ -25,8 +26,10 @@ SHARD_TABLE_SCHEMA = pa.schema(
 )
 
 SUCCESS = "success"  # img2dataset's status of a downloaded row
+FAILED_TO_RESIZE = "failed_to_resize"  # img2dataset's status of a row whose image would not resize
 OK = "ok"  # a sample read and decoded; any other per-sample status names why not (score files use it)
 SHARD_DIGITS = 5
+STATS_SUFFIX = "_stats.json"  # NNNNN_stats.json, written last: its presence means the shard is done
 
 
 def shard_name(index: int, digits: int = SHARD_DIGITS) -> str:
@@ -46,3 +49,34 @@ def split_member_name(name: str) -> tuple[str, str]:
     stem, dot, extension = base.partition(".")
     key = f"{folder}/{stem}" if folder else stem
     return key, extension.lower() if dot else ""
+
+
+def member_name(key: str, extension: str) -> str:
+    """The tar member name of `key`'s `extension` (the inverse of `split_member_name`)."""
+    return f"{key}.{extension}" if extension else key
+
+
+def shard_stats(table: pa.Table) -> dict:
+    """img2dataset's `_stats.json` of a shard whose parquet is `table` (one row per input row).
+
+    `status_dict` counts successes under "success" and each failure under its error message (its status
+    when it has none), as img2dataset does. A row without a status (or a table without the column, such as
+    a hand-made shard's) is a success: its sample is in the tar.
+    """
+    rows = table.num_rows
+    statuses = table["status"].to_pylist() if "status" in table.column_names else [None] * rows
+    messages = table["error_message"].to_pylist() if "error_message" in table.column_names else [None] * rows
+    statuses = [SUCCESS if status is None else status for status in statuses]
+    successes = statuses.count(SUCCESS)
+    failed_to_resize = statuses.count(FAILED_TO_RESIZE)
+    reasons = Counter(
+        status if status == SUCCESS else message or status
+        for status, message in zip(statuses, messages, strict=True)
+    )
+    return {
+        "count": rows,
+        "successes": successes,
+        "failed_to_download": rows - successes - failed_to_resize,
+        "failed_to_resize": failed_to_resize,
+        "status_dict": dict(sorted(reasons.items())),
+    }

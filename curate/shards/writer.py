@@ -2,6 +2,9 @@
 
 A shard is `NNNNN.tar` (image, caption and metadata of every successful sample), `NNNNN.parquet` (one row
 per sample, failures included) and `NNNNN_stats.json`, written last: its presence means the shard is done.
+`write_shard_files` is the one writer of that trio (synth through `write_shard`, export, download's retry
+merge) and `write_tar` the one writer of a tar (eval sets too): fixed mtime, owner and mode, so the same
+samples give byte-identical files.
 """
 
 from __future__ import annotations
@@ -9,16 +12,29 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.errors import CurateError
-from curate.fileio import atomic_open, filesystem, join
-from curate.shards.schema import IMAGE_EXTENSIONS, SHARD_TABLE_SCHEMA, SUCCESS, shard_name
+from curate.fileio import atomic_open, basename, filesystem, join
+from curate.shards.paths import folder_files
+from curate.shards.schema import (
+    CAPTION_EXTENSION,
+    IMAGE_EXTENSIONS,
+    METADATA_EXTENSION,
+    SHARD_TABLE_SCHEMA,
+    STATS_SUFFIX,
+    SUCCESS,
+    member_name,
+    shard_name,
+    shard_stats,
+)
+
+# (key, [(extension, bytes), ...]) per sample, in tar order; extension "" is a member named just `key`
+Samples = Iterable[tuple[str, Iterable[tuple[str, bytes]]]]
 
 
 @dataclass
@@ -38,61 +54,92 @@ class ShardRecord:
 
 
 def shard_done(folder: str, index: int) -> bool:
-    fs, path = filesystem(join(folder, f"{shard_name(index)}_stats.json"))
+    fs, path = filesystem(join(folder, f"{shard_name(index)}{STATS_SUFFIX}"))
     return fs.exists(path)
+
+
+def write_shard_files(
+    folder: str,
+    name: str,
+    samples: Samples,
+    table: pa.Table | Callable[[], pa.Table],
+    keep_stats: dict | None = None,
+) -> dict:
+    """Write `folder/{name}.tar` from `samples`, `{name}.parquet` from `table`, then `{name}_stats.json`
+    (computed from the table's statuses, see `shard_stats`); return the stats.
+
+    `table` may be a function, called once the samples are written: for a writer that learns the rows
+    while it streams the samples. `keep_stats` holds fields of an earlier `_stats.json` to carry over
+    (img2dataset's timings); the counts are always recomputed.
+    """
+    fs, fs_folder = filesystem(folder)
+    fs.makedirs(fs_folder, exist_ok=True)
+    stem = join(folder, name)
+    write_tar(f"{stem}.tar", samples)
+    table = table() if callable(table) else table
+    with atomic_open(f"{stem}.parquet", "wb") as handle:
+        pq.write_table(table, handle)
+    stats = {**(keep_stats or {}), **shard_stats(table)}
+    with atomic_open(f"{stem}{STATS_SUFFIX}", "w") as handle:  # last: its presence marks the shard done
+        json.dump(stats, handle, indent=4)
+    return stats
+
+
+def write_tar(path: str, samples: Samples) -> int:
+    """Write `samples` into the tar `path` atomically; return how many samples it holds."""
+    count = 0
+    with atomic_open(path, "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
+        for key, members in samples:
+            check_key(key)
+            for extension, data in members:
+                add_tar_member(tar, member_name(key, extension), data)
+            count += 1
+    return count
 
 
 def write_shard(
     folder: str, index: int, records: Iterable[ShardRecord], extra_fields: Sequence[pa.Field] = ()
 ) -> dict:
-    """Write shard `index` of `folder` from `records`; return its stats (also written as `_stats.json`).
-
-    The tar is deterministic (fixed mtime, owner and mode), so the same records give byte-identical files.
-    """
+    """Write shard `index` of `folder` from `records`; return its stats (also written as `_stats.json`)."""
     schema = SHARD_TABLE_SCHEMA
     for extra in extra_fields:
         schema = schema.append(extra)
-    fs, fs_folder = filesystem(folder)
-    fs.makedirs(fs_folder, exist_ok=True)
-    stem = join(folder, shard_name(index))
-    stats = {"count": 0, "successes": 0, "failed_to_download": 0, "failed_to_resize": 0}
-    statuses: Counter = Counter()
-    rows = {name: [] for name in schema.names}
-    with atomic_open(f"{stem}.tar", "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
+    rows: dict[str, list] = {name: [] for name in schema.names}
+
+    def samples() -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
         for record in records:
-            _check_key(record.key)
+            check_key(record.key)  # failures too: their key is a parquet row
             meta = _metadata(record, extra_fields)
             for name in schema.names:
                 rows[name].append(meta.get(name))
-            stats["count"] += 1
-            statuses[
-                record.status if record.status == SUCCESS else record.error_message or record.status
-            ] += 1
-            if record.image is None or record.status != SUCCESS:
-                stats["failed_to_download"] += 1
+            if record.status != SUCCESS:
                 continue
-            stats["successes"] += 1
+            if record.image is None:
+                raise CurateError(f"sample {record.key} has status {SUCCESS!r} but no image")
             if record.image_ext not in IMAGE_EXTENSIONS:
                 raise CurateError(f"image extension {record.image_ext!r} is not one of {IMAGE_EXTENSIONS}")
-            add_tar_member(tar, f"{record.key}.{record.image_ext}", record.image)
-            add_tar_member(tar, f"{record.key}.txt", (record.caption or "").encode("utf-8"))
-            add_tar_member(tar, f"{record.key}.json", json.dumps(meta, indent=4).encode("utf-8"))
-    with atomic_open(f"{stem}.parquet", "wb") as handle:
-        pq.write_table(pa.Table.from_pydict(rows, schema=schema), handle)
-    stats["status_dict"] = dict(sorted(statuses.items()))
-    with atomic_open(f"{stem}_stats.json", "w") as handle:
-        json.dump(stats, handle, indent=4)
-    return stats
+            yield (
+                record.key,
+                [
+                    (record.image_ext, record.image),
+                    (CAPTION_EXTENSION, (record.caption or "").encode("utf-8")),
+                    (METADATA_EXTENSION, json.dumps(meta, indent=4).encode("utf-8")),
+                ],
+            )
+
+    def table() -> pa.Table:  # complete once the samples have been written
+        return pa.Table.from_pydict(rows, schema=schema)
+
+    return write_shard_files(folder, shard_name(index), samples(), table)
 
 
 def write_sizes(folder: str) -> dict[str, int]:
     """Write `sizes.json` ({"00000.tar": samples, ...}) from every finished shard's stats, for open_clip."""
-    fs, path = filesystem(folder)
     sizes = {}
-    for stats_path in sorted(fs.glob(f"{path.rstrip('/')}/*_stats.json")):
-        name = stats_path.rsplit("/", 1)[-1].removesuffix("_stats.json")
-        with fs.open(stats_path, "r") as handle:
-            sizes[f"{name}.tar"] = json.load(handle)["successes"]
+    for stats_path in folder_files(folder, STATS_SUFFIX):
+        fs, path = filesystem(stats_path)
+        with fs.open(path, "r") as handle:
+            sizes[f"{basename(stats_path).removesuffix(STATS_SUFFIX)}.tar"] = json.load(handle)["successes"]
     with atomic_open(join(folder, "sizes.json"), "w") as handle:
         json.dump(sizes, handle, indent=4)
     return sizes
@@ -116,7 +163,7 @@ def _metadata(record: ShardRecord, extra_fields: Sequence[pa.Field]) -> dict:
     return meta
 
 
-def _check_key(key: str) -> None:
+def check_key(key: str) -> None:
     if not key or "." in key or "/" in key:
         raise CurateError(
             f"sample key {key!r} cannot be written: keys must be non-empty and contain no '.' or '/' "

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.errors import CurateError
-from curate.evalsets import write_eval_set
+from curate.evaluate.evalset import write_eval_set
 from curate.fileio import atomic_open, filesystem, join
 from curate.shards import ShardRecord, sample_key, shard_done, write_shard, write_sizes
 from curate.synth.plan import NoiseRates, PlannedSample, plan

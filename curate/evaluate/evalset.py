@@ -1,4 +1,5 @@
-"""Eval sets in clip_benchmark's webdataset layout (DESIGN.md, "Eval sets"): the writer and the reader.
+"""Eval sets in clip_benchmark's webdataset layout (DESIGN.md, "Eval sets"): the writer, the reader, and
+`EvalSet`, a set read once with its images decoded for a model.
 
 EVAL/test/0.tar [1.tar ...]                      {key}.png|jpg|webp + {key}.cls (label) [+ {key}.txt]
 EVAL/test/nshards.txt                            optional: the shard count (clip_benchmark writes it)
@@ -11,17 +12,21 @@ A `.txt` holds one caption per line; clip_benchmark's retrieval sets (COCO, Flic
 
 from __future__ import annotations
 
+import os
 import re
-import tarfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import torch
+
 from curate.errors import CurateError
-from curate.fileio import atomic_open, filesystem, join
-from curate.shards.reader import ReadStats, image_decodes, iter_members
+from curate.fileio import atomic_open, basename, filesystem, join
+from curate.shards.images import decode_rgb, image_decodes
+from curate.shards.reader import ReadStats, iter_members
 from curate.shards.schema import CAPTION_EXTENSION, IMAGE_EXTENSIONS
-from curate.shards.writer import add_tar_member
+from curate.shards.writer import write_tar
 
 CLASSNAMES_FILE = "classnames.txt"
 TEMPLATES_FILE = "zeroshot_classification_templates.txt"
@@ -29,6 +34,10 @@ DATASET_TYPE_FILE = "dataset_type.txt"
 NSHARDS_FILE = "nshards.txt"
 LABEL_EXTENSION = "cls"
 CLASS_PLACEHOLDER = "{c}"
+# Images decoded at load are kept up to this size (a 10k-image set at 224 px is ~6 GB in fp32: decoded
+# again at each eval instead). Small eval sets, the ones evaluated during training, always fit.
+CACHE_BYTES = 2 * 2**30
+DECODE_BATCH = 256
 
 
 def write_eval_set(
@@ -42,12 +51,14 @@ def write_eval_set(
 ) -> None:
     fs, path = filesystem(join(folder, "test"))
     fs.makedirs(path, exist_ok=True)
-    with atomic_open(join(folder, "test/0.tar"), "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
-        for index, (image, label, caption) in enumerate(zip(images, labels, captions, strict=True)):
-            key = f"{index:07d}"
-            add_tar_member(tar, f"{key}.{image_ext}", image)
-            add_tar_member(tar, f"{key}.cls", str(label).encode())
-            add_tar_member(tar, f"{key}.txt", caption.encode("utf-8"))
+    samples = (
+        (
+            f"{index:07d}",
+            [(image_ext, image), (LABEL_EXTENSION, str(label).encode()), ("txt", caption.encode())],
+        )
+        for index, (image, label, caption) in enumerate(zip(images, labels, captions, strict=True))
+    )
+    write_tar(join(folder, "test/0.tar"), samples)
     with atomic_open(join(folder, CLASSNAMES_FILE), "w") as handle:
         handle.write("".join(f"{name}\n" for name in classnames))
     with atomic_open(join(folder, TEMPLATES_FILE), "w") as handle:
@@ -148,7 +159,7 @@ def _eval_shards(folder: str, split: str) -> list[str]:
         if missing:
             raise CurateError(f"{join(split_folder, NSHARDS_FILE)} says {len(names)} shards: no {missing[0]}")
     else:
-        names = sorted((p.rsplit("/", 1)[-1] for p in fs.glob(f"{path}/*.tar")), key=_natural_key)
+        names = sorted((basename(p) for p in fs.glob(f"{path}/*.tar")), key=_natural_key)
     if not names:
         raise CurateError(f"no .tar shards in {split_folder}")
     return [join(split_folder, name) for name in names]
@@ -201,3 +212,90 @@ def _read_lines(folder: str, name: str) -> list[str] | None:
 
 def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+class EvalSet:
+    """An eval set read once: labels, captions, class names, templates and the images.
+
+    Loaded with a `preprocess` (the trainer's case: one model evaluated every N steps), its images are
+    decoded there, once, so a broken set fails before the first step; they are kept when they fit in
+    `cache_bytes`, else decoded again with that preprocess at each evaluation. Loaded without one, each
+    evaluation decodes them with the model's preprocess as it goes, and nothing is kept.
+    """
+
+    def __init__(self, raw: RawEvalSet, preprocess: Callable | None = None, cache_bytes: int = CACHE_BYTES):
+        self.raw = raw
+        self.preprocess = preprocess
+        self.labels = (
+            torch.tensor([s.label for s in raw.samples]) if raw.dataset_type == "classification" else None
+        )
+        self.captions = [s.captions for s in raw.samples] if raw.has_captions else None
+        self.decoded: torch.Tensor | None = None  # (N, C, H, W), when decoded at load and kept
+        if preprocess is not None:
+            self.decoded = self._decode_once(cache_bytes)
+
+    @classmethod
+    def load(
+        cls,
+        folder: str,
+        split: str = "test",
+        preprocess: Callable | None = None,
+        cache_bytes: int = CACHE_BYTES,
+    ) -> EvalSet:
+        """Read `folder` (see `read_eval_set`), decoding its images now when `preprocess` is given."""
+        return cls(read_eval_set(folder, split), preprocess, cache_bytes)
+
+    def __len__(self) -> int:
+        return len(self.raw.samples)
+
+    @property
+    def classnames(self) -> list[str] | None:
+        return self.raw.classnames
+
+    @property
+    def templates(self) -> list[str] | None:
+        return self.raw.templates
+
+    def caption_index(self) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """(distinct captions, (P, 2) long pairs [image, caption index], (M,) count of each caption)."""
+        if self.captions is None:
+            raise ValueError("this eval set has no captions")
+        index: dict[str, int] = {}
+        counts: Counter = Counter()
+        pairs: set[tuple[int, int]] = set()
+        for image, captions in enumerate(self.captions):
+            for caption in captions:
+                text = index.setdefault(caption, len(index))
+                counts[text] += 1
+                pairs.add((image, text))
+        weights = torch.tensor([counts[i] for i in range(len(index))], dtype=torch.float32)
+        return list(index), torch.tensor(sorted(pairs), dtype=torch.long), weights
+
+    def image_batches(self, batch_size: int, preprocess: Callable | None = None) -> Iterator[torch.Tensor]:
+        """The images, preprocessed, in sample order, `batch_size` at a time: those decoded at load, else
+        decoded now with the preprocess given at load (when there was one) or here."""
+        if self.decoded is not None:
+            yield from self.decoded.split(batch_size)
+            return
+        preprocess = self.preprocess or preprocess
+        if preprocess is None:
+            raise ValueError("this eval set was loaded without a preprocess: pass the model's")
+        yield from _decode_batches([s.image for s in self.raw.samples], preprocess, batch_size)
+
+    def _decode_once(self, cache_bytes: int) -> torch.Tensor | None:
+        images = [sample.image for sample in self.raw.samples]
+        parts: list[torch.Tensor] = []
+        keep = None
+        for batch in _decode_batches(images, self.preprocess, DECODE_BATCH):
+            if keep is None:  # from the first batch: never two copies of a large set in memory
+                keep = batch[0].numel() * batch.element_size() * len(images) <= cache_bytes
+            if keep:
+                parts.append(batch)
+        return torch.cat(parts) if keep else None
+
+
+def _decode_batches(images: list[bytes], preprocess: Callable, batch_size: int) -> Iterator[torch.Tensor]:
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL frees the GIL
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            yield torch.stack(list(pool.map(lambda data: preprocess(decode_rgb(data)), chunk)))
