@@ -10,7 +10,6 @@ import time
 
 from torch.utils.data import DataLoader
 
-from curate.batches import ShardBatches, already_batched, single_threaded_worker
 from curate.fileio import basename, local_path
 from curate.models import ImageTextModel, load_model
 from curate.runtime import Progress, resolve_device, resolve_precision
@@ -29,6 +28,7 @@ from curate.score.schema import (
     write_score_file,
 )
 from curate.score.unit import score_batches
+from curate.shards.batches import ShardBatches, already_batched, single_threaded_worker
 from curate.shards.paths import count_samples, expand_shards
 
 __all__ = [

@@ -20,13 +20,13 @@ from curate.backends.ray_cluster import (
     worker_options,
     worker_slots,
 )
-from curate.batches import ShardBatches
 from curate.fileio import absolute
 from curate.models import ImageTextModel, load_model
 from curate.runtime import Progress, resolve_device, resolve_precision
 from curate.score.config import ScoreConfig, ScoreSummary
 from curate.score.schema import check_same_model
 from curate.score.unit import score_batches
+from curate.shards.batches import ShardBatches
 from curate.shards.paths import count_samples
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from curate.batches import ShardBatch
 from curate.models import ImageTextModel
 from curate.runtime import autocast
 from curate.score.config import ScoreSummary
 from curate.score.schema import OK, score_file, write_score_file
+from curate.shards.batches import ShardBatch
 
 
 def score_batches(

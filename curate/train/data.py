@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from curate.batches import ShardBatches, already_batched, single_threaded_worker
 from curate.errors import CurateError
+from curate.shards.batches import ShardBatches, already_batched, single_threaded_worker
 from curate.shards.paths import count_samples
 from curate.shards.schema import OK
 

@@ -6,14 +6,14 @@ its last batch says so: `score` writes a shard's file the moment it is complete.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
+from curate.fileio import basename
+from curate.shards.images import decode_rgb
 from curate.shards.reader import ReadStats, iter_shard
 from curate.shards.schema import OK
 
@@ -53,7 +53,7 @@ class ShardBatches(IterableDataset):
             yield from self._shard(path)
 
     def _shard(self, path: str) -> Iterator[ShardBatch]:
-        shard = path.rstrip("/").rsplit("/", 1)[-1]
+        shard = basename(path)
         stats = ReadStats()
         rows: list[tuple[str, str, str, torch.Tensor | None, dict]] = []
 
@@ -65,8 +65,7 @@ class ShardBatches(IterableDataset):
             if self.keep is not None and sample.key not in self.keep:
                 continue
             try:
-                with Image.open(io.BytesIO(sample.image)) as image:
-                    pixels = self.preprocess(image.convert("RGB"))  # grayscale and palette images too
+                pixels = self.preprocess(decode_rgb(sample.image))  # grayscale and palette images too
                 rows.append((sample.key, sample.caption, OK, pixels, sample.meta))
             except Exception:  # PIL raises many types for bad bytes; the row says why, the run goes on
                 rows.append((sample.key, sample.caption, "undecodable_image", None, sample.meta))
