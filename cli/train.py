@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -17,7 +16,7 @@ def train_command(
         list[str], typer.Argument(metavar="DATA...", help="Shard folder(s), tar paths or a brace pattern.")
     ],
     output: Annotated[
-        Path, typer.Option("--output", "-o", metavar="RUN", help="Run folder (checkpoints, metrics).")
+        str, typer.Option("--output", "-o", metavar="RUN", help="Run folder (checkpoints, metrics).")
     ],
     model: Annotated[
         str, typer.Option(help="Built-in (siglip-tiny, siglip-small), open_clip name or checkpoint.")
@@ -83,28 +82,30 @@ def train_command(
     example: curate train data/curated -o runs/reference --steps 600 --eval data/eval
              curate train data/web -o runs/jest --online-jest --ref scores/ --ratio 0.8
     """
+    from curate.fileio import absolute, basename
     from curate.train import DataConfig, OnlineJestConfig, OptimConfig, TrainConfig, train
 
+    # Inputs are recorded absolute (URLs as given), so config.json says what the run read from anywhere.
+    online = None
+    if online_jest:
+        ref = absolute(ref) if ref else None
+        online = OnlineJestConfig(ref, ratio, chunks, criterion, temperature)
     config = TrainConfig(
         data=DataConfig(
-            paths=tuple(data),
-            manifest=manifest,
+            paths=tuple(absolute(path) for path in data),
+            manifest=absolute(manifest) if manifest else None,
             cache=cache,
             shuffle_buffer=shuffle_buffer,
             workers=workers,
         ),
-        out=str(output),
+        out=output,
         model=model,
         pretrained=pretrained,
         steps=steps,
         batch_size=batch_size,
         seed=seed,
         optim=OptimConfig(lr=lr, warmup=warmup, wd=wd, beta2=beta2, grad_clip=grad_clip),
-        online=OnlineJestConfig(
-            ref=ref, ratio=ratio, chunks=chunks, criterion=criterion, temperature=temperature
-        )
-        if online_jest
-        else None,
+        online=online,
         eval=eval_set,
         eval_every=eval_every,
         save_every=save_every,
@@ -115,7 +116,7 @@ def train_command(
         command=shlex.join(["curate", *sys.argv[1:]]),
     )
     # The run named in the bar tells parallel runs apart (make -j, one log).
-    with progress_bar(f"train {output.name}", unit="steps") as progress:
+    with progress_bar(f"train {basename(output)}", unit="steps") as progress:
         summary = train(config, progress)
     data_line = f"{summary.data_samples} samples in memory" if summary.data_samples else "streamed"
     missing = (
