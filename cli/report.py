@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,10 +11,10 @@ from cli.console import err, out, progress_bar
 
 def report_command(
     output: Annotated[
-        Path, typer.Option("--output", "-o", metavar="DIR", help="Folder for index.html and the PNGs.")
+        str, typer.Option("--output", "-o", metavar="DIR", help="Folder for index.html and the PNGs.")
     ],
     inputs: Annotated[
-        list[Path] | None,
+        list[str] | None,
         typer.Argument(
             metavar="[RUN|MANIFEST|SCORES]...",
             help="Run folders of curate train; a manifest or score folder is recognised by what it holds.",
@@ -23,20 +22,20 @@ def report_command(
         ),
     ] = None,
     scores: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             metavar="DIR",
             help="Reference scores: every sample's similarity (default: those a manifest was selected from).",
         ),
     ] = None,
     manifest: Annotated[
-        list[Path] | None,
+        list[str] | None,
         typer.Option(
             metavar="DIR", help="A manifest folder of curate select; repeat for several.", show_default=False
         ),
     ] = None,
     shards: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             metavar="DIR",
             help="The shards: contact-sheet images and noise kinds (default: as recorded by select).",
@@ -66,7 +65,7 @@ def report_command(
              curate report scores/ -o report/ --shards shards/
     """
     from curate.errors import CurateError
-    from curate.report import ReportConfig, report
+    from curate.report import ReportConfig, classify, report
 
     offsets = []
     for item in scoring_flops or []:
@@ -77,17 +76,22 @@ def report_command(
             sep = ""
         if not sep or not name:
             raise CurateError(f"--scoring-flops takes RUN=FLOPS (e.g. jest=3.2e15), got {item!r}")
-    config = ReportConfig.from_inputs(
-        [str(p) for p in inputs or []],
-        scores=str(scores) if scores else None,
-        manifests=tuple(str(p) for p in manifest or []),
-        shards=str(shards) if shards else None,
+    runs, manifests, score_folders = classify(inputs or [])
+    manifests += manifest or []
+    score_folders += [scores] if scores else []
+    if len(set(score_folders)) > 1:
+        raise CurateError(f"only one score folder per report: {' and '.join(sorted(set(score_folders)))}")
+    config = ReportConfig(
+        runs=tuple(runs),
+        scores=score_folders[0] if score_folders else None,
+        manifests=tuple(manifests),
+        shards=shards,
         scoring_flops=tuple(offsets),
         top=top,
         title=title,
     )
     with progress_bar("report", unit="figures") as progress:
-        summary = report(config, str(output), progress)
+        summary = report(config, output, progress)
     for note in summary.notes:
         err.print(f"note: {note}")
     parts = [f"{summary.runs} run{'s' * (summary.runs != 1)}"] if summary.runs else []

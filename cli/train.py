@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -17,7 +16,7 @@ def train_command(
         list[str], typer.Argument(metavar="DATA...", help="Shard folder(s), tar paths or a brace pattern.")
     ],
     output: Annotated[
-        Path, typer.Option("--output", "-o", metavar="RUN", help="Run folder (checkpoints, metrics).")
+        str, typer.Option("--output", "-o", metavar="RUN", help="Run folder (checkpoints, metrics).")
     ],
     model: Annotated[
         str, typer.Option(help="Built-in (siglip-tiny, siglip-small), open_clip name or checkpoint.")
@@ -44,7 +43,7 @@ def train_command(
     workers: Annotated[int, typer.Option(help="DataLoader processes decoding images.")] = 2,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[
-        str, typer.Option(help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16.")
+        str, typer.Option(help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16 (loss-scaled).")
     ] = "auto",
     seed: Annotated[int, typer.Option(help="Seeds the model init and the data order.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue RUN from RUN/latest.pt, exactly.")] = False,
@@ -70,54 +69,54 @@ def train_command(
     AdamW (β2 0.95), linear warmup and cosine decay, weight decay on matrices, gradient clipping, bf16
     autocast on CUDA. Data that fits in a quarter of RAM is decoded once into memory; larger data streams
     from the tars through DataLoader workers and a shuffle buffer. RUN/ gets config.json, metrics.jsonl,
-    checkpoints/step_N.pt and latest.pt (loadable with torch.load(weights_only=True), usable as
-    `curate score --model RUN/latest.pt` and `curate eval RUN/latest.pt`). --resume continues exactly.
+    batches.parquet (the keys each step trained on), checkpoints/step_N.pt and latest.pt (loadable with
+    torch.load(weights_only=True), usable as `curate score --model RUN/latest.pt` and `curate eval
+    RUN/latest.pt`). --resume continues exactly (from memory; a resumed stream draws other batches).
 
     With --online-jest (the paper's setting, reference cached): each step embeds a super-batch of
     B = b / (1 - F) with the model being trained, looks up the reference's embeddings in --ref, keeps b
-    with JEST, and trains on them; metrics.jsonl logs the learnability of the chosen vs a random batch,
-    the share of each noise kind chosen, and the time spent scoring vs training.
+    with JEST, and trains on them; metrics.jsonl logs the learnability (mean over the b x b pairs) of the
+    chosen vs a random batch and the time spent scoring vs training; batches.parquet names what was chosen.
 
     \b
     example: curate train data/curated -o runs/reference --steps 600 --eval data/eval
              curate train data/web -o runs/jest --online-jest --ref scores/ --ratio 0.8
     """
-    from curate.train import TrainConfig, train
+    from curate.fileio import absolute, basename
+    from curate.train import DataConfig, OnlineJestConfig, OptimConfig, TrainConfig, train
 
+    # Inputs are recorded absolute (URLs as given), so config.json says what the run read from anywhere.
+    online = None
+    if online_jest:
+        ref = absolute(ref) if ref else None
+        online = OnlineJestConfig(ref, ratio, chunks, criterion, temperature)
     config = TrainConfig(
-        data=tuple(data),
-        out=str(output),
+        data=DataConfig(
+            paths=tuple(absolute(path) for path in data),
+            manifest=absolute(manifest) if manifest else None,
+            cache=cache,
+            shuffle_buffer=shuffle_buffer,
+            workers=workers,
+        ),
+        out=output,
         model=model,
         pretrained=pretrained,
-        manifest=manifest,
         steps=steps,
         batch_size=batch_size,
-        lr=lr,
-        warmup=warmup,
-        wd=wd,
-        beta2=beta2,
-        grad_clip=grad_clip,
+        seed=seed,
+        optim=OptimConfig(lr=lr, warmup=warmup, wd=wd, beta2=beta2, grad_clip=grad_clip),
+        online=online,
         eval=eval_set,
         eval_every=eval_every,
         save_every=save_every,
         log_every=log_every,
-        workers=workers,
         device=device,
         precision=precision,
-        seed=seed,
         resume=resume,
-        cache=cache,
-        shuffle_buffer=shuffle_buffer,
-        online_jest=online_jest,
-        ref=ref,
-        ratio=ratio,
-        chunks=chunks,
-        criterion=criterion,
-        temperature=temperature,
         command=shlex.join(["curate", *sys.argv[1:]]),
     )
     # The run named in the bar tells parallel runs apart (make -j, one log).
-    with progress_bar(f"train {output.name}", unit="steps") as progress:
+    with progress_bar(f"train {basename(output)}", unit="steps") as progress:
         summary = train(config, progress)
     data_line = f"{summary.data_samples} samples in memory" if summary.data_samples else "streamed"
     missing = (

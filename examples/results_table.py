@@ -12,10 +12,11 @@ with the early learner too for offline learnability.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
+
+from curate.train.run import read_config, read_metrics
 
 LEARNERS = ("uniform", "random", "independent", "jest", "learnability", "online")
 # What each learner's data cost beyond its own training: the reference (trained, then scoring the crawl)
@@ -39,10 +40,11 @@ LABELS = {
 
 
 def run_metrics(out: Path, run: str) -> tuple[list[dict], list[dict]]:
-    lines = [json.loads(line) for line in (out / "runs" / run / "metrics.jsonl").read_text().splitlines()]
-    batch = json.loads((out / "runs" / run / "config.json").read_text())["train"]["batch_size"]
-    logs = [{**m, "batch_size": batch} for m in lines if "loss" in m]
-    return logs, [m for m in lines if "eval" in m]
+    """A run's log records (each with the run's batch size) and its eval records."""
+    folder = out / "runs" / run
+    records, batch = read_metrics(folder), read_config(folder).batch_size
+    logs = [{**m, "batch_size": batch} for m in records if "loss" in m]
+    return logs, [m for m in records if "eval" in m]
 
 
 def train_seconds(logs: list[dict]) -> float:

@@ -1,4 +1,7 @@
 import json
+import math
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,29 +15,48 @@ from conftest import run_cli
 from curate.errors import CurateError
 from curate.models import load_checkpoint
 from curate.score import ScoreMetadata
-from curate.train import TrainConfig, train
+from curate.select.manifest import MANIFEST_SCHEMA, manifest_writer
+from curate.train import DataConfig, OnlineJestConfig, OptimConfig, TrainConfig, train
+from curate.train.config import trajectory_changes
+from curate.train.run import (
+    BATCHES_FILE,
+    METRICS_FILE,
+    read_batches,
+    read_config,
+    read_metrics,
+    truncate_metrics,
+)
 
-FAST = dict(model="siglip-tiny", batch_size=32, lr=2e-3, warmup=2, workers=0, cache="memory", log_every=1)
+OPTIM = OptimConfig(lr=2e-3, warmup=2)
 
 
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+def fast(data: str, out: Path, manifest: str | None = None, **settings) -> TrainConfig:
+    """A tiny in-memory run: siglip-tiny, b = 32, a log line every step."""
+    settings = {"model": "siglip-tiny", "batch_size": 32, "optim": OPTIM, "log_every": 1, **settings}
+    return TrainConfig(DataConfig((data,), manifest, cache="memory", workers=0), str(out), **settings)
 
 
-def shard_rows(folder: str) -> list[dict]:
-    return pq.read_table(sorted(Path(folder).glob("*.parquet")), columns=["key", "noise"]).to_pylist()
+def logs(run: Path) -> list[dict]:
+    return [m for m in read_metrics(run) if "loss" in m]
+
+
+def shard_noise(folder: str) -> dict[str, str]:
+    """key -> noise kind, from the synthetic shards' own tables."""
+    table = pq.read_table(sorted(Path(folder).glob("*.parquet")), columns=["key", "noise"])
+    return dict(zip(table["key"].to_pylist(), table["noise"].to_pylist(), strict=True))
 
 
 def test_loss_falls_and_the_run_folder_is_complete(tmp_path, small_synth):
     run = tmp_path / "run"
-    summary = train(TrainConfig(data=(f"{small_synth}/web",), out=str(run), steps=24, **FAST))
+    summary = train(fast(f"{small_synth}/web", run, steps=24))
     assert summary.data_mode == "memory" and summary.data_samples == 396  # 4 corrupt images left out
-    logged = [m for m in metrics(run) if "loss" in m]
+    logged = logs(run)
     assert [m["step"] for m in logged] == list(range(1, 25))
     first, last = np.mean([m["loss"] for m in logged[:4]]), np.mean([m["loss"] for m in logged[-4:]])
     assert last < 0.75 * first  # 7.3 → 4.5 when written
     assert logged[1]["flops"] == 2 * logged[0]["flops"] > 3 * 32 * 50e6  # siglip-tiny: ~68 MFLOP a forward
     assert sorted(p.name for p in run.iterdir()) == [
+        "batches.parquet",
         "checkpoints",
         "config.json",
         "latest.pt",
@@ -42,68 +64,144 @@ def test_loss_falls_and_the_run_folder_is_complete(tmp_path, small_synth):
     ]
     checkpoint = torch.load(run / "latest.pt", weights_only=True)
     assert checkpoint["step"] == 24 and checkpoint["train_config"]["steps"] == 24
-    assert json.loads((run / "config.json").read_text())["train"]["batch_size"] == 32
+    assert checkpoint["scaler"] == {}  # fp32: no loss scaling
+    assert read_config(run) == fast(f"{small_synth}/web", run, steps=24)
+    # Every step trained on b keys of the data; over 24 x 32 = 768 draws from 396 samples, each epoch
+    # (a fresh permutation) uses every sample once.
+    batches = read_batches(run).to_pydict()
+    assert batches["step"] == [step for step in range(24) for _ in range(32)]
+    assert set(batches["key"]) <= set(shard_noise(f"{small_synth}/web"))
+    assert len(set(batches["key"][:396])) == 396
 
 
 def test_periodic_eval_goes_into_the_metrics(tmp_path, small_synth):
     run = tmp_path / "run"
-    summary = train(
-        TrainConfig(
-            data=(f"{small_synth}/web",),
-            out=str(run),
-            steps=4,
-            eval=f"{small_synth}/eval",
-            eval_every=2,
-            **FAST,
-        )
-    )
-    evals = [m for m in metrics(run) if "eval" in m]
+    config = fast(f"{small_synth}/web", run, steps=4, eval=f"{small_synth}/eval", eval_every=2)
+    summary = train(config)
+    evals = [m for m in read_metrics(run) if "eval" in m]
     assert [m["step"] for m in evals] == [2, 4] and summary.evals == evals
     assert evals[-1]["eval"]["images"] == 128 and 0 <= evals[-1]["eval"]["zeroshot_top1"] <= 1
 
 
-def test_a_killed_run_resumes_to_exactly_the_same_weights(tmp_path, small_synth):
-    config = dict(data=(f"{small_synth}/web",), steps=6, save_every=3, **FAST)
-    whole = tmp_path / "whole"
-    train(TrainConfig(out=str(whole), **config))
+class Killed(Exception):
+    pass
 
-    class Killed(Exception):
-        pass
 
-    def kill_at_step_5(done, total, status):
-        if done == 5:
+def kill_at(step: int):
+    def progress(done, total, status):
+        if done == step:
             raise Killed
 
-    resumed = tmp_path / "resumed"
-    with pytest.raises(Killed):
-        train(TrainConfig(out=str(resumed), **config), progress=kill_at_step_5)
-    assert load_checkpoint(resumed / "latest.pt")["step"] == 3
-    with pytest.raises(CurateError, match="already holds a run"):
-        train(TrainConfig(out=str(resumed), **config))
-    with pytest.raises(CurateError, match="batch_size"):
-        train(TrainConfig(out=str(resumed), resume=True, **{**config, "batch_size": 16}))
-    summary = train(TrainConfig(out=str(resumed), resume=True, **config))
-    assert summary.start_step == 3
+    return progress
+
+
+def assert_same_run(whole: Path, resumed: Path) -> None:
     ours, theirs = load_checkpoint(whole / "latest.pt"), load_checkpoint(resumed / "latest.pt")
     for name, tensor in ours["state_dict"].items():
         assert torch.equal(tensor, theirs["state_dict"][name]), name
-    assert [m["step"] for m in metrics(resumed)] == [1, 2, 3, 4, 5, 6]  # no line twice
-    assert [m["loss"] for m in metrics(resumed)] == [m["loss"] for m in metrics(whole)]
+    assert [m["step"] for m in read_metrics(resumed)] == [
+        m["step"] for m in read_metrics(whole)
+    ]  # none twice
+    assert [m["loss"] for m in logs(resumed)] == [m["loss"] for m in logs(whole)]
+    assert read_batches(resumed).equals(read_batches(whole))
+
+
+def test_a_killed_run_resumes_exactly_even_from_a_torn_metrics_line(tmp_path, small_synth):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    config = fast(f"{small_synth}/web", resumed, steps=6, save_every=3)
+    train(replace(config, out=str(whole)))
+
+    with pytest.raises(Killed):
+        train(config, progress=kill_at(5))
+    assert load_checkpoint(resumed / "latest.pt")["step"] == 3
+    assert read_batches(resumed)["step"].to_pylist() == [s for s in range(3) for _ in range(32)]
+    # Killed while writing the next line (B7): it was a JSONDecodeError traceback on --resume.
+    with open(resumed / METRICS_FILE, "a") as handle:
+        handle.write('{"step": 6, "loss": 4.')
+    with pytest.raises(CurateError, match="already holds a run"):
+        train(config)
+    with pytest.raises(CurateError, match=r"\(batch_size\): not the same run"):
+        train(replace(config, resume=True, batch_size=16))
+    with pytest.raises(CurateError, match=r"\(optim.lr\): not the same run"):
+        train(replace(config, resume=True, optim=replace(OPTIM, lr=1e-3)))
+    summary = train(replace(config, resume=True, log_every=2))  # logging is not part of the trajectory
+    assert summary.start_step == 3
+    text = (resumed / METRICS_FILE).read_text()
+    assert text.endswith("\n") and [json.loads(line)["step"] for line in text.splitlines()] == [1, 2, 3, 4, 6]
+    ours, theirs = load_checkpoint(whole / "latest.pt"), load_checkpoint(resumed / "latest.pt")
+    for name, tensor in ours["state_dict"].items():
+        assert torch.equal(tensor, theirs["state_dict"][name]), name
+    assert [m["loss"] for m in logs(resumed)][:4] == [m["loss"] for m in logs(whole)][:4]
+    assert read_batches(resumed).equals(read_batches(whole))
+
+
+def test_fp16_scales_the_loss_and_resumes_exactly(tmp_path, small_synth):
+    """B1: fp16 autocast without a GradScaler lets small gradients underflow to zero. The scaler's state
+    (its scale backs off after overflowing steps) must be in the checkpoint, or resume diverges."""
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    # fp16 autocast on a CPU is emulated (3x slower than fp32 here): b = 8, three steps.
+    config = fast(f"{small_synth}/web", resumed, steps=3, save_every=1, batch_size=8, precision="fp16")
+    train(replace(config, out=str(whole)))
+    with pytest.raises(Killed):
+        train(config, progress=kill_at(2))
+    scaler = load_checkpoint(resumed / "latest.pt")["scaler"]
+    assert scaler["scale"] < 2.0**16  # the default initial scale: it backed off, so it is live
+    train(replace(config, resume=True))
+    assert_same_run(whole, resumed)
+    assert all(math.isfinite(m["loss"]) for m in logs(whole))
+
+
+def test_read_metrics_drops_a_torn_last_line_only(tmp_path):
+    path = tmp_path / METRICS_FILE
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
+    assert read_metrics(tmp_path) == [{"step": 1, "loss": 2.0}]
+    truncate_metrics(tmp_path, 5)
+    assert path.read_text() == '{"step": 1, "loss": 2.0}\n'
+    path.write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')
+    with pytest.raises(CurateError, match=r"metrics.jsonl:2 is not a metrics record"):
+        read_metrics(tmp_path)
+
+
+def write_manifest(folder: Path, keys: list[str]) -> Path:
+    """A manifest as curate select writes it (one super-batch, one chunk)."""
+    folder.mkdir()
+    rows = pa.table(
+        {
+            "key": keys,
+            "shard": ["00000.tar"] * len(keys),
+            "super_batch": [0] * len(keys),
+            "chunk": [0] * len(keys),
+            "score": [0.0] * len(keys),
+        },
+        schema=MANIFEST_SCHEMA,
+    )
+    with open(folder / "manifest.parquet", "wb") as handle, manifest_writer(handle, {}) as writer:
+        writer.write_table(rows)
+    return folder
 
 
 def test_a_manifest_restricts_training_to_its_keys(tmp_path, small_synth):
-    rows = [r for r in shard_rows(f"{small_synth}/web") if r["noise"] == "none"][:50]
-    manifest = tmp_path / "manifest"
-    manifest.mkdir()
-    pq.write_table(
-        pa.table({"key": [r["key"] for r in rows], "shard": ["?"] * len(rows)}), manifest / "manifest.parquet"
-    )
-    summary = train(
-        TrainConfig(
-            data=(f"{small_synth}/web",), out=str(tmp_path / "run"), steps=2, manifest=str(manifest), **FAST
-        )
-    )
+    clean = [key for key, noise in shard_noise(f"{small_synth}/web").items() if noise == "none"][:50]
+    manifest = write_manifest(tmp_path / "manifest", clean)
+    run = tmp_path / "run"
+    summary = train(fast(f"{small_synth}/web", run, str(manifest), steps=2))
     assert summary.data_samples == 50
+    assert set(read_batches(run)["key"].to_pylist()) <= set(clean)
+
+
+def test_a_manifest_that_is_not_one_is_a_one_line_error(tmp_path, small_synth):
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / "manifest.parquet").write_bytes(b"PAR1 not parquet")
+    pq.write_table(pa.table({"key": [1]}), tmp_path / "ints.parquet")
+    for manifest, message in [
+        (tmp_path / "torn", "cannot read manifest"),
+        (tmp_path / "ints.parquet", "is not a curate manifest"),
+        (tmp_path / "missing", "no manifest at"),
+    ]:
+        config = fast(f"{small_synth}/web", tmp_path / f"run-{manifest.name}", str(manifest), steps=1)
+        with pytest.raises(CurateError, match=message) as error:
+            train(config)
+        assert "\n" not in str(error.value)
 
 
 def oracle_reference(small_synth: str, out: Path) -> None:
@@ -128,23 +226,75 @@ def test_online_jest_prefers_clean_learnable_pairs(tmp_path, small_synth):
     reference = tmp_path / "reference"
     oracle_reference(small_synth, reference)
     run = tmp_path / "jest"
-    config = TrainConfig(
-        data=(f"{small_synth}/web",), out=str(run), steps=6, online_jest=True, ref=str(reference), ratio=0.75,
-        chunks=4, criterion="learnability", **FAST,
-    )  # fmt: skip
-    summary = train(config)
+    online = OnlineJestConfig(ref=str(reference), ratio=0.75, chunks=4, criterion="learnability")
+    summary = train(fast(f"{small_synth}/web", run, steps=6, online=online))
     assert summary.samples == 6 * 32  # trained on b per step, out of B = 128 scored
-    logged = [m for m in metrics(run) if "loss" in m]
+    logged = logs(run)
     selected = np.mean([m["selected_learnability"] for m in logged])
     randomly = np.mean([m["random_learnability"] for m in logged])
     assert selected > randomly
-    noisy_selected = np.mean([1 - m["noise_selected"].get("none", 0) for m in logged])
-    noisy_seen = np.mean([1 - m["noise_seen"].get("none", 0) for m in logged])
-    assert noisy_seen > 0.3 and noisy_selected < 0.5 * noisy_seen
     assert set(logged[0]["time_share"]) == {"score", "train"}
+    # What it trained on, joined with the shards' own noise labels: far cleaner than the pool.
+    noise = shard_noise(f"{small_synth}/web")
+    trained = read_batches(run).to_pydict()
+    assert trained["step"] == [step for step in range(6) for _ in range(32)]
+    noisy_trained = np.mean([noise[key] != "none" for key in trained["key"]])
+    noisy_pool = np.mean([kind != "none" for kind in noise.values()])
+    assert noisy_pool > 0.3 and noisy_trained < 0.5 * noisy_pool
 
 
-def test_command_line(tmp_path, small_synth):
+def test_the_config_refuses_bad_numbers_in_one_line(tmp_path):
+    data = DataConfig(("shards",))
+    for make, option in [
+        (lambda: OptimConfig(lr=float("nan")), "--lr"),
+        (lambda: OptimConfig(lr=-1.0), "--lr"),
+        (lambda: OptimConfig(grad_clip=float("nan")), "--grad-clip"),
+        (lambda: OptimConfig(grad_clip=float("inf")), "--grad-clip"),
+        (lambda: OptimConfig(wd=float("inf")), "--wd"),
+        (lambda: OptimConfig(beta2=1.0), "--beta2"),
+        (lambda: TrainConfig(data, "run", seed=-1), "--seed"),
+        (lambda: TrainConfig(data, "run", steps=0), "--steps"),
+        (lambda: TrainConfig(data, "run", precision="fp8"), "--precision"),
+        (lambda: DataConfig(("shards",), cache="disk"), "--cache"),
+        (lambda: OnlineJestConfig(), "needs --ref"),
+        (lambda: OnlineJestConfig(ref="s", criterion="hardest"), "--criterion"),
+        (lambda: OnlineJestConfig(ref="s", ratio=float("nan")), "--ratio"),
+        (lambda: OnlineJestConfig(ref="s", temperature=float("inf")), "--temperature"),
+        (lambda: TrainConfig(data, "run", batch_size=4, online=OnlineJestConfig(ref="s")), "chunks=16"),
+    ]:
+        with pytest.raises(CurateError, match=option) as error:
+            make()
+        assert "\n" not in str(error.value)
+
+
+def test_the_resume_check_covers_every_trajectory_setting():
+    base = TrainConfig(DataConfig(("a",)), "run")
+    online = replace(base, online=OnlineJestConfig(ref="scores"))
+    assert trajectory_changes(base, base) == []
+    assert trajectory_changes(base, replace(base, eval_every=0, device="cpu", out="elsewhere")) == []
+    assert trajectory_changes(base, online) == ["online"]
+    assert trajectory_changes(online, replace(online, online=OnlineJestConfig(ref="scores", chunks=8))) == [
+        "online.chunks"
+    ]
+    assert trajectory_changes(base, replace(base, data=DataConfig(("a",), cache="stream"))) == ["data.cache"]
+    assert trajectory_changes(base, replace(base, steps=2000)) == ["steps"]  # the cosine schedule ends there
+    assert TrainConfig.from_dict(online.as_dict()) == online
+    with pytest.raises(CurateError, match="unknown settings lr"):
+        TrainConfig.from_dict({**base.as_dict(), "lr": 1e-3})  # a flat config of an older version
+
+
+def in_process(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """`curate ARGS` through the real entry point, in this process: exit code, stdout, stderr."""
+    from cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["curate", *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    captured = capsys.readouterr()
+    return exit_.value.code, captured.out, captured.err
+
+
+def test_command_line(tmp_path, small_synth, monkeypatch, capsys):
     run = tmp_path / "run"
     args = [
         "train",
@@ -161,6 +311,7 @@ def test_command_line(tmp_path, small_synth):
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
     assert "trained steps 0→3 on 396 samples in memory" in result.stdout and "latest.pt" in result.stdout
+    assert read_batches(run).num_rows == 3 * 16 and (run / BATCHES_FILE).is_file()
     scores = str(tmp_path / "scores")
     score = run_cli("score", f"{small_synth}/web/00000.tar", "-o", scores, "--model", str(run / "latest.pt"))
     assert score.returncode == 0, score.stderr
@@ -171,8 +322,10 @@ def test_command_line(tmp_path, small_synth):
         ([], "already holds a run"),
         (["--online-jest"], "needs --ref"),
         (["--cache", "disk"], "--cache"),
+        (["--lr", "nan"], "--lr"),
+        (["--grad-clip", "inf"], "--grad-clip"),
+        (["--seed", "-1"], "--seed"),
+        (["--online-jest", "--ref", scores, "--criterion", "hardest"], "--criterion"),
     ]:
-        again = run_cli(*args, *extra)
-        assert again.returncode == 1 and again.stderr.count("\n") == 1 and fragment in again.stderr, (
-            again.stderr
-        )
+        code, _, err = in_process(monkeypatch, capsys, *args, *extra)
+        assert code == 1 and err.count("\n") == 1 and fragment in err, err

@@ -1,7 +1,9 @@
 """Read what `curate report` draws: runs, scores, manifests and shard tables, as small pandas frames.
 
 Embeddings are never read (only key, shard, caption, similarity, status), and images only for the few
-samples a contact sheet shows, each from the one tar that holds it.
+samples a contact sheet shows, each from the one tar that holds it. Every file is read through its
+artefact's own reader (run folder: `curate.train.run`; manifest: `curate.select.manifest`). The report is
+local-only: a URL is refused in one line.
 """
 
 from __future__ import annotations
@@ -9,26 +11,38 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.errors import CurateError
+from curate.errors import CurateError, first_line
+from curate.fileio import is_local, local_path
 from curate.score.schema import ScoreMetadata
 from curate.select.manifest import MANIFEST_FILE, SUMMARY_FILE, manifest_metadata, read_manifest
 from curate.shards import ReadStats, iter_members
+from curate.shards.paths import expand_shards
 from curate.shards.schema import IMAGE_EXTENSIONS
+from curate.train.config import TrainConfig
+from curate.train.run import METRICS_FILE, read_batches, read_config, read_metrics
 
-METRICS_FILE = "metrics.jsonl"
 SCORE_COLUMNS = ["key", "shard", "caption", "similarity", "status"]
+
+
+def classify(paths: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """Sort folders given on the command line into runs, manifests and score folders, by what they hold."""
+    kinds: dict[str, list[str]] = {"run": [], "manifest": [], "scores": []}
+    for path in paths:
+        kinds[detect_kind(path)].append(str(path))
+    return kinds["run"], kinds["manifest"], kinds["scores"]
 
 
 def detect_kind(path: str | Path) -> str:
     """`run`, `manifest` or `scores`, by what the folder holds; anything else is a one-line error."""
-    folder = Path(path)
+    folder = local_path(path, "report input")
     if not folder.exists():
         raise CurateError(f"no such file or folder: {path}")
     if folder.is_file():
@@ -64,53 +78,38 @@ def _is_score_file(path: Path) -> bool:
 @dataclass
 class Run:
     name: str  # the folder's name: the label in every plot and table
-    config: dict  # config.json's "train" section ({} when absent)
+    config: TrainConfig | None  # None without config.json
     logs: pd.DataFrame  # one row per log step: step, loss, flops, ... (flat numeric columns)
     evals: pd.DataFrame  # one row per eval: step, flops (from the nearest log step), metric columns
-    noise_selected: dict[str, float] = field(default_factory=dict)  # online JEST, mean over log windows
+    trained_keys: list[str] | None  # batches.parquet's keys, one per trained sample (None without it)
 
     @property
     def trained_on_manifest(self) -> bool:
-        return bool(self.config.get("manifest"))
+        return bool(self.config and self.config.data.manifest)
 
 
 def read_run(path: str | Path) -> Run:
-    folder = Path(path)
+    folder = local_path(path, "run")
     if folder.name == METRICS_FILE:
         folder = folder.parent
-    metrics = folder / METRICS_FILE
-    if not metrics.is_file():
-        raise CurateError(f"{path}: no {METRICS_FILE} (is it a run folder of curate train?)")
-    config: dict = {}
-    if (folder / "config.json").is_file():
-        try:
-            config = json.loads((folder / "config.json").read_text()).get("train", {})
-        except (ValueError, AttributeError):
-            raise CurateError(f"{folder / 'config.json'} is not valid JSON") from None
-    logs, evals, noise = [], [], []
-    for number, line in enumerate(metrics.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            step = int(record["step"])
-        except (ValueError, KeyError, TypeError):
-            raise CurateError(f"{metrics}:{number} is not a metrics record (JSON with a step)") from None
+    logs, evals = [], []
+    for record in read_metrics(folder):
+        step = int(record["step"])
         if isinstance(record.get("eval"), dict):
             evals.append({"step": step, **_numbers(record["eval"])})
         else:
             logs.append({"step": step, **_numbers(record)})
-            if isinstance(record.get("noise_selected"), dict):
-                noise.append(record["noise_selected"])
     if not logs and not evals:
-        raise CurateError(f"{metrics} is empty: the run has not logged a step yet")
+        raise CurateError(f"{folder / METRICS_FILE} is empty: the run has not logged a step yet")
     log_frame = _by_step(pd.DataFrame(logs, columns=["step"] if not logs else None))
     eval_frame = _by_step(pd.DataFrame(evals, columns=["step"] if not evals else None))
     if "flops" in log_frame and len(eval_frame):
         # FLOPs grow linearly with the step: interpolate from the log lines onto the eval steps.
         per_step = (log_frame["flops"] / log_frame["step"]).iloc[-1]
         eval_frame["flops"] = eval_frame["step"] * per_step
-    return Run(folder.name, config, log_frame, eval_frame, _mean_shares(noise))
+    batches = read_batches(folder)
+    keys = batches.column("key").to_pylist() if batches is not None else None
+    return Run(folder.name, read_config(folder), log_frame, eval_frame, keys)
 
 
 def _numbers(record: dict) -> dict:
@@ -126,17 +125,12 @@ def _by_step(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.drop_duplicates("step", keep="last").sort_values("step", ignore_index=True)
 
 
-def _mean_shares(windows: list[dict]) -> dict[str, float]:
-    kinds = sorted({k for window in windows for k in window})
-    return {k: sum(float(w.get(k, 0.0)) for w in windows) / len(windows) for k in kinds} if windows else {}
-
-
 # ---------------------------------------------------------------------------------------------- scores
 
 
 def read_scores(path: str | Path) -> pd.DataFrame:
     """key, shard, caption, similarity, status of every score file in the folder (no embeddings)."""
-    folder = Path(path)
+    folder = local_path(path, "--scores")
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
     if not files:
         raise CurateError(f"--scores {path}: no score files (*.parquet written by curate score)")
@@ -144,12 +138,12 @@ def read_scores(path: str | Path) -> pd.DataFrame:
     try:
         table = pa.concat_tables(pq.read_table(f, columns=SCORE_COLUMNS) for f in files)
     except (OSError, pa.ArrowInvalid, KeyError) as error:
-        raise CurateError(f"cannot read scores in {path}: {str(error).splitlines()[0]}") from None
+        raise CurateError(f"cannot read scores in {path}: {first_line(error)}") from None
     return table.to_pandas()
 
 
 def score_model(path: str | Path) -> str:
-    meta = ScoreMetadata.read(sorted(Path(path).glob("*.parquet"))[0])
+    meta = ScoreMetadata.read(sorted(local_path(path, "--scores").glob("*.parquet"))[0])
     return f"{meta.model}" + (f" ({meta.pretrained})" if meta.pretrained else "")
 
 
@@ -167,11 +161,13 @@ class Manifest:
         """Where `curate select` read its scores or shards, when recorded and still there."""
         inputs = self.summary.get("inputs") if isinstance(self.summary.get("inputs"), dict) else {}
         path = inputs.get(name) or (self.metadata.get("curate.shards") if name == "shards" else None)
-        return path if isinstance(path, str) and Path(path).is_dir() else None
+        if not isinstance(path, str) or not is_local(path):
+            return None
+        return path if local_path(path, name).is_dir() else None
 
 
 def read_manifest_folder(path: str | Path) -> Manifest:
-    folder = Path(path)
+    folder = local_path(path, "--manifest")
     folder = folder.parent if folder.is_file() else folder
     rows = read_manifest(folder).to_pandas()
     summary: dict = {}
@@ -196,19 +192,26 @@ def super_batch_scores(summary: dict) -> pd.DataFrame | None:
 # ---------------------------------------------------------------------------------------------- shards
 
 
-def read_noise(shards: str | Path) -> pd.Series | None:
-    """key -> noise kind from the shards' img2dataset tables, when they carry a `noise` column (synth)."""
-    files = sorted(Path(shards).glob("*.parquet"))
-    parts = []
-    for file in files:
-        names = pq.read_schema(file).names
-        if "noise" not in names or "key" not in names:
-            return None
-        parts.append(pq.read_table(file, columns=["key", "noise"]))
-    if not parts:
-        return None
-    table = pa.concat_tables(parts).to_pandas()
-    return table.drop_duplicates("key").set_index("key")["noise"].fillna("unknown")
+def shard_tables(shards: str | Sequence[str], option: str = "--shards") -> list[Path]:
+    """The img2dataset table (`NNNNN.parquet`) beside each shard of a folder, tar paths or a brace pattern
+    (a run's recorded data), for the shards that have one."""
+    tars = expand_shards([shards] if isinstance(shards, str) else list(shards))
+    tables = [local_path(tar.removesuffix(".tar") + ".parquet", option) for tar in tars]
+    return [table for table in tables if table.is_file()]
+
+
+def read_shard_columns(tables: Sequence[Path], columns: Sequence[str]) -> pd.DataFrame:
+    """Those of `columns` that every table has, indexed by key (its first row where a key repeats): each
+    file read once, for all the columns the report wants of it (captions, the synthetic `noise`)."""
+    names = [set(pq.read_schema(table).names) for table in tables]
+    present = [c for c in columns if c != "key" and names and all(c in n for n in names)]
+    if not tables or not all("key" in n for n in names):
+        return pd.DataFrame(columns=present, index=pd.Index([], name="key"))
+    try:
+        frame = pa.concat_tables(pq.read_table(t, columns=["key", *present]) for t in tables).to_pandas()
+    except (OSError, pa.ArrowInvalid) as error:
+        raise CurateError(f"cannot read the shard tables: {first_line(error)}") from None
+    return frame.drop_duplicates("key").set_index("key")
 
 
 def read_images(shards: str | Path, wanted: pd.DataFrame) -> dict[str, bytes]:
@@ -216,7 +219,7 @@ def read_images(shards: str | Path, wanted: pd.DataFrame) -> dict[str, bytes]:
     images: dict[str, bytes] = {}
     stats = ReadStats()
     for shard, group in wanted.groupby("shard", sort=True):
-        path = Path(shards) / str(shard)
+        path = local_path(shards, "--shards") / str(shard)
         if not path.is_file():
             continue
         keys = set(group["key"])

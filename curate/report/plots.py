@@ -89,7 +89,8 @@ def eval_curves(runs: Sequence[Run], x: str, offsets: dict[str, float] | None = 
 
 
 def training_curves(runs: Sequence[Run]) -> bytes:
-    """Training loss per run; beside it, online JEST's selected vs random learnability where logged."""
+    """Training loss per run; beside it, online JEST's selected vs random learnability where logged (the
+    mean of A_ij over a batch's b x b pairs, the units of a selection's batch score)."""
     online = [r for r in runs if "selected_learnability" in r.logs]
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(
@@ -120,7 +121,11 @@ def training_curves(runs: Sequence[Run]) -> bytes:
                         linestyle="--",
                         label=f"{run.name}: random batch",
                     )
-            ax.set(title="online JEST: batch learnability", xlabel="training step")
+            ax.set(
+                title="online JEST: batch learnability",
+                xlabel="training step",
+                ylabel="mean A_ij over the b x b pairs",
+            )
             ax.grid(alpha=0.3)
             ax.legend(frameon=False)
         return _png(fig)
@@ -203,7 +208,9 @@ def super_batches(frame) -> bytes:
             linestyle="--",
             label="random batch, same size",
         )
-        ax.set(title="batch score per super-batch", xlabel="super-batch", ylabel="mean A_ij over the batch")
+        ax.set(
+            title="batch score per super-batch", xlabel="super-batch", ylabel="mean A_ij over the b x b pairs"
+        )
         ax.grid(alpha=0.3)
         ax.legend(frameon=False)
         return _png(fig)

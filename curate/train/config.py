@@ -1,76 +1,192 @@
-"""`curate train`'s settings: one frozen dataclass, validated once, saved with every checkpoint."""
+"""`curate train`'s settings: frozen dataclasses in groups, validated once, saved with every checkpoint.
+
+Every field says whether it defines the trajectory (`trajectory(...)`: a resumed run must match it to
+continue exactly) or only how this session runs (`operational(...)`: where and how often to log, on
+which device). The resume check walks those marks, nested groups included, and an unmarked field stops
+the import, so a new setting can never be left out of the check by accident.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from typing import Any
 
 from curate.errors import CurateError
+from curate.jest import CRITERIA, selection_size
+from curate.runtime import PRECISIONS
 
-# Settings that define the trajectory: a resumed run must match them to continue exactly.
-TRAJECTORY_FIELDS = (
-    "data", "manifest", "model", "pretrained", "batch_size", "lr", "warmup", "wd", "beta2", "grad_clip",
-    "seed", "cache", "online_jest", "ref", "ratio", "chunks", "criterion", "temperature",
-)  # fmt: skip
+CACHES = ("auto", "memory", "stream")
+
+
+def trajectory(default: Any = MISSING, **kwargs: Any) -> Any:
+    """A setting that shapes the weights: --resume refuses to continue a run under another value."""
+    return field(default=default, metadata={"trajectory": True}, **kwargs)
+
+
+def operational(default: Any = MISSING, **kwargs: Any) -> Any:
+    """A setting of this session only (logging, evaluation, device): --resume may change it."""
+    return field(default=default, metadata={"trajectory": False}, **kwargs)
+
+
+def _check(ok: bool, option: str, rule: str, value: object) -> None:
+    if not ok:
+        raise CurateError(f"{option} must be {rule}, got {value}")
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0  # False for nan and inf: `nan > 0` alone is False too
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup and cosine decay to zero at the last step."""
+
+    lr: float = trajectory(1e-3)  # peak
+    warmup: int = trajectory(100)  # steps
+    wd: float = trajectory(0.1)  # on matrices only
+    beta2: float = trajectory(0.95)  # SigLIP's large-batch setting
+    grad_clip: float = trajectory(1.0)  # max gradient norm
+
+    def __post_init__(self) -> None:
+        _check(_positive(self.lr), "--lr", "a finite number > 0", self.lr)
+        _check(self.warmup >= 0, "--warmup", "0 or more", self.warmup)
+        _check(math.isfinite(self.wd) and self.wd >= 0, "--wd", "a finite number >= 0", self.wd)
+        _check(0 < self.beta2 < 1, "--beta2", "in (0, 1)", self.beta2)
+        _check(_positive(self.grad_clip), "--grad-clip", "a finite number > 0", self.grad_clip)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the run trains on and how it is read."""
+
+    paths: tuple[str, ...] = trajectory()  # shard folders, tar paths or brace patterns
+    manifest: str | None = trajectory(None)  # train only on this selection's keys
+    cache: str = trajectory("auto")  # memory | stream | auto (memory when decoded it fits a quarter of RAM)
+    # The stream's order depends on these two as well, but a resumed stream is not exact anyway (data.py);
+    # the memory cache's order depends on neither.
+    shuffle_buffer: int = operational(10_000)  # samples, when streaming
+    workers: int = operational(2)  # DataLoader processes decoding images
+
+    def __post_init__(self) -> None:
+        if not self.paths:
+            raise CurateError("no training data: give shard folders, tar paths or a brace pattern")
+        _check(self.cache in CACHES, "--cache", "auto, memory or stream", repr(self.cache))
+        _check(self.shuffle_buffer >= 1, "--shuffle-buffer", "at least 1", self.shuffle_buffer)
+        _check(self.workers >= 0, "--workers", "0 or more", self.workers)
+
+
+@dataclass(frozen=True)
+class OnlineJestConfig:
+    """Online JEST (the paper's setting): each step keeps b of a super-batch B = b / (1 - ratio)."""
+
+    ref: str | None = trajectory(None)  # the reference's score folder (`curate score` output)
+    ratio: float = trajectory(0.8)  # filtering ratio F
+    chunks: int = trajectory(16)  # N
+    criterion: str = trajectory("learnability")
+    temperature: float = trajectory(1.0)  # τ
+
+    def __post_init__(self) -> None:
+        if not self.ref:
+            raise CurateError("--online-jest needs --ref SCORES (the reference model's scores)")
+        _check(math.isfinite(self.ratio) and 0 <= self.ratio < 1, "--ratio", "in [0, 1)", self.ratio)
+        _check(self.chunks >= 1, "--chunks", "at least 1", self.chunks)
+        _check(self.criterion in CRITERIA, "--criterion", " or ".join(CRITERIA), repr(self.criterion))
+        _check(_positive(self.temperature), "--temperature", "a finite number > 0", self.temperature)
+
+    def super_batch(self, batch_size: int) -> int:
+        """B = b / (1 - F): how many samples are scored to keep b."""
+        return round(batch_size / (1 - self.ratio))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data: tuple[str, ...]
-    out: str
-    model: str = "siglip-tiny"
-    pretrained: str | None = None
-    manifest: str | None = None
-    steps: int = 1000
-    batch_size: int = 256
-    lr: float = 1e-3
-    warmup: int = 100
-    wd: float = 0.1
-    beta2: float = 0.95  # SigLIP's large-batch setting
-    grad_clip: float = 1.0
-    eval: str | None = None
-    eval_every: int = 0  # 0: only at the end
-    save_every: int = 0  # 0: only at the end
-    log_every: int = 10
-    workers: int = 2
-    device: str = "auto"
-    precision: str = "auto"
-    seed: int = 0
-    resume: bool = False
-    cache: str = "auto"  # memory | stream | auto (memory when the decoded set fits in a quarter of RAM)
-    shuffle_buffer: int = 10_000
-    online_jest: bool = False
-    ref: str | None = None
-    ratio: float = 0.8
-    chunks: int = 16
-    criterion: str = "learnability"
-    temperature: float = 1.0
-    command: str = field(default="", compare=False)
+    data: DataConfig = trajectory()
+    out: str = operational()  # the run folder; a copied run resumes from its new place
+    model: str = trajectory("siglip-tiny")
+    pretrained: str | None = trajectory(None)
+    steps: int = trajectory(1000)  # the cosine schedule ends here, so it shapes every step's LR
+    batch_size: int = trajectory(256)  # b, the pairs each step trains on
+    seed: int = trajectory(0)  # model init and data order
+    optim: OptimConfig = trajectory(default_factory=OptimConfig)
+    online: OnlineJestConfig | None = trajectory(None)  # None: train on every batch as drawn
+    eval: str | None = operational(None)  # an eval set (clip_benchmark layout)
+    eval_every: int = operational(0)  # 0: only at the end
+    save_every: int = operational(0)  # 0: only at the end
+    log_every: int = operational(10)
+    device: str = operational("auto")
+    precision: str = operational("auto")
+    resume: bool = operational(False)
+    command: str = operational("", compare=False)  # the command line, for the record
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "log_every"):
-            if getattr(self, name) < 1:
-                raise CurateError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup", "eval_every", "save_every", "workers"):
-            if getattr(self, name) < 0:
-                raise CurateError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
-        if self.lr <= 0 or self.wd < 0 or not 0 < self.beta2 < 1:
-            raise CurateError("--lr must be > 0, --wd >= 0 and beta2 in (0, 1)")
-        if self.cache not in ("auto", "memory", "stream"):
-            raise CurateError(f"--cache must be auto, memory or stream, got {self.cache!r}")
-        if self.online_jest:
-            if not self.ref:
-                raise CurateError("--online-jest needs --ref SCORES (the reference model's scores)")
-            if not 0 <= self.ratio < 1:
-                raise CurateError(f"--ratio must be in [0, 1), got {self.ratio}")
-            if self.criterion not in ("learnability", "easy", "hard"):
-                raise CurateError(f"--criterion must be learnability, easy or hard, got {self.criterion!r}")
+        _check(self.steps >= 1, "--steps", "at least 1", self.steps)
+        _check(self.batch_size >= 1, "--batch-size", "at least 1", self.batch_size)
+        _check(self.log_every >= 1, "--log-every", "at least 1", self.log_every)
+        _check(self.seed >= 0, "--seed", "0 or more", self.seed)
+        _check(self.eval_every >= 0, "--eval-every", "0 or more", self.eval_every)
+        _check(self.save_every >= 0, "--save-every", "0 or more", self.save_every)
+        _check(self.precision in PRECISIONS, "--precision", ", ".join(PRECISIONS), repr(self.precision))
         if self.eval_every and not self.eval:
             raise CurateError("--eval-every needs --eval EVALSET")
+        if self.online:
+            # ratio and chunks against B now, not at the first step
+            selection_size(self.super_batch, self.online.ratio, self.online.chunks)
 
     @property
     def super_batch(self) -> int:
-        """B = b / (1 - F): how many samples online JEST scores to keep b."""
-        return round(self.batch_size / (1 - self.ratio)) if self.online_jest else self.batch_size
+        """Samples drawn per step: B for online JEST, else b."""
+        return self.online.super_batch(self.batch_size) if self.online else self.batch_size
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """The inverse of `as_dict` (config.json, a checkpoint's `train_config`); unknown keys are errors."""
+        return _build(cls, values, "train")
+
+
+def _build(cls: type, values: object, where: str) -> Any:
+    if not isinstance(values, dict):
+        raise CurateError(f"{where}: expected an object of settings, got {type(values).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise CurateError(f"{where}: unknown settings {', '.join(unknown)}")
+    groups = {"data": DataConfig, "optim": OptimConfig, "online": OnlineJestConfig}
+    kwargs = {}
+    for name, value in values.items():
+        if name in groups and value is not None:
+            value = _build(groups[name], value, f"{where}.{name}")
+        elif name == "paths":
+            value = tuple(value)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as error:  # a required setting is missing
+        raise CurateError(f"{where}: {error}") from None
+
+
+def trajectory_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the trajectory settings in which two configs differ (`optim.lr`, `online`)."""
+    changed = []
+    for f in fields(new):
+        if not f.metadata["trajectory"]:
+            continue
+        before, after = getattr(old, f.name), getattr(new, f.name)
+        if is_dataclass(before) and is_dataclass(after):
+            changed += trajectory_changes(before, after, f"{prefix}{f.name}.")
+        elif before != after:
+            changed.append(prefix + f.name)
+    return changed
+
+
+def _require_marks(*classes: type) -> None:
+    for cls in classes:
+        for f in fields(cls):
+            if "trajectory" not in f.metadata:
+                raise TypeError(f"{cls.__name__}.{f.name}: declare it with trajectory() or operational()")
+
+
+_require_marks(OptimConfig, DataConfig, OnlineJestConfig, TrainConfig)

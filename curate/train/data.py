@@ -1,7 +1,8 @@
 """Training data: a decoded in-memory cache when it fits (the demo's case), else streaming from tars.
 
-Both give the batch of a step as a function of (seed, step) alone for the cache, so a resumed run sees
-exactly the batches an uninterrupted one would; the stream re-seeds from the step it resumes at.
+The cache gives the batch of a step as a function of (seed, step) alone, so a resumed run sees exactly the
+batches an uninterrupted one would; the stream re-seeds from the step it resumes at, so a resumed stream
+sees other (equally shuffled) batches.
 """
 
 from __future__ import annotations
@@ -15,26 +16,85 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from curate.errors import CurateError
+from curate.fileio import local_path
+from curate.models import ImageTextModel
+from curate.runtime import Progress
+from curate.select.manifest import read_manifest
 from curate.shards.batches import ShardBatches, already_batched, single_threaded_worker
 from curate.shards.paths import count_samples
 from curate.shards.schema import OK
+from curate.train.config import TrainConfig
+
+
+def make_data(
+    config: TrainConfig,
+    paths: list[str],
+    model: ImageTextModel,
+    referenced: dict[str, int] | None,
+    start_step: int,
+    progress: Progress | None = None,
+) -> tuple[MemoryData | StreamData, int]:
+    """The run's data, and how many of its samples were left out for want of a reference score.
+
+    `referenced` (online JEST) holds the keys that have one: the others cannot be scored, so they are never
+    drawn. Memory or stream as --cache says (auto: memory when the decoded set fits in a quarter of RAM).
+    """
+    settings = config.data
+    keep = _manifest_keys(settings.manifest) if settings.manifest else None
+    memory = settings.cache == "memory" or (
+        settings.cache == "auto" and fits_in_memory(paths, model.image_size)
+    )
+    if memory:
+        data = load_memory_data(
+            paths, model.preprocess, model.tokenizer, keep, settings.workers, config.seed, progress
+        )
+        if referenced is None:
+            return data, 0
+        kept = data.only(referenced)
+        if not len(kept):
+            raise CurateError(
+                "no training sample has a reference score: do --ref and the data hold the same keys?"
+            )
+        return kept, len(data) - len(kept)
+    if referenced is not None:
+        # A stream cannot count what it skips without reading it all first: decode only referenced keys.
+        keep = frozenset(referenced) if keep is None else keep & frozenset(referenced)
+    stream = StreamData(
+        paths,
+        model.preprocess,
+        model.tokenizer,
+        keep,
+        settings.shuffle_buffer,
+        f"{config.seed}/{start_step}",  # re-seeded from the step it starts at
+        config.super_batch,
+        settings.workers,
+    )
+    return stream, 0
+
+
+def _manifest_keys(manifest: str) -> frozenset[str]:
+    table = read_manifest(local_path(manifest, "--manifest"), ["key"])  # schema-checked: one-line errors
+    return frozenset(table.column("key").to_pylist())
 
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # (n, C, H, W) float32, preprocessed
+    images: torch.Tensor  # (n, C, H, W) preprocessed; float16 from the cache, float32 from the stream
     tokens: torch.Tensor  # (n, context_length)
     keys: list[str]
-    noise: list[str]  # each sample's `noise` metadata ("" when the shards carry none)
+
+    def to(self, device: torch.device) -> Batch:
+        """On the device, images as float32: the cache's float16 crosses the bus at half the bytes and is
+        widened there (exactly: every float16 is a float32)."""
+        images = self.images.to(device, non_blocking=True).float()
+        return Batch(images, self.tokens.to(device, non_blocking=True), self.keys)
 
 
 class MemoryData:
     """Every kept sample decoded once into one float16 tensor; batches are indexed by a seeded permutation."""
 
-    def __init__(
-        self, images: torch.Tensor, tokens: torch.Tensor, keys: list[str], noise: list[str], seed: int
-    ):
-        self.images, self.tokens, self.keys, self.noise, self.seed = images, tokens, keys, noise, seed
+    def __init__(self, images: torch.Tensor, tokens: torch.Tensor, keys: list[str], seed: int):
+        self.images, self.tokens, self.keys, self.seed = images, tokens, keys, seed
         self._permutations: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -56,13 +116,15 @@ class MemoryData:
         return self.take(self.rows(step, size))
 
     def take(self, rows: torch.Tensor) -> Batch:
-        index = rows.tolist()
-        return Batch(
-            images=self.images[rows].float(),
-            tokens=self.tokens[rows],
-            keys=[self.keys[i] for i in index],
-            noise=[self.noise[i] for i in index],
-        )
+        return Batch(self.images[rows], self.tokens[rows], [self.keys[i] for i in rows.tolist()])
+
+    def only(self, keys: dict[str, int] | frozenset[str]) -> MemoryData:
+        """The samples whose key is in `keys`, same seed."""
+        present = [i for i, key in enumerate(self.keys) if key in keys]
+        if len(present) == len(self):
+            return self
+        rows = torch.tensor(present, dtype=torch.long)
+        return MemoryData(self.images[rows], self.tokens[rows], [self.keys[i] for i in present], self.seed)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch not in self._permutations:
@@ -78,7 +140,7 @@ def load_memory_data(
     keep: frozenset[str] | None,
     workers: int,
     seed: int,
-    progress: Callable[[int, int | None], None] | None = None,
+    progress: Progress | None = None,
 ) -> MemoryData:
     loader = DataLoader(
         ShardBatches(paths, preprocess, tokenizer, batch_size=512, keep=keep),
@@ -87,7 +149,7 @@ def load_memory_data(
         worker_init_fn=single_threaded_worker,
         collate_fn=already_batched,
     )
-    images, tokens, keys, noise = [], [], [], []
+    images, tokens, keys = [], [], []
     total, seen = count_samples(paths), 0
     for batch in loader:
         ok = [i for i, status in enumerate(batch.status) if status == OK]
@@ -95,13 +157,12 @@ def load_memory_data(
             images.append(batch.images.half())  # half the memory; values are normalised pixels, well in range
             tokens.append(batch.tokens)
             keys += [batch.keys[i] for i in ok]
-            noise += [str(batch.metas[i].get("noise", "")) for i in ok]
         seen += len(batch.keys)
         if progress:
             progress(seen, total)
     if not keys:
         raise CurateError(f"no trainable samples in {', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''}")
-    return MemoryData(torch.cat(images), torch.cat(tokens), keys, noise, seed)
+    return MemoryData(torch.cat(images), torch.cat(tokens), keys, seed)
 
 
 def fits_in_memory(paths: list[str], image_size: int) -> bool:
@@ -137,7 +198,6 @@ class StreamingSamples(IterableDataset):
                         "image": batch.images[row],
                         "tokens": batch.tokens[row],
                         "key": batch.keys[i],
-                        "noise": str(batch.metas[i].get("noise", "")),
                     }
                     if len(buffer) < self.buffer:
                         buffer.append(sample)
@@ -166,10 +226,6 @@ class StreamData:
         self._batches = iter(loader)
 
     def batch(self, step: int, size: int) -> Batch:
+        """The next batch of the stream (of the size it was made with; `step` is for MemoryData's sake)."""
         sample = next(self._batches)
-        return Batch(
-            images=sample["image"],
-            tokens=sample["tokens"],
-            keys=list(sample["key"]),
-            noise=list(sample["noise"]),
-        )
+        return Batch(sample["image"], sample["tokens"], list(sample["key"]))

@@ -2,11 +2,13 @@
 
 Each step the model being trained embeds a super-batch without gradient, the reference's embeddings are
 looked up by key (loaded once), and the selection core keeps b of B. Nothing here syncs with the host:
-the scores it logs stay on the device until the trainer's log step reads them.
+the scores it logs stay on the device until the trainer's log step reads them (`Window.report`).
 """
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +18,7 @@ from curate.jest import Choice, PairEmbeddings
 from curate.models import ImageTextModel
 from curate.runtime import autocast
 from curate.score.schema import ScoreMetadata, embeddings_numpy, open_score_folder
+from curate.train.config import OnlineJestConfig
 from curate.train.data import Batch
 
 
@@ -53,26 +56,64 @@ def choose(
     model: ImageTextModel,
     bank: ReferenceBank,
     batch: Batch,
-    criterion: str,
-    ratio: float,
-    chunks: int,
-    temperature: float,
+    config: OnlineJestConfig,
     generator: torch.Generator,
-    device: torch.device,
     precision: str,
 ) -> Choice:
-    with autocast(precision, device):
-        images, texts = model.encode(batch.images.to(device), batch.tokens.to(device))
+    """Keep b of the super-batch `batch` (on the training device); the rows stay on the device too."""
+    with autocast(precision, batch.images.device):
+        images, texts = model.encode(batch.images, batch.tokens)
     # The 0-d parameters keep t and b on the device: reading them as floats would sync every step.
     learner = PairEmbeddings(images, texts, model.module.logit_scale.exp(), _bias(model))
     reference = bank.embeddings(batch.keys)
     # One generator for both draws: online JEST re-seeds it every step, so the random comparison batch
     # (drawn after the selection) cannot perturb any later step.
     return jest.choose(
-        "jest", reference, learner, criterion, ratio, chunks, temperature, generator, generator
-    )
+        "jest", reference, learner, config.criterion, config.ratio, config.chunks, config.temperature,
+        generator, generator,
+    )  # fmt: skip
 
 
 def _bias(model: ImageTextModel) -> torch.Tensor | float:
     bias = getattr(model.module, "logit_bias", None)
     return bias if bias is not None else 0.0
+
+
+class Window:
+    """Per-log-window statistics of online JEST and the time split, kept on the device until read."""
+
+    def __init__(self) -> None:
+        self._phase, self._since = None, 0.0
+        self.reset()
+
+    def reset(self) -> None:
+        self.selected: list[torch.Tensor] = []
+        self.random: list[torch.Tensor] = []
+        self.seconds: Counter = Counter()
+
+    def start(self, phase: str) -> None:
+        self.stop()
+        self._phase, self._since = phase, time.perf_counter()
+
+    def stop(self) -> None:
+        # On CUDA this times launches, not kernels, unless something synced; the log step's sync bounds it.
+        if self._phase:
+            self.seconds[self._phase] += time.perf_counter() - self._since
+            self._phase = None
+
+    def add(self, choice: Choice) -> None:
+        self.selected.append(choice.selected_score)
+        self.random.append(choice.random_score)
+
+    def report(self) -> dict:
+        """The window's LogRecord fields (selected_learnability, random_learnability, time_share), then a
+        fresh window."""
+        out: dict = {}
+        if self.selected:
+            out["selected_learnability"] = float(torch.stack(self.selected).mean())
+            out["random_learnability"] = float(torch.stack(self.random).mean())
+        total = sum(self.seconds.values())
+        if total and "score" in self.seconds:
+            out["time_share"] = {k: v / total for k, v in sorted(self.seconds.items())}
+        self.reset()
+        return out

@@ -1,0 +1,343 @@
+"""The report's sections, one function each: runs, selection, noise and the contact sheet.
+
+Each takes what load.py read and returns a `page.Section` of figures (drawn by plots.py), tables and
+notes. The captions are here, in one table, so the page's wording can be read and changed in one place.
+Batch scores and online JEST's learnability are both the mean of A_ij over the b x b pairs of a batch
+(`curate.jest.choose`), so the two are in the same units wherever the page shows them.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from curate.fileio import basename
+from curate.report import plots
+from curate.report.load import Manifest, Run, super_batch_scores
+from curate.report.page import Figure, Section, Table
+from curate.shards.schema import OK
+
+FINAL_METRICS = ("zeroshot_top1", "zeroshot_top5", "image_to_text_r1", "text_to_image_r1")
+
+CAPTIONS = {
+    "eval_vs_step": "Zero-shot accuracy and retrieval recall on the eval set against the training step.",
+    "eval_vs_flops": (
+        "The same against total FLOPs: training FLOPs (forward + backward, and the learner's scoring "
+        "forwards for online JEST) plus, where given with --scoring-flops, the reference model's offline "
+        "scoring of the pool (counted for: {counted})."
+    ),
+    "training": (
+        "Training loss per log window; for online JEST runs, the learnability of the selected batch next to "
+        "a random batch of the same size from the same super-batch: the mean of A_ij over the batch's "
+        "b x b pairs, as in a selection's batch score."
+    ),
+    "selection_similarity": (
+        "{name}: the reference similarity of the samples it selected and of the scored samples it did not. "
+        "(The manifest's own score is the conditional score at draw time, known only for selected samples, "
+        "so the reference similarity stands in for both.)"
+    ),
+    "selection_score": (
+        "{name}: the conditional score of each selected sample when it was drawn (give --scores to compare "
+        "selected with rejected samples)."
+    ),
+    "selection_super_batches": (
+        "{name}: per super-batch, the mean criterion score A_ij over the b x b pairs of the selected batch "
+        "and of a random batch of the same size (from summary.json)."
+    ),
+    "scores_similarity": "Reference similarity of every sample scored ok.",
+    "similarity_by_noise": "Reference similarity by the kind of noise the synthetic crawl put in each pair.",
+    "noise_shares": (
+        "Share of each noise kind (from the shards' noise column; none = clean) in the pool, in what each "
+        "manifest selected and rejected, and in what each run trained on (its batches.parquet joined with "
+        "its own shards: every trained sample counts, repeats included)."
+    ),
+    "samples": "The {count} samples with the {name} {what}: key · score{noise}, then the caption.",
+}
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+def runs_section(runs: list[Run], offsets: dict[str, float]) -> Section:
+    section = Section("Training runs", "runs")
+    metrics = [m for m in FINAL_METRICS if any(m in r.evals for r in runs)]
+    rows = []
+    for run in runs:
+        last_log = run.logs.iloc[-1] if len(run.logs) else {}
+        last_eval = run.evals.iloc[-1] if len(run.evals) else {}
+        flops = _get(last_log, "flops")
+        total = flops + offsets[run.name] if flops is not None and run.name in offsets else flops
+        rows.append(
+            [run.name, _data_kind(run), _int(_get(last_log, "step")), _get(last_log, "loss"), flops, total]
+            + [_get(last_eval, m) for m in metrics]
+        )
+    headers = ["run", "data", "steps", "final loss", "training FLOPs", "FLOPs incl. offline scoring"]
+    section.tables.append(
+        Table(headers + [plots.EVAL_METRICS[m] for m in metrics], rows, "final numbers (last log, last eval)")
+    )
+    if not any(len(r.evals) for r in runs):
+        section.notes.append("no eval records in these runs (train with --eval EVALSET to get them)")
+    else:
+        section.figures.append(
+            Figure("eval_vs_step.png", plots.eval_curves(runs, "step"), CAPTIONS["eval_vs_step"])
+        )
+        if any("flops" in r.evals for r in runs):
+            counted = ", ".join(sorted(offsets)) or "none"
+            section.figures.append(
+                Figure(
+                    "eval_vs_flops.png",
+                    plots.eval_curves(runs, "flops", offsets),
+                    CAPTIONS["eval_vs_flops"].format(counted=counted),
+                )
+            )
+    uncounted = [r.name for r in runs if r.trained_on_manifest and r.name not in offsets]
+    if uncounted:
+        section.notes.append(
+            f"trained on an offline selection without its scoring cost counted: {', '.join(uncounted)} "
+            "(pass --scoring-flops NAME=FLOPS to add it)"
+        )
+    if any("loss" in r.logs for r in runs):
+        section.figures.append(Figure("training.png", plots.training_curves(runs), CAPTIONS["training"]))
+    return section
+
+
+def _data_kind(run: Run) -> str:
+    config = run.config
+    if config is None:
+        return "unknown (no config.json)"
+    if config.online:
+        return f"online JEST, ratio {config.online.ratio}, {config.online.criterion}"
+    if config.data.manifest:
+        return f"offline selection ({basename(config.data.manifest)})"
+    return "all data"
+
+
+def _get(row, name: str) -> float | None:
+    value = row.get(name) if hasattr(row, "get") else None
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+# ---------------------------------------------------------------------------------------------- selection
+
+
+def selection_section(
+    manifests: list[Manifest], scores: pd.DataFrame | None, reference: str | None, noise: pd.Series | None
+) -> Section:
+    """`reference` names the model that scored `scores`."""
+    section = Section("Selections" if manifests else "Scores", "selection")
+    ok = scores[scores["status"] == OK] if scores is not None else None
+    if ok is not None:
+        section.text = (
+            f"{len(scores)} samples scored by {reference}, {len(ok)} of them ok; similarity is the cosine of "
+            "the reference's image and text embeddings."
+        )
+    rows = []
+    for index, manifest in enumerate(manifests, 1):
+        params = manifest.summary.get("parameters") or {}
+        counts = manifest.summary.get("counts") or {}
+        rows.append(
+            [
+                manifest.name,
+                params.get("method"),
+                params.get("criterion"),
+                params.get("ratio"),
+                len(manifest.rows),
+                counts.get("eligible"),
+                manifest.summary.get("selected_score"),
+                manifest.summary.get("random_score"),
+            ]
+        )
+        if ok is not None:
+            chosen = ok["key"].isin(set(manifest.rows["key"]))
+            groups = {
+                "selected": ok.loc[chosen, "similarity"].to_numpy(),
+                "rejected": ok.loc[~chosen, "similarity"].to_numpy(),
+            }
+            section.figures.append(
+                Figure(
+                    f"selection_{index}_similarity.png",
+                    plots.histograms(
+                        groups, "reference similarity", f"{manifest.name}: selected vs rejected"
+                    ),
+                    CAPTIONS["selection_similarity"].format(name=manifest.name),
+                )
+            )
+        else:
+            section.figures.append(
+                Figure(
+                    f"selection_{index}_score.png",
+                    plots.histograms(
+                        {"selected": manifest.rows["score"].to_numpy()},
+                        "score at draw time",
+                        f"{manifest.name}: selected samples",
+                    ),
+                    CAPTIONS["selection_score"].format(name=manifest.name),
+                )
+            )
+        per_batch = super_batch_scores(manifest.summary)
+        if per_batch is not None:
+            section.figures.append(
+                Figure(
+                    f"selection_{index}_super_batches.png",
+                    plots.super_batches(per_batch),
+                    CAPTIONS["selection_super_batches"].format(name=manifest.name),
+                )
+            )
+    if rows:
+        headers = ["manifest", "method", "criterion", "ratio", "selected", "eligible"]
+        headers += ["selected batch score", "random batch score"]
+        caption = "from manifest.parquet and summary.json; batch scores are mean A_ij over the b x b pairs"
+        section.tables.insert(0, Table(headers, rows, caption))
+    if ok is not None and not manifests:
+        section.figures.append(
+            Figure(
+                "scores_similarity.png",
+                plots.histograms({"ok": ok["similarity"].to_numpy()}, "reference similarity", "all scored"),
+                CAPTIONS["scores_similarity"],
+            )
+        )
+    if ok is not None and noise is not None:
+        kinds = noise.reindex(ok["key"]).fillna("unknown").to_numpy()
+        by_kind = {k: ok["similarity"].to_numpy()[kinds == k] for k in sorted(set(kinds))}
+        section.figures.append(
+            Figure(
+                "similarity_by_noise.png",
+                plots.by_noise(by_kind, "reference similarity"),
+                CAPTIONS["similarity_by_noise"],
+            )
+        )
+    if scores is not None and len(ok) < len(scores):
+        failed = scores.loc[scores["status"] != OK, "status"].value_counts().sort_index()
+        section.tables.append(
+            Table(
+                ["status", "samples"],
+                [[k, int(v)] for k, v in failed.items()],
+                "samples that could not be scored",
+            )
+        )
+    return section
+
+
+# ---------------------------------------------------------------------------------------------- noise
+
+
+def noise_section(
+    manifests: list[Manifest],
+    scores: pd.DataFrame | None,
+    noise: pd.Series | None,
+    runs: list[Run],
+    run_noise: dict[str, pd.Series],
+) -> Section | None:
+    """`noise` labels the pool's keys; `run_noise[name]` labels the keys of the shards that run trained on
+    (runs may train on different shards whose keys coincide: the reference's curated set and the crawl)."""
+    selections: dict[str, dict[str, float]] = {}
+    if noise is not None:
+        pool = list(scores["key"]) if scores is not None else list(noise.index)
+        selections["pool" + (" (scored)" if scores is not None else " (shards)")] = shares(noise, pool)
+        for manifest in manifests:
+            chosen = set(manifest.rows["key"])
+            selections[f"{manifest.name}: selected"] = shares(noise, list(manifest.rows["key"]))
+            selections[f"{manifest.name}: rejected"] = shares(noise, [k for k in pool if k not in chosen])
+    for run in runs:
+        if run.trained_keys and run.name in run_noise:
+            selections[f"{run.name}: trained on"] = shares(run_noise[run.name], run.trained_keys)
+    if not selections:
+        return None
+    section = Section("Noise in each selection", "noise")
+    section.figures.append(
+        Figure("noise_shares.png", plots.noise_shares(selections), CAPTIONS["noise_shares"])
+    )
+    kinds = plots.noise_order({k for values in selections.values() for k in values})
+    rows = [[name, *(values.get(k, 0.0) for k in kinds)] for name, values in selections.items()]
+    section.tables.append(Table(["selection", *kinds], rows, "shares of each noise kind"))
+    return section
+
+
+def shares(noise: pd.Series, keys: list[str]) -> dict[str, float]:
+    """The share of each noise kind among `keys` (a key counts as often as it occurs)."""
+    counts = noise.reindex(keys).fillna("unknown").value_counts()
+    total = counts.sum()
+    return {k: float(v / total) for k, v in sorted(counts.items())} if total else {}
+
+
+# ---------------------------------------------------------------------------------------------- contact sheet
+
+
+def contact_section(
+    manifests: list[Manifest],
+    scores: pd.DataFrame | None,
+    shard_columns: pd.DataFrame | None,
+    images: dict[str, bytes],
+    top: int,
+) -> Section:
+    """The `top` highest- and lowest-ranked samples; `shard_columns` (key-indexed caption and noise, when
+    the shards are known) fills in what the ranking lacks, `images` holds the pictures."""
+    halves = extremes(manifests, scores, top)
+    what = _ranked_by(manifests, scores)
+    noise = shard_columns["noise"] if shard_columns is not None and "noise" in shard_columns else None
+    captions = shard_columns["caption"] if shard_columns is not None and "caption" in shard_columns else None
+    section = Section("Highest- and lowest-scored samples", "samples", figures_first=True)
+    section.text = f"Ranked by {what}."
+    if shard_columns is None:
+        section.notes.append("no --shards given: captions only, no images")
+    for name, half in halves.items():
+        rows = []
+        samples = []
+        for row in half.itertuples():
+            caption = row.caption if isinstance(row.caption, str) else _lookup(captions, row.key) or ""
+            kind = _lookup(noise, row.key)
+            samples.append(
+                (
+                    images.get(row.key),
+                    f"{row.key} · {row.value:.3f}" + (f" · {kind}" if kind else ""),
+                    caption,
+                )
+            )
+            rows.append([row.key, float(row.value)] + ([kind] if noise is not None else []) + [caption])
+        if images:
+            section.figures.append(
+                Figure(
+                    f"samples_{name}.png",
+                    plots.contact_sheet(samples, f"{name} {what}"),
+                    CAPTIONS["samples"].format(
+                        count=len(half),
+                        name=name,
+                        what=what,
+                        noise=" · noise kind" if noise is not None else "",
+                    ),
+                )
+            )
+        headers = ["key", what.split(" (")[0]] + (["noise"] if noise is not None else []) + ["caption"]
+        section.tables.append(Table(headers, rows, f"{name} {len(half)}"))
+    return section
+
+
+def extremes(manifests: list[Manifest], scores: pd.DataFrame | None, top: int) -> dict[str, pd.DataFrame]:
+    """The highest and lowest `top` rows (key, shard, caption, value): by reference similarity when scores
+    are given, else by the first manifest's score at draw time. Ties go by key, so runs agree."""
+    if scores is not None:
+        ranked = scores[scores["status"] == OK][["key", "shard", "caption", "similarity"]]
+        ranked = ranked.rename(columns={"similarity": "value"})
+    else:
+        ranked = manifests[0].rows[["key", "shard", "score"]].rename(columns={"score": "value"})
+        ranked["caption"] = None
+    ranked = ranked.sort_values(
+        ["value", "key"], ascending=[False, True], kind="mergesort", ignore_index=True
+    )
+    return {"highest": ranked.head(top), "lowest": ranked.tail(top).iloc[::-1]}
+
+
+def _ranked_by(manifests: list[Manifest], scores: pd.DataFrame | None) -> str:
+    if scores is not None:
+        return "reference similarity"
+    return f"score at draw time in {manifests[0].name} (selected samples only)"
+
+
+def _lookup(column: pd.Series | None, key: str) -> str | None:
+    if column is None or key not in column.index:
+        return None
+    value = column.loc[key]
+    return value if isinstance(value, str) else None

@@ -1,0 +1,92 @@
+"""A run's checkpoints: save (step_N.pt, then latest.pt as an atomic copy) and --resume.
+
+A checkpoint (the format is `curate.models.checkpoint`) holds the model, AdamW's state, the GradScaler's
+(fp16 only; empty otherwise), the step, torch's CPU RNG and the config. It holds no scheduler state, which
+DESIGN.md lists: the learning rate is a pure function of the step (`loop._learning_rate`), so the step is
+all a resumed run needs to continue the schedule (nanoGPT does the same).
+
+Resuming is exact in memory mode: the batch of a step depends on (seed, step) alone, and online JEST
+re-seeds its generator every step. Resume first cuts metrics.jsonl and batches.parquet back to the
+checkpoint's step, so the run folder reads as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from curate.errors import CurateError
+from curate.fileio import atomic_open
+from curate.models import ImageTextModel, load_checkpoint, save_checkpoint
+from curate.train.config import TrainConfig, trajectory_changes
+from curate.train.run import LATEST_FILE, BatchLog, checkpoint_path, truncate_metrics
+
+
+def save(
+    run: Path,
+    step: int,
+    model: ImageTextModel,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    config: TrainConfig,
+    batches: BatchLog,
+) -> None:
+    """Write batches.parquet, then step_N.pt, then latest.pt: a kill between them leaves a latest.pt
+    older than batches.parquet, which resume cuts back to it."""
+    batches.write(run)
+    path = checkpoint_path(run, step)
+    save_checkpoint(
+        path,
+        model.open_clip_name,
+        model.config,
+        model.module.state_dict(),
+        step=step,
+        optimizer=optimizer.state_dict(),
+        scaler=scaler.state_dict(),
+        rng=torch.get_rng_state(),
+        train_config=config.as_dict(),
+    )
+    with atomic_open(str(run / LATEST_FILE), "wb") as handle, open(path, "rb") as source:
+        shutil.copyfileobj(source, handle)
+
+
+@dataclass
+class Resumed:
+    step: int  # steps done at the checkpoint
+    batches: BatchLog  # the batch rows of those steps
+    payload: dict
+
+    def restore(self, model: ImageTextModel, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler):
+        """Load the weights and the optimizer's, the scaler's and the RNG's state. Call it once the data is
+        ready: decoding draws from torch's RNG, as it did in the run before the checkpoint was written."""
+        model.module.load_state_dict(self.payload["state_dict"])
+        optimizer.load_state_dict(self.payload["optimizer"])
+        if scaler.is_enabled() and self.payload.get("scaler"):  # empty when saved under bf16 or fp32
+            scaler.load_state_dict(self.payload["scaler"])
+        torch.set_rng_state(self.payload["rng"])
+
+
+def resume(run: Path, config: TrainConfig) -> Resumed:
+    """Open RUN/latest.pt for --resume: refuse it if it is another run, then cut metrics.jsonl and
+    batches.parquet back to its step. The weights are loaded later, by `Resumed.restore`."""
+    latest = run / LATEST_FILE
+    payload = load_checkpoint(latest)
+    if "step" not in payload or "optimizer" not in payload:
+        raise CurateError(f"--resume: {latest} is a model checkpoint, not a curate train run's")
+    try:
+        saved = TrainConfig.from_dict(payload.get("train_config"))
+    except CurateError as error:
+        raise CurateError(f"--resume: {latest} holds settings this version cannot read ({error})") from None
+    changed = trajectory_changes(saved, config)
+    if changed:
+        raise CurateError(
+            f"--resume with settings other than {latest}'s ({', '.join(changed)}): not the same run"
+        )
+    step = int(payload["step"])
+    truncate_metrics(run, step)
+    batches = BatchLog.resumed(run, step)
+    batches.write(run)
+    return Resumed(step, batches, payload)
