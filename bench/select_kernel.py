@@ -28,10 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from curate.jest import PairEmbeddings, chunk_sizes, pair_scores, sample_jest, selection_size  # noqa: E402
-from curate.jest.oracle import dense_jest  # noqa: E402
+from curate.jest import PairEmbeddings, chunk_sizes, pair_scores, sample_jest, selection_size
+from curate.jest.oracle import dense_jest
 
 GIB = 1 << 30
 

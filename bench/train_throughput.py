@@ -26,7 +26,7 @@ from curate.models import BUILTINS  # noqa: E402
 from curate.models.builtin import register_builtins  # noqa: E402
 from curate.score import ScoreConfig, score_shards  # noqa: E402
 from curate.synth import NoiseRates, SynthConfig, synthesize  # noqa: E402
-from curate.train import TrainConfig, train  # noqa: E402
+from curate.train import DataConfig, OnlineJestConfig, OptimConfig, TrainConfig, train  # noqa: E402
 
 
 def steady_rate(run, steps: int, batch_size: int) -> float:
@@ -62,10 +62,11 @@ def open_clip_run(shards: str, count: int, args, logs: str, steps: int) -> None:
     open_clip_main(argv)
 
 
-def curate_run(shards: str, args, out: str, steps: int, **extra) -> None:
+def curate_run(shards: str, args, out: str, steps: int, cache: str, ref: str | None = None) -> None:
     config = TrainConfig(
-        data=(shards,), out=f"{out}-{steps}", model=args.model, steps=steps, batch_size=args.batch_size,
-        lr=1e-3, warmup=5, workers=args.workers, device=args.device, log_every=1000, **extra,
+        DataConfig((shards,), cache=cache, workers=args.workers), f"{out}-{steps}", model=args.model,
+        steps=steps, batch_size=args.batch_size, optim=OptimConfig(lr=1e-3, warmup=5), device=args.device,
+        log_every=1000, online=OnlineJestConfig(ref=ref) if ref else None,
     )  # fmt: skip
     train(config)
 
@@ -103,7 +104,7 @@ def main() -> None:
                 shards, args, f"{scratch}/memory", s, cache="memory"
             ),
             "curate train --online-jest F=0.8 (memory)": lambda s: curate_run(
-                shards, args, f"{scratch}/jest", s, cache="memory", online_jest=True, ref=f"{scratch}/scores"
+                shards, args, f"{scratch}/jest", s, cache="memory", ref=f"{scratch}/scores"
             ),
         }
         rates = {name: steady_rate(run, args.steps, args.batch_size) for name, run in runs.items()}
