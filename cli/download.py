@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from cli.console import out, progress_bar
 from curate.download import DownloadConfig, DownloadSummary, download, retry_failed
+from curate_cli.console import out, progress_bar
 
 
 def download_command(

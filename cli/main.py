@@ -8,18 +8,18 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from cli.console import err
-from cli.download import download_command
-from cli.evaluate import evaluate_command
-from cli.export import export_command
-from cli.query import query_command
-from cli.report import report_command
-from cli.score import models, score
-from cli.select import select_command
-from cli.synth import synth
-from cli.train import train_command
 from curate import __version__
 from curate.errors import CurateError
+from curate_cli.console import err
+from curate_cli.download import download_command
+from curate_cli.evaluate import evaluate_command
+from curate_cli.export import export_command
+from curate_cli.query import query_command
+from curate_cli.report import report_command
+from curate_cli.score import models, score
+from curate_cli.select import select_command
+from curate_cli.synth import synth
+from curate_cli.train import train_command
 
 try:  # typer >= 0.29 vendors click and raises its own copies of click's exceptions
     from typer._click import exceptions as click_errors

@@ -25,7 +25,7 @@ def test_the_example_pipeline_runs_end_to_end(tmp_path):
         "-j2",  # as `make demo` runs it: independent steps at once
         "-f",
         str(REPO / "examples/pipeline.mk"),
-        f"CURATE={sys.executable} -m cli",
+        f"CURATE={sys.executable} -m curate_cli",
         f"OUT={out}",
     ]
     result = subprocess.run([*command, *settings], capture_output=True, text=True, timeout=900)

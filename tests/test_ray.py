@@ -132,7 +132,7 @@ def test_ray_missing_gives_one_line(tmp_path, small_synth):
     )
     env = {**os.environ, "PYTHONPATH": f"{hidden}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     result = subprocess.run(
-        [sys.executable, "-m", "cli", "score", f"{small_synth}/web", "-o", str(tmp_path / "scores"),
+        [sys.executable, "-m", "curate_cli", "score", f"{small_synth}/web", "-o", str(tmp_path / "scores"),
          "--model", "siglip-tiny", "--allow-random-init", "--backend", "ray"],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip

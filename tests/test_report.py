@@ -15,17 +15,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import typer
+from conftest import run_cli
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.report import report_command
 from curate.errors import CurateError
 from curate.report import ReportConfig, detect_kind, report
 from curate.report.page import format_number
 from curate.score import ScoreConfig, score_shards
 from curate.select.manifest import MANIFEST_SCHEMA
 from curate.synth import SynthConfig, synthesize
-from tests.conftest import run_cli
+from curate_cli.report import report_command
 
 SCORING_FLOPS = 5e10
 
@@ -299,7 +299,7 @@ def test_bad_options_are_one_line_errors(inputs, tmp_path):
 
 
 def test_registered_command_prints_one_line_errors(tmp_path):
-    from cli.main import app
+    from curate_cli.main import app
 
     if "report" not in {c.name for c in app.registered_commands}:
         pytest.skip("`report` is not registered in cli/main.py yet")
