@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from curate_cli.console import err, out, progress_bar
+from curate_cli.console import command_line, err, out, progress_bar
 
 
 def export_command(
@@ -45,9 +43,7 @@ def export_command(
     """
     from curate.export import ExportConfig, export
 
-    config = ExportConfig(
-        shards=shards, samples_per_shard=samples_per_shard, command=shlex.join(["curate", *sys.argv[1:]])
-    )
+    config = ExportConfig(shards=shards, samples_per_shard=samples_per_shard, command=command_line())
     with progress_bar("export") as progress:
         summary = export(str(manifest), str(output), config, progress)
     for shard, why in summary.damaged:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from curate_cli.console import out, progress_bar
+from curate_cli.console import command_line, out, progress_bar
 
 
 def train_command(
@@ -114,7 +112,7 @@ def train_command(
         chunks=chunks,
         criterion=criterion,
         temperature=temperature,
-        command=shlex.join(["curate", *sys.argv[1:]]),
+        command=command_line(),
     )
     # The run named in the bar tells parallel runs apart (make -j, one log).
     with progress_bar(f"train {output.name}", unit="steps") as progress:
