@@ -73,7 +73,7 @@ INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 
 def main() -> None:
     """Console entry point: one-line errors, exit codes 1 (bad input), 2 (bad usage), 130 (interrupted)."""
-    # A bare `curate` asks for the help; typer would otherwise raise it as a usage error with no message.
+    # A bare `curate` shows the help: typer would raise it as a usage error, printed here as one line.
     args = sys.argv[1:] or ["--help"]
     try:
         result = app(args, standalone_mode=False, prog_name="curate")
