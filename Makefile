@@ -1,11 +1,12 @@
 # make demo   — install into .venv if needed, then run the pipeline on synthetic data
 # make test   — install into .venv if needed, then run the whole test suite
+# make test-quick — the same without the tests marked slow (the example pipeline, Ray, the wheel build)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test demo lint format clean
+.PHONY: install test test-quick demo lint format clean
 
 install: $(STAMP)
 
@@ -18,6 +19,9 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest
+
+test-quick: install
+	$(BIN)/python -m pytest -m "not slow"
 
 # The demo's steps are independent past the reference: DEMO_JOBS of them run at once, the cores shared out
 # between them (on 2 cores, two 1-thread jobs finish sooner than one 2-thread job at a time). Through tee,

@@ -1,3 +1,3 @@
-from cli.main import main
+from curate_cli.main import main
 
 main()

@@ -1,9 +1,11 @@
-"""What every command shares: a stderr console, one-line errors and the progress bar."""
+"""What every command shares: the stdout and stderr consoles, its own command line and the progress bar."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import shlex
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -21,6 +23,12 @@ from rich.progress import (
 # Data and summaries go to stdout; progress and errors to stderr, so pipelines can capture one or the other.
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def command_line() -> str:
+    """This run's command, quoted as a shell would re-run it: what a manifest, export or run records of
+    how it was made. Always spelled `curate`: sys.argv[0] is a venv's script path, or `-m`'s module file."""
+    return shlex.join(["curate", *sys.argv[1:]])
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli.console import out, progress_bar
+from curate_cli.console import out, progress_bar
 
 if TYPE_CHECKING:
     from curate.download import DownloadSummary

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.console import err, out, progress_bar
+from curate_cli.console import err, out, progress_bar
 
 # Table rows: (label, metric key prefix); the keys are prefix + k.
 _ROWS = (

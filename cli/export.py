@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from typing import Annotated
 
 import typer
 
-from cli.console import err, out, progress_bar
+from curate_cli.console import command_line, err, out, progress_bar
 
 
 def export_command(
@@ -49,9 +47,7 @@ def export_command(
     """
     from curate.export import ExportConfig, export
 
-    config = ExportConfig(
-        shards=shards, samples_per_shard=samples_per_shard, command=shlex.join(["curate", *sys.argv[1:]])
-    )
+    config = ExportConfig(shards=shards, samples_per_shard=samples_per_shard, command=command_line())
     with progress_bar("export") as progress:
         summary = export(manifest, output, config, progress)
     for shard, why in summary.damaged:

@@ -8,23 +8,18 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from cli.console import err
-from cli.download import download_command
-from cli.evaluate import evaluate_command
-from cli.export import export_command
-from cli.query import query_command
-from cli.report import report_command
-from cli.score import models, score
-from cli.select import select_command
-from cli.synth import synth
-from cli.train import train_command
 from curate import __version__
-from curate.errors import CurateError
-
-try:  # typer >= 0.29 vendors click and raises its own copies of click's exceptions
-    from typer._click import exceptions as click_errors
-except ImportError:  # pragma: no cover - older typer on real click
-    from click import exceptions as click_errors
+from curate.errors import CurateError, first_line
+from curate_cli.console import err
+from curate_cli.download import download_command
+from curate_cli.evaluate import evaluate_command
+from curate_cli.export import export_command
+from curate_cli.query import query_command
+from curate_cli.report import report_command
+from curate_cli.score import models, score
+from curate_cli.select import select_command
+from curate_cli.synth import synth
+from curate_cli.train import train_command
 
 app = typer.Typer(
     name="curate",
@@ -73,22 +68,53 @@ for name, command, purpose in COMMANDS:
     app.command(name, short_help=purpose)(command)
 
 
+INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
+
+
 def main() -> None:
     """Console entry point: one-line errors, exit codes 1 (bad input), 2 (bad usage), 130 (interrupted)."""
+    # A bare `curate` shows the help: typer would raise it as a usage error, printed here as one line.
+    args = sys.argv[1:] or ["--help"]
     try:
-        result = app(standalone_mode=False, prog_name="curate")
+        result = app(args, standalone_mode=False, prog_name="curate")
     except CurateError as error:
         _fail(str(error), 1)
-    except click_errors.NoArgsIsHelpError:
-        sys.exit(0)  # typer has already printed the help
-    except click_errors.UsageError as error:
-        hint = f" (see: curate {error.ctx.info_name} --help)" if error.ctx and error.ctx.parent else ""
-        _fail(f"{error.format_message()}{hint}", 2)
-    except click_errors.ClickException as error:
-        _fail(error.format_message(), error.exit_code)
+    except OSError as error:  # the user's environment: -o naming a file, a read-only folder, a full disk
+        _fail(_os_error_message(error), 1)
     except (typer.Abort, KeyboardInterrupt):
-        _fail("interrupted", 130)
+        _fail("interrupted", INTERRUPTED)
+    except Exception as error:
+        if not _is_click_error(error):
+            raise  # a bug: keep its traceback
+        _fail(f"{error.format_message()}{_usage_hint(error)}", error.exit_code)
+    if result == INTERRUPTED:  # typer (0.29) turns a Ctrl-C in a command into this code, returned silently
+        _fail("interrupted", INTERRUPTED)
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def _is_click_error(error: Exception) -> bool:
+    """click's own exceptions (UsageError, BadParameter, FileError, ...), recognised by their public
+    interface: typer 0.29 raises vendored copies of them from a private module, older typer click's."""
+    has_code = isinstance(getattr(error, "exit_code", None), int)
+    return has_code and callable(getattr(error, "format_message", None))
+
+
+def _usage_hint(error: Exception) -> str:
+    context = getattr(error, "ctx", None)  # set on usage errors; a subcommand's has the root as its parent
+    if error.exit_code == 2 and context is not None and context.parent is not None:
+        return f" (see: curate {context.info_name} --help)"
+    return ""
+
+
+def _os_error_message(error: OSError) -> str:
+    """`PATH: reason`, as the shell words it (`A -> B: reason` for a rename); an OSError raised with a
+    message only (pyarrow's, say) keeps its message."""
+    if not error.strerror:
+        return first_line(error)
+    if error.filename is None:
+        return error.strerror
+    path = str(error.filename) if error.filename2 is None else f"{error.filename} -> {error.filename2}"
+    return f"{path}: {error.strerror}"
 
 
 def _fail(message: str, code: int) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.console import err, out
+from curate_cli.console import err, out
 
 TABLE_ROWS = 100  # rows shown by --format table; the other formats write every row
 CELL_CHARS = 60

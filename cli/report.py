@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli.console import err, out, progress_bar
+from curate_cli.console import err, out, progress_bar
 
 
 def report_command(

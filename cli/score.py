@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from cli.backend import Backend, GpusPerWorker, RayAddress, WorkersPerNode, ray_config
-from cli.console import err, out, progress_bar
+from curate_cli.backend import Backend, GpusPerWorker, RayAddress, WorkersPerNode, ray_config
+from curate_cli.console import err, out, progress_bar
 
 
 def score(

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from cli.backend import Backend, GpusPerWorker, RayAddress, WorkersPerNode, ray_config
-from cli.console import err, out, progress_bar
+from curate_cli.backend import Backend, GpusPerWorker, RayAddress, WorkersPerNode, ray_config
+from curate_cli.console import command_line, err, out, progress_bar
 
 
 def select_command(
@@ -99,7 +97,7 @@ def select_command(
         device=device,
         learner=str(learner) if learner else None,
         shards=shards,
-        command=shlex.join(["curate", *sys.argv[1:]]),
+        command=command_line(),
         backend=backend,
         ray=ray_config(ray_address, gpus_per_worker, workers_per_node),
     )

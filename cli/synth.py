@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from cli.console import out, progress_bar
 from curate.synth import NoiseRates, SynthConfig, synthesize
+from curate_cli.console import out, progress_bar
 
 _RATES = NoiseRates()
 

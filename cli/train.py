@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from typing import Annotated
 
 import typer
 
-from cli.console import out, progress_bar
+from curate_cli.console import command_line, out, progress_bar
 
 
 def train_command(
@@ -113,7 +111,7 @@ def train_command(
         device=device,
         precision=precision,
         resume=resume,
-        command=shlex.join(["curate", *sys.argv[1:]]),
+        command=command_line(),
     )
     # The run named in the bar tells parallel runs apart (make -j, one log).
     with progress_bar(f"train {basename(output)}", unit="steps") as progress:

@@ -1,11 +1,41 @@
-"""Shared fixtures. Tests run offline: no hub downloads, no update checks."""
+"""Shared fixtures. Tests run offline: no hub downloads, no update checks.
+
+They test this checkout, whatever is installed: its `curate`, and its `cli/` folder under the name the CLI
+installs as, `curate_cli`, in this process and in every process it starts (CLI smoke tests, the example
+pipeline's make, Ray workers).
+"""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import io
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import traceback
+from pathlib import Path
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _cli_package_folder() -> str:
+    """A folder holding a package `curate_cli` whose modules are found in cli/: an installed `curate_cli`
+    (an editable install of another checkout, say) would otherwise shadow the one under test."""
+    folder = tempfile.mkdtemp(prefix="curate-tests-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.mkdir(os.path.join(folder, "curate_cli"))
+    with open(os.path.join(folder, "curate_cli", "__init__.py"), "w") as handle:
+        handle.write(f"__path__ = [{str(REPO / 'cli')!r}]\n")
+    return folder
+
+
+_IMPORT_PATH = [_cli_package_folder(), str(REPO)]
+sys.path[:0] = _IMPORT_PATH
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [*_IMPORT_PATH, os.environ.get("PYTHONPATH")]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -22,8 +52,55 @@ def small_synth(tmp_path_factory) -> str:
     return out
 
 
+# Rich colours a console made on a terminal (`pytest -s`) whatever it later writes to; a pipe has none.
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def run_cli(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
-    """Run the real `curate` entry point in a subprocess, as a user's shell would."""
+    """Run the `curate` entry point in this process, as `curate ARGS` would from `cwd`: its exit code and
+    what it wrote to stdout and stderr, as a CompletedProcess.
+
+    The same code as the console script runs, without paying an interpreter and torch import per call.
+    The environment, working directory and sys.argv are restored afterwards. An unexpected exception
+    becomes exit code 1 with its traceback on stderr, as in a process of its own.
+    """
+    from curate_cli.main import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved_argv, saved_cwd, saved_env = sys.argv, os.getcwd(), dict(os.environ)
+    sys.argv = ["curate", *args]
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                main()
+                code = 0
+            except SystemExit as exiting:
+                code = _exit_status(exiting, stderr)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    outputs = (_COLOUR.sub("", s.getvalue()) for s in (stdout, stderr))
+    return subprocess.CompletedProcess(["curate", *args], code, *outputs)
+
+
+def _exit_status(exiting: SystemExit, stderr: io.StringIO) -> int:
+    # As the interpreter turns sys.exit(x) into a status: None is 0, a non-integer is printed and is 1.
+    if exiting.code is None or isinstance(exiting.code, int):
+        return exiting.code or 0
+    print(exiting.code, file=stderr)
+    return 1
+
+
+def run_cli_subprocess(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
+    """Run `curate ARGS` in a process of its own, as a user's shell would: for what only a fresh
+    interpreter shows (imports, the console entry point, a Ray driver of its own)."""
     return subprocess.run(
-        [sys.executable, "-m", "cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+        [sys.executable, "-m", "curate_cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
     )

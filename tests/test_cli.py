@@ -1,21 +1,75 @@
+import contextlib
+import errno
 import json
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from conftest import run_cli
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import run_cli, run_cli_subprocess
 
 from curate import __version__
+from curate.score import ScoreConfig, score_shards
+from curate_cli.main import COMMANDS
+
+# ---------------------------------------------------------------------------- one real process per command
+
+SMOKE_RUNS = {"--version": ("--version",), **{name: (name, "--help") for name, _, _ in COMMANDS}}
 
 
-def test_help_lists_every_command_with_its_purpose():
+@pytest.fixture(scope="module")
+def smoke_results() -> dict:
+    """`curate --version` and `curate CMD --help` for every command, each in a fresh interpreter, as the
+    console script runs them: what in-process runs cannot show (an import that fails, `python -m`).
+    Started together: each mostly waits for its imports, so they share the cores well."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = pool.map(lambda args: run_cli_subprocess(*args), SMOKE_RUNS.values())
+        return dict(zip(SMOKE_RUNS, results, strict=True))
+
+
+def test_version_in_a_process_of_its_own(smoke_results):
+    result = smoke_results["--version"]
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"curate {__version__}\n"
+
+
+@pytest.mark.parametrize("command", [name for name, _, _ in COMMANDS])
+def test_each_command_has_help_in_a_process_of_its_own(smoke_results, command):
+    result = smoke_results[command]
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.startswith(f"Usage: curate {command} [OPTIONS]")
+
+
+# ------------------------------------------------------------------------------------------------- help
+
+
+def listed_commands(help_text: str) -> list[tuple[str, str]]:
+    """The (name, purpose) rows of `curate --help`'s Commands section, wrapped lines joined."""
+    rows: list[list[str]] = []
+    for line in help_text.split("\nCommands:\n", 1)[1].splitlines():
+        if re.match(r"  \S", line):
+            rows.append(line.split(maxsplit=1))
+        elif line.strip():
+            rows[-1][1] += " " + line.strip()
+    return [(name, " ".join(purpose.split())) for name, purpose in rows]
+
+
+def test_help_lists_every_command_with_its_purpose_in_pipeline_order():
     result = run_cli("--help")
-    assert result.returncode == 0
-    assert "synth" in result.stdout and "download" in result.stdout
-    assert "Make a noisy synthetic web crawl" in result.stdout
+    assert result.returncode == 0, result.stderr
+    assert listed_commands(result.stdout) == [(name, purpose) for name, _, purpose in COMMANDS]
 
 
-def test_version():
-    result = run_cli("--version")
-    assert result.returncode == 0 and result.stdout.strip() == f"curate {__version__}"
+def test_curate_alone_prints_the_help():
+    result = run_cli()
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout == run_cli("--help").stdout
+
+
+# ------------------------------------------------------------------------------- errors and exit codes
 
 
 def assert_one_line_error(result, *fragments: str, code: int | None = None):
@@ -29,7 +83,7 @@ def assert_one_line_error(result, *fragments: str, code: int | None = None):
 
 def test_bad_usage_gives_one_line_and_exit_code_2(tmp_path):
     assert_one_line_error(run_cli("synth", str(tmp_path), "--n", "many"), "--n", code=2)
-    assert_one_line_error(run_cli("synth"), "Missing argument 'OUT'", code=2)
+    assert_one_line_error(run_cli("synth"), "Missing argument 'OUT'", "(see: curate synth --help)", code=2)
     assert_one_line_error(run_cli("synth", str(tmp_path), "--bogus"), "--bogus", code=2)
     assert_one_line_error(run_cli("frobnicate"), "frobnicate", code=2)
 
@@ -39,6 +93,91 @@ def test_bad_values_give_one_line_and_exit_code_1(tmp_path):
     assert_one_line_error(
         run_cli("synth", str(tmp_path / "b"), "--junk", "0.9", "--misaligned", "0.5"), code=1
     )
+
+
+def test_an_interrupted_command_gives_one_line_and_exit_code_130(tmp_path, monkeypatch):
+    def pressed_ctrl_c(*args, **kwargs):  # where a user's Ctrl-C lands: inside the library's work
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("curate_cli.synth.synthesize", pressed_ctrl_c)
+    assert_one_line_error(run_cli("synth", str(tmp_path / "data")), "interrupted", code=130)
+
+
+def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug, not bad input")
+
+    monkeypatch.setattr("curate_cli.synth.synthesize", broken)
+    result = run_cli("synth", str(tmp_path / "data"))
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "ZeroDivisionError: a bug, not bad input" in result.stderr
+
+
+# ---------------------------------------------------------- OSErrors from the user's environment: one line
+
+
+@pytest.fixture(scope="module")
+def scores(small_synth, tmp_path_factory) -> str:
+    """One shard's score folder: an input that takes select and report as far as writing their output."""
+    out = str(tmp_path_factory.mktemp("scored") / "scores")
+    config = ScoreConfig(model="siglip-tiny", allow_random_init=True, batch_size=64, workers=0)
+    score_shards(f"{small_synth}/web/00000.tar", out, config)
+    return out
+
+
+def output_commands(small_synth: str, scores: str, url_table: Path) -> dict[str, list[str]]:
+    """Each command that makes an output folder, up to its output argument (which comes last)."""
+    model = ["--model", "siglip-tiny", "--allow-random-init"]
+    return {
+        "score": ["score", f"{small_synth}/web/00000.tar", *model, "-o"],
+        "select": ["select", scores, "--ratio", "0.5", "-o"],
+        "report": ["report", "--scores", scores, "-o"],
+        "download": ["download", str(url_table)],
+    }
+
+
+@pytest.fixture
+def url_table(tmp_path) -> Path:
+    path = tmp_path / "urls.parquet"
+    pq.write_table(pa.table({"url": ["http://127.0.0.1:1/a.jpg"], "caption": ["a red circle"]}), path)
+    return path
+
+
+@pytest.mark.parametrize("command", ["score", "select", "report", "download"])
+def test_an_output_folder_that_is_a_file_gives_one_line(command, tmp_path, small_synth, scores, url_table):
+    taken = tmp_path / "taken"
+    taken.write_text("mine\n")
+    args = output_commands(small_synth, scores, url_table)[command]
+    result = run_cli(*args, str(taken))
+    assert_one_line_error(result, code=1)
+    assert result.stderr == f"error: {taken}: {os.strerror(errno.EEXIST)}\n"
+    assert taken.read_text() == "mine\n"
+
+
+def test_a_read_only_folder_gives_one_line(tmp_path, scores):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        with contextlib.suppress(PermissionError):
+            (locked / "probe").mkdir()
+            pytest.skip("permissions do not stop this process (root): run as a user to test this")
+        result = run_cli("select", scores, "--ratio", "0.5", "-o", str(locked / "manifest"))
+    finally:
+        locked.chmod(0o755)
+    assert_one_line_error(result, str(locked / "manifest"), os.strerror(errno.EACCES), code=1)
+    assert not list(locked.iterdir())
+
+
+def test_query_into_a_missing_folder_gives_one_line(tmp_path, scores):
+    missing = tmp_path / "missing"
+    sql = "SELECT count(*) AS n FROM scores"
+    result = run_cli("query", sql, "--scores", scores, "-o", f"{missing}/n.csv")
+    assert_one_line_error(result, str(missing), os.strerror(errno.ENOENT), code=1)
+    assert not missing.exists()
+
+
+# ----------------------------------------------------------------------------------------------- synth
 
 
 def test_synth_from_the_command_line(tmp_path):

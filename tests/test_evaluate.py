@@ -10,7 +10,6 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 from typer.testing import CliRunner
 
-from cli.evaluate import evaluate_command
 from curate.errors import CurateError
 from curate.evaluate import (
     EvalConfig,
@@ -25,6 +24,7 @@ from curate.evaluate import (
 )
 from curate.models import ImageTextModel, load_model, save_checkpoint
 from curate.shards.writer import add_tar_member
+from curate_cli.evaluate import evaluate_command
 
 # ------------------------------------------------------------------------------ a model with known answers
 

@@ -15,7 +15,7 @@ import tempfile
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli_subprocess
 
 from curate.backends.ray_cluster import KILL_ONCE_ENV, RayConfig
 from curate.errors import CurateError
@@ -24,6 +24,7 @@ from curate.score import ScoreConfig, score_shards
 from curate.select import SelectConfig, read_summary, select
 
 ray = pytest.importorskip("ray", reason="the Ray extra is not installed (make install installs it)")
+pytestmark = pytest.mark.slow  # a Ray instance, worker processes and CLI drivers of their own
 
 SHARDS = [f"0000{i}.parquet" for i in range(4)]
 
@@ -69,9 +70,9 @@ def test_ray_score_writes_the_local_files_and_resumes_like_them(
     tmp_path, small_synth, checkpoint, local_scores, ray_address
 ):
     out = tmp_path / "scores"
-    result = run_cli("score", f"{small_synth}/web", "-o", str(out), "--model", checkpoint,
-                     "--batch-size", "64", "--backend", "ray", "--ray-address", ray_address,
-                     "--workers-per-node", "2")  # fmt: skip
+    result = run_cli_subprocess("score", f"{small_synth}/web", "-o", str(out), "--model", checkpoint,
+                                "--batch-size", "64", "--backend", "ray", "--ray-address", ray_address,
+                                "--workers-per-node", "2")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("scored 4 shards: 396 ok, 4 failed (undecodable_image 4)")
     assert "on 2 Ray workers, cpu fp32" in result.stdout
@@ -132,7 +133,7 @@ def test_ray_missing_gives_one_line(tmp_path, small_synth):
     )
     env = {**os.environ, "PYTHONPATH": f"{hidden}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     result = subprocess.run(
-        [sys.executable, "-m", "cli", "score", f"{small_synth}/web", "-o", str(tmp_path / "scores"),
+        [sys.executable, "-m", "curate_cli", "score", f"{small_synth}/web", "-o", str(tmp_path / "scores"),
          "--model", "siglip-tiny", "--allow-random-init", "--backend", "ray"],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
@@ -148,7 +149,7 @@ def test_an_unreachable_cluster_gives_one_line_not_a_hang(tmp_path, small_synth,
          "--allow-random-init"],
         ["select", local_scores, "-o", str(tmp_path / "m"), "--ratio", "0.5"],
     ):  # fmt: skip
-        result = run_cli(*args, *unreachable)
+        result = run_cli_subprocess(*args, *unreachable)  # in this process, the module's Ray would answer
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "cannot reach the Ray cluster at 127.0.0.1:1" in lines[0], result.stderr

@@ -20,13 +20,13 @@ from conftest import run_cli
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.report import report_command
 from curate.errors import CurateError
 from curate.report import ReportConfig, classify, detect_kind, report
 from curate.score.schema import OK
 from curate.select import SelectConfig, select
 from curate.train import DataConfig, OnlineJestConfig, TrainConfig, train
 from curate.train.run import BatchLog, MetricsWriter, read_batches, write_config
+from curate_cli.report import report_command
 
 SCORING_FLOPS = 5e10
 

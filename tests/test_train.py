@@ -1,6 +1,5 @@
 import json
 import math
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -283,18 +282,7 @@ def test_the_resume_check_covers_every_trajectory_setting():
         TrainConfig.from_dict({**base.as_dict(), "lr": 1e-3})  # a flat config of an older version
 
 
-def in_process(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """`curate ARGS` through the real entry point, in this process: exit code, stdout, stderr."""
-    from cli.main import main
-
-    monkeypatch.setattr(sys, "argv", ["curate", *args])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    captured = capsys.readouterr()
-    return exit_.value.code, captured.out, captured.err
-
-
-def test_command_line(tmp_path, small_synth, monkeypatch, capsys):
+def test_command_line(tmp_path, small_synth):
     run = tmp_path / "run"
     args = [
         "train",
@@ -327,5 +315,6 @@ def test_command_line(tmp_path, small_synth, monkeypatch, capsys):
         (["--seed", "-1"], "--seed"),
         (["--online-jest", "--ref", scores, "--criterion", "hardest"], "--criterion"),
     ]:
-        code, _, err = in_process(monkeypatch, capsys, *args, *extra)
-        assert code == 1 and err.count("\n") == 1 and fragment in err, err
+        failed = run_cli(*args, *extra)
+        assert failed.returncode == 1, failed.stderr
+        assert failed.stderr.count("\n") == 1 and fragment in failed.stderr, failed.stderr

@@ -15,13 +15,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 
-from curate.errors import CurateError
+from curate.backends import BACKENDS
+from curate.errors import CurateError, first_line
 
 CONNECT_TIMEOUT_S = 5.0  # ray.init retries an unreachable GCS for minutes; a TCP probe fails in seconds
 MAX_RESTARTS = 3  # a worker process lost mid-shard is restarted (and its shard retried) this often
-KILL_ONCE_ENV = "CURATE_RAY_TEST_KILL_ONCE"
 # Copied into every worker's environment: workers on other machines do not inherit the driver's.
-FORWARDED_ENV = ("HF_HUB_OFFLINE", KILL_ONCE_ENV)
+FORWARDED_ENV = ("HF_HUB_OFFLINE",)
+KILL_ONCE_ENV = "CURATE_RAY_TEST_KILL_ONCE"  # exit_once_for_tests's switch
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,6 @@ class RayConfig:
 
 def check_backend(backend: str, ray: RayConfig) -> None:
     """The stage configs' shared validation of `--backend` and the Ray options that need it."""
-    from curate.backends import BACKENDS
-
     if backend not in BACKENDS:
         raise CurateError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend != "ray" and ray != RayConfig():
@@ -71,7 +70,7 @@ def ray_session(config: RayConfig) -> Iterator[ModuleType]:
         ray.init(address=config.address, include_dashboard=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, TimeoutError, ValueError) as error:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        raise CurateError(f"cannot start or join {where}: {_first_line(error)}") from None
+        raise CurateError(f"cannot start or join {where}: {first_line(error)}") from None
     try:
         yield ray
     finally:
@@ -152,6 +151,8 @@ def task_options(slot: WorkerSlot, config: RayConfig) -> dict:
 
 def _runtime_env() -> dict:
     env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+    if os.environ.get(KILL_ONCE_ENV):  # the test hook reaches the workers of the one run that sets it
+        env[KILL_ONCE_ENV] = os.environ[KILL_ONCE_ENV]
     return {"runtime_env": {"env_vars": env}} if env else {}
 
 
@@ -166,7 +167,7 @@ def worker_errors(ray: ModuleType, what: str) -> Iterator[None]:
         raise
     except ray.exceptions.RayActorError as error:
         raise CurateError(
-            f"{what}: a Ray worker was lost for good ({_first_line(error)}); "
+            f"{what}: a Ray worker was lost for good ({first_line(error)}); "
             "finished outputs are kept, re-run to resume"
         ) from None
 
@@ -182,7 +183,3 @@ def exit_once_for_tests() -> None:
     except FileExistsError:
         return
     os._exit(1)
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
