@@ -49,7 +49,10 @@ def installed(wheel, tmp_path_factory) -> Path:
     python = venv / "bin" / "python"
     purelib = run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip()
     Path(purelib, "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    run(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q", wheel)
+    # Outside the checkout: with its PYTHONPATH, pip would see the editable install's egg-info there and
+    # call the wheel "already installed". --force-reinstall: the same version is in the dependencies' path.
+    run(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--force-reinstall", "-q",
+        wheel, env=outside_the_checkout())  # fmt: skip
     return venv
 
 
