@@ -1,4 +1,6 @@
 import io
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -202,3 +204,25 @@ def test_a_file_url_output_is_the_local_folder(tmp_path, small_synth, tiny):
     summary = score_shards(f"{small_synth}/web/00000.tar", f"file://{tmp_path}/scores", TINY, model=tiny)
     assert summary.shards_done == 1
     assert ScoreMetadata.read(tmp_path / "scores" / "00000.parquet").model == "siglip-tiny"
+
+
+def test_decoding_workers_start_under_the_spawn_method(tmp_path, small_synth):
+    # macOS and Python 3.14's Linux default: the DataLoader pickles its collate_fn into each worker, so it
+    # must be a module-level function, not a lambda. A fresh interpreter, so the start method is its own.
+    script = (
+        "import multiprocessing as mp, sys\n"
+        "mp.set_start_method('spawn')\n"
+        "from curate.score import ScoreConfig, score_shards\n"
+        "config = ScoreConfig(model='siglip-tiny', allow_random_init=True, workers=1, batch_size=64)\n"
+        "score_shards(sys.argv[1], sys.argv[2], config)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, f"{small_synth}/web/00000.tar", str(tmp_path / "scores")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    # Seeded random weights: the spawned run's file equals one scored here without workers.
+    score_shards(f"{small_synth}/web/00000.tar", str(tmp_path / "here"), TINY)
+    assert pq.read_table(tmp_path / "scores/00000.parquet").equals(
+        pq.read_table(tmp_path / "here/00000.parquet")
+    )

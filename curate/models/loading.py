@@ -191,8 +191,9 @@ def _ensure_registered(open_clip_name: str, config: dict) -> None:
 @contextlib.contextmanager
 def _quiet_open_clip() -> Iterator[None]:
     """open_clip logs failures on the root logger before raising; we turn them into one line ourselves."""
-    logging.disable(logging.ERROR)
+    previous = logging.root.manager.disable  # the caller's own setting, restored after
+    logging.disable(max(previous, logging.ERROR))
     try:
         yield
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(previous)
