@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from curate.errors import CurateError
+from curate.errors import CurateError, first_line
 from curate.fileio import atomic_open
 
 FORMAT = "curate-checkpoint-v1"
@@ -40,8 +40,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except FileNotFoundError:
         raise CurateError(f"no such checkpoint: {path}") from None
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CurateError(f"cannot read checkpoint {path}: {first}") from None
+        raise CurateError(f"cannot read checkpoint {path}: {first_line(error)}") from None
     if not isinstance(payload, dict):
         raise CurateError(f"{path} is not a model checkpoint (got {type(payload).__name__})")
     if payload.get("format") == FORMAT:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from curate import __version__
-from curate.errors import CurateError
+from curate.errors import CurateError, first_line
 from curate.models.builtin import BUILTINS, register_builtins
 from curate.models.checkpoint import load_checkpoint
 
@@ -119,9 +119,7 @@ def _from_checkpoint(path: str) -> ImageTextModel:
     try:
         model.module.load_state_dict(payload["state_dict"])
     except RuntimeError as error:
-        raise CurateError(
-            f"{path}: weights do not fit {open_clip_name}: {str(error).splitlines()[0]}"
-        ) from None
+        raise CurateError(f"{path}: weights do not fit {open_clip_name}: {first_line(error)}") from None
     return model
 
 
@@ -150,7 +148,7 @@ def _create(name: str, open_clip_name: str, pretrained: str | None) -> ImageText
                 "pass "
                 "--pretrained /path/to/open_clip_model.safetensors"
             ) from None
-        raise CurateError(f"cannot create {open_clip_name}: {str(error).splitlines()[0]}") from None
+        raise CurateError(f"cannot create {open_clip_name}: {first_line(error)}") from None
     except ImportError as error:
         raise CurateError(f"{open_clip_name} needs an extra package: {error}") from None
     config = open_clip.get_model_config(open_clip_name)

@@ -7,6 +7,7 @@ Config (`config.py`) → unit (`unit.py`: batches to score files, run by either 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from torch.utils.data import DataLoader
 
@@ -80,7 +81,7 @@ def score_shards(
 
 def _score_locally(
     pending: list[str],
-    folder,
+    folder: Path,
     config: ScoreConfig,
     summary: ScoreSummary,
     progress: Progress | None,
