@@ -59,6 +59,17 @@ def select_command(
             metavar="SHARDS", help="Where the scored shards live; recorded so curate export finds them."
         ),
     ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            metavar="S",
+            help="Make S batches (the learner's steps) from as many seeded passes as they need; "
+            "a key may recur across passes, never within a batch.",
+        ),
+    ] = None,
+    passes: Annotated[
+        int | None, typer.Option(metavar="K", help="Or make K whole passes over the eligible samples.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Same inputs and seed, byte-identical manifest.")] = 0,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
     backend: Backend = "local",
@@ -69,16 +80,19 @@ def select_command(
     """Choose the samples to keep: JEST over seeded super-batches of scored samples.
 
     Samples are shuffled into super-batches of B that mix many shards (status != ok never enters; a key
-    seen twice enters once). From each, round((1 − F)·B) samples are drawn by --method under --criterion
-    and written to MANIFEST/manifest.parquet (key, shard, super_batch, chunk, score) in draw order. The
-    last super-batch holds the remainder and keeps the same ratio. MANIFEST/summary.json records the
+    seen twice enters once). From each, one batch of b = round((1 − F)·B) samples is drawn by --method
+    under --criterion and written to MANIFEST/manifest.parquet (key, shard, batch, super_batch, chunk,
+    score) in training order: `curate train --manifest` trains batch t at step t. One pass gives about
+    |eligible| / B batches, its short last super-batch keeping the same ratio; --steps S makes S whole
+    batches from as many passes as that takes, each a new seeded shuffle. MANIFEST/summary.json records the
     command, parameters, models, counts and, per super-batch, the mean learnability of the selected batch
     beside a random batch of the same size. Memory holds about 8 super-batches of embeddings.
     --backend ray selects super-batches in parallel on a Ray cluster: the same manifest, byte for byte
     (on the same device type).
 
     \b
-    example: curate select scores/ -o manifest/ --ratio 0.8 --shards shards/
+    example: curate select scores/ -o manifest/ --ratio 0.8 --batch-size 256 --steps 10000 --shards shards/
+             curate select scores/ -o manifest/ --ratio 0.8 --shards shards/
              curate select scores/ -o manifest/ --ratio 0.9 --learner early/ --where 'similarity > 0.05'
              curate select scores/ -o manifest/ --ratio 0.5 --batch-size 4096 --method independent
     """
@@ -94,6 +108,8 @@ def select_command(
         temperature=temperature,
         where=where,
         seed=seed,
+        steps=steps,
+        passes=passes,
         device=device,
         learner=str(learner) if learner else None,
         shards=shards,
@@ -115,9 +131,15 @@ def select_command(
         note = f"; the last {summary.skipped_last} samples were too few to select from"
     elif last is not None and last.size < config.super_batch and batches > 1:
         note = f"; last one short: {last.size} samples, {last.selected} kept"
+    if summary.passes.passes > 1:
+        note = (
+            f"; {summary.passes.passes} passes, {summary.unique_keys} distinct keys, "
+            f"{summary.repeats} repeats"
+        )
     out.print(
         f"selected {summary.selected} of {counts['seen']} samples ({counts['eligible']} eligible, "
-        f"in {batches} super-batch{'es' if batches != 1 else ''} of {config.super_batch}{note}): "
+        f"in {batches} batch{'es' if batches != 1 else ''} of {config.batch_size} from super-batches of "
+        f"{config.super_batch}{note}): "
         f"mean {config.criterion} {summary.selected_score:.4f} selected vs {summary.random_score:.4f} random "
         f"→ {output}"
     )

@@ -42,3 +42,33 @@ def write_scores(
         metadata,
     )
     return path
+
+
+def write_manifest_rows(
+    folder: str | Path,
+    keys: list[str],
+    shards: list[str] | str = "00000.tar",
+    batches: list[int] | None = None,
+) -> Path:
+    """A manifest as `curate select` writes it, of the given rows (one batch unless `batches` says)."""
+    import pyarrow as pa
+
+    from curate.select.manifest import MANIFEST_SCHEMA, write_manifest
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    n = len(keys)
+    batches = batches if batches is not None else [0] * n
+    table = pa.table(
+        {
+            "key": keys,
+            "shard": [shards] * n if isinstance(shards, str) else shards,
+            "batch": pa.array(batches, pa.int64()),
+            "super_batch": pa.array(batches, pa.int64()),
+            "chunk": pa.array([0] * n, pa.int32()),
+            "score": pa.array([0.0] * n, pa.float32()),
+        },
+        schema=MANIFEST_SCHEMA,
+    )
+    write_manifest(folder, {}, [table])
+    return folder

@@ -6,18 +6,17 @@ import json
 import types
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 import webdataset as wds
+from builders import write_manifest_rows
 from conftest import run_cli
 
 from curate.errors import CurateError
 from curate.export import ExportConfig, default_samples_per_shard, export
 from curate.score import ScoreConfig, score_shards
-from curate.select import MANIFEST_SCHEMA, SelectConfig, read_manifest, select
-from curate.select.manifest import manifest_writer
+from curate.select import SelectConfig, read_manifest, select
 from curate.shards import ReadStats, iter_members
 
 
@@ -109,19 +108,7 @@ def test_export_resumes_and_refuses_to_mix_exports(selected, tmp_path):
 
 
 def write_manifest(folder: Path, rows: list[tuple[str, str]]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    table = pa.table(
-        {
-            "key": [k for _, k in rows],
-            "shard": [s for s, _ in rows],
-            "super_batch": pa.array([0] * len(rows), pa.int64()),
-            "chunk": pa.array([0] * len(rows), pa.int32()),
-            "score": pa.array([0.0] * len(rows), pa.float32()),
-        },
-        schema=MANIFEST_SCHEMA,
-    )
-    with open(folder / "manifest.parquet", "wb") as handle, manifest_writer(handle, {}) as writer:
-        writer.write_table(table)
+    write_manifest_rows(folder, [k for _, k in rows], [s for s, _ in rows])
 
 
 def test_missing_samples_and_shards_are_reported(small_synth, tmp_path):

@@ -54,7 +54,7 @@ def test_the_example_pipeline_runs_end_to_end(tmp_path):
         assert 0 <= seconds <= math.ceil(elapsed), seconds
     for name in ("jest", "independent", "random", "learnability"):
         manifest = pq.read_table(out / "manifests" / name / "manifest.parquet")
-        assert manifest.column_names == ["key", "shard", "super_batch", "chunk", "score"]
+        assert manifest.column_names == ["key", "shard", "batch", "super_batch", "chunk", "score"]
         assert (
             0 < manifest.num_rows <= 0.25 * 300
             and len(set(manifest.column("key").to_pylist())) == manifest.num_rows

@@ -106,6 +106,58 @@ def test_same_seed_gives_a_byte_identical_manifest(tmp_path):
     assert first != (tmp_path / "c" / "manifest.parquet").read_bytes()
 
 
+def test_steps_past_one_pass_make_whole_batches_from_seeded_passes(tmp_path):
+    scores = tmp_path / "scores"
+    planted_scores(scores, duplicates=5, broken={"000010003"})  # 294 eligible
+    config = SelectConfig(ratio=0.75, super_batch=64, chunks=4, seed=3, window=2, steps=10)
+    select(str(scores), str(tmp_path / "m"), config)
+    manifest = read_manifest(tmp_path / "m")
+    batches = manifest["batch"].to_pylist()
+    # 294 // 64 = 4 whole super-batches a pass: 10 batches take three passes, each remainder (38) left out
+    assert batches == sorted(batches) and set(batches) == set(range(10))
+    assert Counter(batches) == dict.fromkeys(range(10), 16)
+    assert manifest["super_batch"].to_pylist() == batches
+    counts = read_summary(tmp_path / "m")["counts"]
+    assert (counts["passes"], counts["left_out_of_passes"], counts["batches"]) == (3, 2 * 38, 10)
+    keys = manifest["key"].to_pylist()
+    assert counts["unique_keys"] == len(set(keys)) and counts["repeated_keys"] == 160 - len(set(keys)) > 0
+    for b in range(10):  # never twice within a batch
+        in_batch = [k for k, t in zip(keys, batches, strict=True) if t == b]
+        assert len(set(in_batch)) == 16
+    # The first pass is the plain one-pass selection, row for row.
+    select(str(scores), str(tmp_path / "one"), dataclasses.replace(config, steps=None))
+    one = read_manifest(tmp_path / "one")
+    first = manifest.filter(pa.compute.less(manifest["batch"], 4))
+    assert first.equals(one.filter(pa.compute.less(one["batch"], 4)))
+    # Same seed, same bytes; --passes 2 is 8 batches.
+    select(str(scores), str(tmp_path / "again"), config)
+    assert (tmp_path / "m" / "manifest.parquet").read_bytes() == (
+        tmp_path / "again" / "manifest.parquet"
+    ).read_bytes()
+    two = select(str(scores), str(tmp_path / "two"), dataclasses.replace(config, steps=None, passes=2))
+    assert len(two.super_batches) == 8 and two.passes.passes == 2
+    with pytest.raises(CurateError, match="do not fill one super-batch"):
+        select(str(scores), str(tmp_path / "big"), SelectConfig(ratio=0.75, super_batch=400, steps=2))
+
+
+def test_a_manifest_from_before_the_batch_column_reads_as_one_pass(tmp_path):
+    old = pa.table(
+        {
+            "key": ["a", "b", "c"],
+            "shard": ["0.tar"] * 3,
+            "super_batch": pa.array([0, 0, 1], pa.int64()),
+            "chunk": pa.array([0, 1, 0], pa.int32()),
+            "score": pa.array([1, 2, 3], pa.float32()),
+        }
+    )
+    (tmp_path / "m").mkdir()
+    pq.write_table(old, tmp_path / "m" / "manifest.parquet")
+    table = read_manifest(tmp_path / "m")
+    assert table.schema.remove_metadata().equals(MANIFEST_SCHEMA)
+    assert table["batch"].to_pylist() == [0, 0, 1]
+    assert read_manifest(tmp_path / "m", ["key", "batch"])["batch"].to_pylist() == [0, 0, 1]
+
+
 def test_joint_selection_scores_above_random_on_planted_data(tmp_path):
     scores = tmp_path / "scores"
     aligned = planted_scores(scores, shards=4, per_shard=64, seed=1)

@@ -8,13 +8,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from builders import unit, write_scores
+from builders import unit, write_manifest_rows, write_scores
 from conftest import run_cli
 
 from curate.errors import CurateError
 from curate.models import load_checkpoint
 from curate.score import ScoreMetadata
-from curate.select.manifest import MANIFEST_SCHEMA, manifest_writer
 from curate.train import DataConfig, OnlineJestConfig, OptimConfig, TrainConfig, train
 from curate.train.config import trajectory_changes
 from curate.train.run import (
@@ -161,27 +160,9 @@ def test_read_metrics_drops_a_torn_last_line_only(tmp_path):
         read_metrics(tmp_path)
 
 
-def write_manifest(folder: Path, keys: list[str]) -> Path:
-    """A manifest as curate select writes it (one super-batch, one chunk)."""
-    folder.mkdir()
-    rows = pa.table(
-        {
-            "key": keys,
-            "shard": ["00000.tar"] * len(keys),
-            "super_batch": [0] * len(keys),
-            "chunk": [0] * len(keys),
-            "score": [0.0] * len(keys),
-        },
-        schema=MANIFEST_SCHEMA,
-    )
-    with open(folder / "manifest.parquet", "wb") as handle, manifest_writer(handle, {}) as writer:
-        writer.write_table(rows)
-    return folder
-
-
 def test_a_manifest_restricts_training_to_its_keys(tmp_path, small_synth):
     clean = [key for key, noise in shard_noise(f"{small_synth}/web").items() if noise == "none"][:50]
-    manifest = write_manifest(tmp_path / "manifest", clean)
+    manifest = write_manifest_rows(tmp_path / "manifest", clean)
     run = tmp_path / "run"
     summary = train(fast(f"{small_synth}/web", run, str(manifest), steps=2))
     assert summary.data_samples == 50

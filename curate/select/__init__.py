@@ -23,6 +23,7 @@ from curate.select.manifest import (
     MANIFEST_FILE,
     MANIFEST_SCHEMA,
     SUMMARY_FILE,
+    count_unique_keys,
     manifest_metadata,
     manifest_metadata_for,
     manifest_path,
@@ -34,7 +35,7 @@ from curate.select.manifest import (
 from curate.select.ray_backend import ray_selector
 from curate.select.summary import SelectSummary, describe_counts, summary_json
 from curate.select.superbatch import SelectedBatch, select_super_batch
-from curate.select.window import SuperBatch, iter_super_batches
+from curate.select.window import SuperBatch, iter_passes, iter_super_batches
 
 __all__ = [
     "MANIFEST_FILE",
@@ -87,15 +88,26 @@ def select(
         raise CurateError(f"no sample is left to select from in {scores} ({describe_counts(counts)})")
 
     summary = SelectSummary(counts=counts)
-    batches = iter_super_batches(index, reference, learner, config.super_batch, config.seed, config.window)
+    target = _batches_to_make(config, len(index))
+    batches = iter_passes(
+        index, reference, learner, config.super_batch, config.seed, config.window, target, summary.passes
+    )
     with _selector(reference, learner, config) as selected:
         folder.mkdir(parents=True, exist_ok=True)  # only now: a run that cannot start leaves nothing
-        total = math.ceil(len(index) / config.super_batch)
+        total = target or math.ceil(len(index) / config.super_batch)
         metadata = manifest_metadata_for(config, reference, learner)
         write_manifest(folder, metadata, _counted(selected(batches), summary, progress, total))
+    summary.unique_keys = count_unique_keys(folder)
     summary.seconds = time.perf_counter() - start
     write_summary(folder, summary_json(summary, config, scores, reference, learner))
     return summary
+
+
+def _batches_to_make(config: SelectConfig, eligible: int) -> int | None:
+    """S for --steps, K passes' worth of whole super-batches for --passes, None for one plain pass."""
+    if config.passes is not None:
+        return config.passes * max(1, eligible // config.super_batch)
+    return config.steps
 
 
 def _counted(

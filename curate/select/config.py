@@ -40,6 +40,9 @@ class SelectConfig:
     command: str = ""  # the exact command line, for summary.json
     backend: str = "local"
     ray: RayConfig = field(default_factory=RayConfig)
+    # Batches to make (S, the learner's steps): as many seeded passes over the eligible samples as S needs.
+    steps: int | None = None
+    passes: int | None = None  # or exactly K passes; neither: one pass, its short last super-batch kept
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -72,12 +75,24 @@ class SelectConfig:
             raise CurateError(f"--seed must be 0 or more, got {self.seed}")
         if self.window < 1:
             raise CurateError(f"window must be at least 1 super-batch, got {self.window}")
+        if self.steps is not None and self.passes is not None:
+            raise CurateError("give --steps or --passes, not both")
+        if self.steps is not None and self.steps < 1:
+            raise CurateError(f"--steps must be at least 1, got {self.steps}")
+        if self.passes is not None and self.passes < 1:
+            raise CurateError(f"--passes must be at least 1, got {self.passes}")
         check_backend(self.backend, self.ray)
         # Validates ratio and chunks against B now, not after the index pass.
         selection_size(self.super_batch, self.ratio, self.chunks if self.method == "jest" else 1)
 
     def _resolve(self, name: str, value: object) -> None:
         object.__setattr__(self, name, value)  # frozen: defaults that depend on other fields are set once
+
+    @property
+    def whole_batches(self) -> bool:
+        """Whether every batch must hold exactly b samples: so with --steps or --passes, where each pass
+        leaves its remainder (< B) out; a plain one-pass selection keeps a short last batch instead."""
+        return self.steps is not None or self.passes is not None
 
     @property
     def uses_learner(self) -> bool:

@@ -1,11 +1,17 @@
 """The manifest (DESIGN.md, "Manifest"): the chosen samples, defined once for the writer, readers and tests.
 
 | key, shard   | string  | which sample (`shard` is the source tar's file name, e.g. 00003.tar)  |
-| super_batch  | int64   | index of the super-batch it was drawn from                           |
+| batch        | int64   | the training step it belongs to, 0..S-1 (unique across passes)       |
+| super_batch  | int64   | index of the super-batch it was drawn from (-1: a global filter)     |
 | chunk        | int32   | which of the N chunks selected it (0 = first)                        |
 | score        | float32 | its conditional criterion score when it was drawn                    |
 
-Rows are in draw order: super-batch by super-batch, and within one in the order the sampler drew them.
+Rows are in training order: batch by batch, and within one in the order the sampler drew them. A JEST (or
+per-super-batch baseline) selection draws one batch from each super-batch, so there `batch` equals
+`super_batch`; clipscore and negclip keep a global top share of the crawl and cut their batches from a seeded
+shuffle of it, so there `super_batch` is -1. A selection of several passes (`select --steps`) may repeat a
+key in different batches, never within one. Manifests written before the `batch` column existed (one pass)
+read as if it equalled `super_batch`.
 The file's key/value metadata (`curate.*`) repeats the selection parameters and, when known, where the
 source shards live (`curate.shards`), which `curate export` uses when it is not given `--shards`.
 `summary.json` sits beside it (its content is built in `select/summary.py`). Manifest folders are local.
@@ -13,10 +19,12 @@ source shards live (`curate.shards`), which `curate export` uses when it is not 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -34,6 +42,7 @@ MANIFEST_SCHEMA = pa.schema(
     [
         pa.field("key", pa.string()),
         pa.field("shard", pa.string()),
+        pa.field("batch", pa.int64()),
         pa.field("super_batch", pa.int64()),
         pa.field("chunk", pa.int32()),
         pa.field("score", pa.float32()),
@@ -61,6 +70,9 @@ def manifest_metadata_for(
         "curate.criterion": config.criterion,
         "curate.ratio": repr(config.ratio),
         "curate.super_batch": str(config.super_batch),
+        "curate.batch_size": str(config.batch_size),
+        "curate.steps": "" if config.steps is None else str(config.steps),
+        "curate.passes": "" if config.passes is None else str(config.passes),
         "curate.chunks": str(config.chunks),
         "curate.temperature": repr(config.temperature),
         "curate.seed": str(config.seed),
@@ -115,13 +127,33 @@ def read_manifest(manifest: str | Path, columns: list[str] | None = None) -> pa.
     """The manifest's rows, checked against MANIFEST_SCHEMA."""
     path = manifest_path(manifest)
     try:
-        table = pq.read_table(path, columns=columns)
+        names = pq.read_schema(path).names
+        if "batch" in names or (columns is not None and "batch" not in columns):
+            table = pq.read_table(path, columns=columns)
+        else:
+            table = _with_batch(pq.read_table(path), columns)
     except (OSError, pa.ArrowInvalid) as error:
         raise CurateError(f"cannot read manifest {path}: {first_line(error)}") from None
     expected = MANIFEST_SCHEMA if columns is None else pa.schema([MANIFEST_SCHEMA.field(c) for c in columns])
     if not table.schema.remove_metadata().equals(expected):
         raise CurateError(f"{path} is not a curate manifest (columns {table.schema.names})")
     return table
+
+
+def _with_batch(table: pa.Table, columns: list[str] | None) -> pa.Table:
+    """A one-pass manifest from before the `batch` column: its batches are its super-batches, in order."""
+    if "super_batch" not in table.column_names:
+        return table  # not a manifest: the schema check says so
+    order = [n for n in MANIFEST_SCHEMA.names if n in table.column_names or n == "batch"]
+    table = table.append_column("batch", table["super_batch"]).select(order)
+    return table.select(columns) if columns is not None else table
+
+
+def count_unique_keys(manifest: str | Path) -> int:
+    """How many distinct keys the manifest holds (fewer than its rows when passes repeat keys)."""
+    path = manifest_path(manifest)
+    with contextlib.closing(duckdb.connect()) as con:
+        return con.execute("SELECT count(DISTINCT key) FROM read_parquet(?)", [str(path)]).fetchone()[0]
 
 
 def manifest_metadata(manifest: str | Path) -> dict[str, str]:

@@ -17,6 +17,7 @@ from curate.fileio import absolute
 from curate.score.schema import ScoreFolder
 from curate.select.config import SelectConfig
 from curate.select.superbatch import SuperBatchResult
+from curate.select.window import PassCounts
 
 
 @dataclass
@@ -27,6 +28,13 @@ class SelectSummary:
     skipped_last: int = 0  # samples of a final super-batch too small to select from
     seconds: float = 0.0
     device: str = ""
+    passes: PassCounts = field(default_factory=PassCounts)
+    unique_keys: int = 0  # distinct keys among the selected rows
+
+    @property
+    def repeats(self) -> int:
+        """Selected rows whose key an earlier batch already holds (only several passes make them)."""
+        return self.selected - self.unique_keys
 
     @property
     def in_super_batches(self) -> int:
@@ -78,6 +86,11 @@ def summary_json(
             "skipped_last_super_batch": summary.skipped_last,
             "selected": summary.selected,
             "super_batches": len(summary.super_batches),
+            "batches": len(summary.super_batches),
+            "passes": summary.passes.passes,
+            "left_out_of_passes": summary.passes.left_out,
+            "unique_keys": summary.unique_keys,
+            "repeated_keys": summary.repeats,
         },
         "last_super_batch": _last(summary, config),
         "score": (

@@ -17,6 +17,7 @@ from curate.jest import PairEmbeddings, choose
 from curate.score.schema import ScoreFolder, ScoreMetadata
 from curate.select.config import SelectConfig
 from curate.select.manifest import MANIFEST_SCHEMA
+from curate.select.seeds import DRAW, RANDOM_BATCH, stream_seed
 from curate.select.window import Embeddings, SuperBatch
 
 
@@ -65,8 +66,8 @@ def select_super_batch(
         config.ratio,
         chunks,
         config.temperature,
-        generator=torch.Generator(device).manual_seed(stream_seed(config.seed, batch.index, 0)),
-        random_generator=torch.Generator(device).manual_seed(stream_seed(config.seed, batch.index, 1)),
+        generator=_generator(device, config.seed, batch.index, DRAW),
+        random_generator=_generator(device, config.seed, batch.index, RANDOM_BATCH),
     )
     selection = choice.selection
     indices = pa.array(selection.indices.cpu().numpy())
@@ -82,6 +83,7 @@ def select_super_batch(
         {
             "key": batch.key.take(indices),
             "shard": batch.shard.take(indices).cast(pa.string()),
+            "batch": pa.array(np.full(len(selection), batch.index, np.int64)),  # one batch per super-batch
             "super_batch": pa.array(np.full(len(selection), batch.index, np.int64)),
             "chunk": pa.array(selection.chunk.cpu().numpy().astype(np.int32)),
             "score": pa.array(selection.score.float().cpu().numpy().astype(np.float32)),
@@ -100,6 +102,5 @@ def _pair(embeddings: Embeddings, meta: ScoreMetadata, device: torch.device) -> 
     return PairEmbeddings(image, text, meta.logit_scale, meta.logit_bias)
 
 
-def stream_seed(seed: int, super_batch: int, stream: int) -> int:
-    """An independent 63-bit seed per (seed, super-batch, stream), from numpy's SeedSequence hashing."""
-    return int(np.random.SeedSequence([seed, super_batch, stream]).generate_state(2, np.uint64)[0] >> 1)
+def _generator(device: torch.device, seed: int, super_batch: int, stream: int) -> torch.Generator:
+    return torch.Generator(device).manual_seed(stream_seed(seed, super_batch, stream))

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from curate.errors import CurateError
 from curate.score.schema import ScoreFolder
 from curate.select.index import SampleIndex
+from curate.select.seeds import pass_seed
 
 # A buffered part of a window: aligned columns, row i of each is one sample. `position` is its row in the
 # SampleIndex; the embeddings are float16 [n, D]; the learner's are absent without a learner.
@@ -56,14 +57,16 @@ def iter_super_batches(
     size: int,
     seed: int,
     window: int = 8,
+    first: int = 0,
 ) -> Iterator[SuperBatch]:
-    """Super-batches of `size` samples in a seeded order; the last one holds the remainder (< size)."""
+    """Super-batches of `size` samples in a seeded order, numbered from `first`; the last one holds the
+    remainder (< size)."""
     if size < 1 or window < 1:
         raise CurateError(f"super-batch size and window must be positive, got {size} and {window}")
     rng = np.random.default_rng(seed)
     bounds = np.searchsorted(index.file, np.arange(len(reference.files) + 1))  # index is in file order
     buffer: list[Part] = []
-    buffered, emitted = 0, 0
+    buffered, emitted = 0, first
     for file_id in rng.permutation(len(reference.files)):
         lo, hi = int(bounds[file_id]), int(bounds[file_id + 1])
         if lo == hi:
@@ -131,3 +134,47 @@ def _learner_embeddings(
         mask = files == file_id
         image[mask], text[mask] = learner.read_embeddings(int(file_id), rows[mask])
     return image, text
+
+
+@dataclass
+class PassCounts:
+    """What the passes did, filled in while they run."""
+
+    passes: int = 0  # passes begun
+    left_out: int = 0  # samples of the passes' remainders (< B), left out of those passes
+
+
+def iter_passes(
+    index: SampleIndex,
+    reference: ScoreFolder,
+    learner: ScoreFolder | None,
+    size: int,
+    seed: int,
+    window: int,
+    batches: int | None,
+    counts: PassCounts,
+) -> Iterator[SuperBatch]:
+    """`batches` full super-batches from as many seeded passes over the index as they need, numbered on
+    across passes; each pass is `iter_super_batches` under its own seed, its remainder left out. None: one
+    pass, its short last super-batch included."""
+    if batches is None:
+        counts.passes = 1
+        yield from iter_super_batches(index, reference, learner, size, seed, window)
+        return
+    if len(index) < size:
+        raise CurateError(
+            f"{len(index)} eligible samples do not fill one super-batch of {size}: a selection of whole "
+            "batches (--steps, --passes) needs at least one"
+        )
+    made = 0
+    while made < batches:
+        pass_seed_ = pass_seed(seed, counts.passes)
+        counts.passes += 1
+        for batch in iter_super_batches(index, reference, learner, size, pass_seed_, window, first=made):
+            if len(batch) < size:
+                counts.left_out += len(batch)
+                continue
+            yield batch
+            made += 1
+            if made == batches:
+                return
