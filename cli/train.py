@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from curate_cli.console import command_line, out, progress_bar
+from curate_cli.console import command_line, err, out, progress_bar
 
 
 def train_command(
@@ -23,10 +23,19 @@ def train_command(
         str | None, typer.Option(help="Start from open_clip weights (tag or file).")
     ] = None,
     manifest: Annotated[
-        str | None, typer.Option(help="Train only on the keys of this `curate select` manifest.")
+        str | None,
+        typer.Option(help="Train on this `curate select` manifest's batches (step t trains batch t)."),
+    ] = None,
+    order: Annotated[
+        str | None,
+        typer.Option(
+            help="With --manifest: batches (default: JEST's batches in order) or shuffle (its keys as a set)."
+        ),
     ] = None,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,
-    batch_size: Annotated[int, typer.Option(help="Pairs per step (b).")] = 256,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Pairs per step (b); default 256, or the manifest's batch size.")
+    ] = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
     warmup: Annotated[int, typer.Option(help="Linear warmup steps, then cosine decay to 0.")] = 100,
     wd: Annotated[float, typer.Option(help="AdamW weight decay (matrices only).")] = 0.1,
@@ -62,14 +71,20 @@ def train_command(
     criterion: Annotated[str, typer.Option(help="learnability, easy or hard.")] = "learnability",
     temperature: Annotated[float, typer.Option(help="Sampling temperature τ.")] = 1.0,
 ) -> None:
-    """Train a SigLIP model (open_clip classes, SigLipLoss) on shards, a manifest's keys, or online JEST.
+    """Train a SigLIP model (open_clip classes, SigLipLoss) on shards, a manifest's batches, or online JEST.
 
     AdamW (β2 0.95), linear warmup and cosine decay, weight decay on matrices, gradient clipping, bf16
     autocast on CUDA. Data that fits in a quarter of RAM is decoded once into memory; larger data streams
     from the tars through DataLoader workers and a shuffle buffer. RUN/ gets config.json, metrics.jsonl,
     batches.parquet (the keys each step trained on), checkpoints/step_N.pt and latest.pt (loadable with
     torch.load(weights_only=True), usable as `curate score --model RUN/latest.pt` and `curate eval
-    RUN/latest.pt`). --resume continues exactly (from memory; a resumed stream draws other batches).
+    RUN/latest.pt`). --resume continues exactly (a resumed uniform stream draws other batches).
+
+    With --manifest (curate select's output), step t trains exactly the samples of the manifest's batch t:
+    JEST chose them together. Select with --steps equal to this run's --steps for one batch per step;
+    past the last batch they start over in a seeded order (a warning; the epoch is in metrics.jsonl).
+    The manifest's batch size is the run's. --order shuffle trains its keys as a set instead, in random
+    batches. Streaming decodes a few batches ahead, reading only the shards they live in.
 
     With --online-jest (the paper's setting, reference cached): each step embeds a super-batch of
     B = b / (1 - F) with the model being trained, looks up the reference's embeddings in --ref, keeps b
@@ -78,6 +93,7 @@ def train_command(
 
     \b
     example: curate train data/curated -o runs/reference --steps 600 --eval data/eval
+             curate train data/web -o runs/jest --manifest manifests/jest --steps 600
              curate train data/web -o runs/jest --online-jest --ref scores/ --ratio 0.8
     """
     from curate.fileio import absolute, basename
@@ -92,6 +108,7 @@ def train_command(
         data=DataConfig(
             paths=tuple(absolute(path) for path in data),
             manifest=absolute(manifest) if manifest else None,
+            order=order,
             cache=cache,
             shuffle_buffer=shuffle_buffer,
             workers=workers,
@@ -113,9 +130,18 @@ def train_command(
         resume=resume,
         command=command_line(),
     )
+
     # The run named in the bar tells parallel runs apart (make -j, one log).
+    def warn(message: str) -> None:
+        err.print(f"warning: {message}")
+
     with progress_bar(f"train {basename(output)}", unit="steps") as progress:
-        summary = train(config, progress)
+        summary = train(config, progress, warn)
+    if summary.missing_from_manifest:
+        warn(
+            f"{summary.missing_from_manifest} manifest samples could not be decoded; "
+            "their batches trained without them"
+        )
     data_line = f"{summary.data_samples} samples in memory" if summary.data_samples else "streamed"
     missing = (
         f", {summary.missing_reference} without reference scores left out"

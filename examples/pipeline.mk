@@ -25,10 +25,15 @@ LR ?= 1e-3
 WARMUP ?= 100
 TRAIN = $(CURATE) train --model $(MODEL) --batch-size $(BATCH) --lr $(LR) --warmup $(WARMUP) --seed $(SEED) \
 	--workers $(WORKERS) --eval $(OUT)/data/eval --eval-every $(EVAL_EVERY)
-SELECT = $(CURATE) select $(OUT)/scores/reference --ratio $(RATIO) --batch-size $(BATCH) --seed $(SEED) \
-	--shards $(OUT)/data/web
+# One batch per learner step: as many seeded passes over the crawl as STEPS batches of BATCH need.
+SELECT = $(CURATE) select $(OUT)/scores/reference --ratio $(RATIO) --batch-size $(BATCH) --steps $(STEPS) \
+	--seed $(SEED) --shards $(OUT)/data/web
 
-LEARNERS = uniform jest independent random learnability online
+# jest-set: JEST's selection trained as a set (--order shuffle); clipscore and negclip: the global filters
+# users run instead (DataComp's CLIP score, negCLIPLoss), at the same ratio. EXTRA_LEARNERS adds runs to
+# the report (the 3-seed experiment sets EXTRA_LEARNERS="jest-set negclip").
+LEARNERS = uniform jest independent random learnability clipscore online $(EXTRA_LEARNERS)
+EXTRA_LEARNERS ?=
 .PHONY: all data reference learners report clean
 all: report
 	@echo "report: $(OUT)/report/index.html"
@@ -54,23 +59,32 @@ $(OUT)/scores/learner/.done: $(OUT)/runs/uniform/latest.pt
 		--model $(OUT)/runs/uniform/checkpoints/step_$(EARLY).pt --workers $(WORKERS) \
 		&& echo $$(( $$(date +%s) - start )) > $@
 
-# 4. Offline selections at F = RATIO: JEST, independent and random with the reference alone ("easy"),
-#    and JEST on learnability (early learner − reference); then the JEST selection as shards.
+# 4. Offline selections at F = RATIO, STEPS batches each: JEST, independent and random with the reference
+#    alone ("easy"), JEST on learnability (early learner − reference), and the global filters; then the JEST
+#    selection as shards, in its training order.
 $(OUT)/manifests/jest/manifest.parquet: $(OUT)/scores/reference/.done
 	$(SELECT) -o $(OUT)/manifests/jest --method jest --criterion easy
 $(OUT)/manifests/independent/manifest.parquet: $(OUT)/scores/reference/.done
 	$(SELECT) -o $(OUT)/manifests/independent --method independent --criterion easy
 $(OUT)/manifests/random/manifest.parquet: $(OUT)/scores/reference/.done
 	$(SELECT) -o $(OUT)/manifests/random --method random --criterion easy
+$(OUT)/manifests/clipscore/manifest.parquet: $(OUT)/scores/reference/.done
+	$(SELECT) -o $(OUT)/manifests/clipscore --method clipscore
+$(OUT)/manifests/negclip/manifest.parquet: $(OUT)/scores/reference/.done
+	$(SELECT) -o $(OUT)/manifests/negclip --method negclip
 $(OUT)/manifests/learnability/manifest.parquet: $(OUT)/scores/reference/.done $(OUT)/scores/learner/.done
 	$(SELECT) -o $(OUT)/manifests/learnability --method jest --criterion learnability \
 		--learner $(OUT)/scores/learner
 $(OUT)/curated/sizes.json: $(OUT)/manifests/jest/manifest.parquet
 	$(CURATE) export $(OUT)/manifests/jest -o $(OUT)/curated
 
-# 5. Learners with the same steps and batch size: on each offline selection, and with online JEST.
+# 5. Learners with the same steps and batch size: each offline selection's batches in order (step t trains
+#    batch t), JEST's as a shuffled set, and online JEST.
 $(OUT)/runs/%/latest.pt: $(OUT)/manifests/%/manifest.parquet
 	$(TRAIN) $(OUT)/data/web -o $(OUT)/runs/$* --steps $(STEPS) --manifest $(OUT)/manifests/$*
+$(OUT)/runs/jest-set/latest.pt: $(OUT)/manifests/jest/manifest.parquet
+	$(TRAIN) $(OUT)/data/web -o $(OUT)/runs/jest-set --steps $(STEPS) --manifest $(OUT)/manifests/jest \
+		--order shuffle
 $(OUT)/runs/online/latest.pt: $(OUT)/scores/reference/.done
 	$(TRAIN) $(OUT)/data/web -o $(OUT)/runs/online --steps $(STEPS) --online-jest --ref $(OUT)/scores/reference \
 		--ratio $(RATIO)

@@ -18,23 +18,39 @@ from pathlib import Path
 
 from curate.train.run import read_config, read_metrics
 
-LEARNERS = ("uniform", "random", "independent", "jest", "learnability", "online")
+LEARNERS = (
+    "uniform",
+    "random",
+    "clipscore",
+    "negclip",
+    "independent",
+    "jest",
+    "jest-set",
+    "learnability",
+    "online",
+)
 # What each learner's data cost beyond its own training: the reference (trained, then scoring the crawl)
 # and, for offline learnability, the early learner's scores of the crawl. Random needs no scores.
 USES_SCORES = {
     "uniform": (),
     "random": (),
+    "clipscore": ("reference",),
+    "negclip": ("reference",),
     "independent": ("reference",),
     "jest": ("reference",),
+    "jest-set": ("reference",),
     "learnability": ("reference", "learner"),
     "online": ("reference",),
 }
 LABELS = {
     "uniform": "uniform (IID, whole crawl)",
-    "random": "offline random 20%",
-    "independent": "offline independent, easy",
-    "jest": "offline JEST, easy",
-    "learnability": "offline JEST, learnability",
+    "random": "offline random 20% (batches)",
+    "clipscore": "CLIP-score filter, top 20% (batches)",
+    "negclip": "negCLIPLoss filter, top 20% (batches)",
+    "independent": "offline independent, easy (batches)",
+    "jest": "offline JEST, easy (batches)",
+    "jest-set": "offline JEST, easy (shuffled set)",
+    "learnability": "offline JEST, learnability (batches)",
     "online": "online JEST, learnability",
 }
 
@@ -65,14 +81,17 @@ def spread(values: list[float], digits: int = 3) -> str:
 
 def main(outs: list[Path]) -> None:
     columns = ("top1", "i2t", "t2i", "reach", "seconds", "total")
-    rows = {name: {column: [] for column in columns} for name in LEARNERS}
+    learners = [
+        name for name in LEARNERS if all((out / "runs" / name / "latest.pt").exists() for out in outs)
+    ]
+    rows = {name: {column: [] for column in columns} for name in learners}
     for out in outs:
         reference_cost = train_seconds(run_metrics(out, "reference")[0])
         cost = {"reference": reference_cost + scoring_seconds(out, "reference")}
         cost["learner"] = scoring_seconds(out, "learner")
         _, uniform_evals = run_metrics(out, "uniform")
         target = uniform_evals[-1]["eval"]["zeroshot_top1"]
-        for name in LEARNERS:
+        for name in learners:
             logs, evals = run_metrics(out, name)
             final = evals[-1]["eval"]
             rows[name]["top1"].append(final["zeroshot_top1"])
@@ -84,16 +103,28 @@ def main(outs: list[Path]) -> None:
             rows[name]["total"].append(train_seconds(logs) + sum(cost[part] for part in USES_SCORES[name]))
     steps = run_metrics(outs[0], "uniform")[0][-1]["step"]
     print(
-        f"| learner ({len(outs)} seeds, {steps} steps) | zero-shot top-1 | image→text R@1 | text→image R@1 "
-        "| step reaching uniform's final top-1 (per seed) | training (s) | with reference and scoring (s) |"
+        f"| learner ({len(outs)} seeds, {steps} steps) | zero-shot top-1 | per seed | image→text R@1 "
+        "| text→image R@1 | step reaching uniform's final top-1 (per seed) | training (s) "
+        "| with reference and scoring (s) |"
     )
-    print("|---|---|---|---|---|---|---|")
-    for name in LEARNERS:
+    print("|---|---|---|---|---|---|---|---|")
+    for name in learners:
         row = rows[name]
+        per_seed = ", ".join(f"{v:.3f}" for v in row["top1"])
         print(
-            f"| {LABELS[name]} | {spread(row['top1'])} | {spread(row['i2t'])} | {spread(row['t2i'])} "
-            f"| {', '.join(row['reach'])} | {spread(row['seconds'], 0)} | {spread(row['total'], 0)} |"
+            f"| {LABELS[name]} | {spread(row['top1'])} | {per_seed} | {spread(row['i2t'])} "
+            f"| {spread(row['t2i'])} | {', '.join(row['reach'])} | {spread(row['seconds'], 0)} "
+            f"| {spread(row['total'], 0)} |"
         )
+    if "jest" in rows:
+        print()
+        for other in ("clipscore", "jest-set", "independent", "uniform"):
+            if other in rows:
+                wins = [a > b for a, b in zip(rows["jest"]["top1"], rows[other]["top1"], strict=True)]
+                print(
+                    f"JEST (batches) above {LABELS[other]} in {sum(wins)} of {len(wins)} seeds "
+                    f"({', '.join('yes' if w else 'no' for w in wins)})"
+                )
     reference = [run_metrics(out, "reference") for out in outs]
     top1 = [evals[-1]["eval"]["zeroshot_top1"] for _, evals in reference]
     seconds = [train_seconds(logs) for logs, _ in reference]

@@ -15,7 +15,7 @@ import torch
 from curate.score import ScoreMetadata
 
 REPO = Path(__file__).resolve().parent.parent
-LEARNERS = ("uniform", "jest", "independent", "random", "learnability", "online")
+LEARNERS = ("uniform", "jest", "independent", "random", "learnability", "clipscore", "online")
 
 pytestmark = pytest.mark.slow  # every step is a process of its own, paying the torch import
 
@@ -52,14 +52,15 @@ def test_the_example_pipeline_runs_end_to_end(tmp_path):
         # stamp holding the clock itself (`start` lost between shell lines) or another run's fails.
         seconds = int((out / "scores" / scores / ".done").read_text())
         assert 0 <= seconds <= math.ceil(elapsed), seconds
-    for name in ("jest", "independent", "random", "learnability"):
+    for name in ("jest", "independent", "random", "learnability", "clipscore"):
         manifest = pq.read_table(out / "manifests" / name / "manifest.parquet")
         assert manifest.column_names == ["key", "shard", "batch", "super_batch", "chunk", "score"]
-        assert (
-            0 < manifest.num_rows <= 0.25 * 300
-            and len(set(manifest.column("key").to_pylist())) == manifest.num_rows
-        )
+        # STEPS=4 batches of 16, one per learner step (300 eligible at most: 3 super-batches of 80 a pass)
+        assert manifest["batch"].to_pylist() == [b for b in range(4) for _ in range(16)], name
         assert json.loads((out / "manifests" / name / "summary.json").read_text())
+        # The learner trained exactly those batches, in order.
+        trained = pq.read_table(out / "runs" / name / "batches.parquet")
+        assert trained["key"].to_pylist() == manifest["key"].to_pylist(), name
     exported = json.loads((out / "curated/sizes.json").read_text())
     assert sum(exported.values()) == pq.read_table(out / "manifests/jest/manifest.parquet").num_rows
     for run in ("reference", *LEARNERS):
@@ -82,5 +83,6 @@ def test_the_example_pipeline_runs_end_to_end(tmp_path):
     ).stdout
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 1 + len(LEARNERS)  # header and one row per learner
-    assert all(len(row.split("|")) == 9 for row in rows)
+    assert all(len(row.split("|")) == 10 for row in rows)
+    assert "JEST (batches) above CLIP-score filter" in table
     assert "reference (curated set): zero-shot top-1" in table

@@ -14,6 +14,7 @@ from conftest import run_cli
 from curate.errors import CurateError
 from curate.models import load_checkpoint
 from curate.score import ScoreMetadata
+from curate.shards.batches import ShardBatches
 from curate.train import DataConfig, OnlineJestConfig, OptimConfig, TrainConfig, train
 from curate.train.config import trajectory_changes
 from curate.train.run import (
@@ -160,11 +161,81 @@ def test_read_metrics_drops_a_torn_last_line_only(tmp_path):
         read_metrics(tmp_path)
 
 
-def test_a_manifest_restricts_training_to_its_keys(tmp_path, small_synth):
+def decodable(folder: str) -> dict[str, str]:
+    """key -> shard of every sample whose image decodes, by the trainer's own decoder."""
+    paths = sorted(str(p) for p in Path(folder).glob("*.tar"))
+    batches = ShardBatches(
+        paths, lambda image: torch.zeros(1), lambda captions: torch.zeros(len(captions)), 64
+    )
+    return {k: b.shard for b in batches for k, st in zip(b.keys, b.status, strict=True) if st == "ok"}
+
+
+def planted_batches(small_synth: str, folder: Path, batches: int, size: int) -> list[list[str]]:
+    """A manifest of `batches` batches of `size` from every shard, one key repeated in two batches and one
+    undecodable sample in batch 1 (trained without). Returns each batch's decodable keys."""
+    samples = decodable(f"{small_synth}/web")
+    every = shard_noise(f"{small_synth}/web")
+    broken = sorted(set(every) - set(samples))[0]
+    keys = list(np.random.default_rng(0).permutation(sorted(samples)))[: batches * size]
+    plan = [keys[b * size : (b + 1) * size] for b in range(batches)]
+    plan[2][0] = plan[0][3]  # drawn again by a later pass
+    plan[1][5] = broken
+    rows = [k for batch in plan for k in batch]
+    shards = [samples.get(k, "00000.tar") if k != broken else broken_shard(small_synth, broken) for k in rows]
+    write_manifest_rows(folder, rows, shards, [b for b in range(batches) for _ in range(size)])
+    return [[k for k in batch if k != broken] for batch in plan]
+
+
+def broken_shard(small_synth: str, key: str) -> str:
+    for path in sorted(Path(small_synth, "web").glob("*.parquet")):
+        if key in pq.read_table(path, columns=["key"])["key"].to_pylist():
+            return path.stem + ".tar"
+    raise AssertionError(key)
+
+
+def test_a_manifest_trains_its_batches_in_order_from_memory_or_a_stream_resumed_or_not(
+    tmp_path, small_synth, monkeypatch
+):
+    monkeypatch.setattr("curate.train.data.LOOKAHEAD_BATCHES", 2)  # several look-ahead groups in 7 steps
+    plan = planted_batches(small_synth, tmp_path / "manifest", batches=5, size=8)
+    warnings = []
+    memory = fast(f"{small_synth}/web", tmp_path / "memory", str(tmp_path / "manifest"), steps=7)
+    memory = replace(memory, batch_size=None)  # the manifest's: 8
+    summary = train(memory, warn=warnings.append)
+    assert summary.missing_from_manifest == 1 and summary.manifest_batches == 5
+    assert len(warnings) == 1 and "holds 5 batches for 7 steps" in warnings[0]
+    trained = read_batches(tmp_path / "memory").to_pandas().groupby("step")["key"].apply(list)
+    assert [trained[t] for t in range(5)] == plan  # step t trains exactly batch t, in draw order
+    assert {tuple(trained[5]), tuple(trained[6])} < {tuple(b) for b in plan}  # then a seeded order
+    assert [m.get("epoch") for m in logs(tmp_path / "memory")] == [0] * 5 + [1] * 2
+    assert json.loads((tmp_path / "memory" / "config.json").read_text())["train"]["batch_size"] == 8
+
+    stream = replace(memory, data=replace(memory.data, cache="stream", workers=2), save_every=3)
+    whole = replace(stream, out=str(tmp_path / "stream"))
+    assert train(whole).data_mode == "stream"
+    assert read_batches(tmp_path / "stream").equals(read_batches(tmp_path / "memory"))
+    resumed = replace(stream, out=str(tmp_path / "resumed"))
+    with pytest.raises(Killed):
+        train(resumed, progress=kill_at(5))
+    train(replace(resumed, resume=True))
+    assert_same_run(tmp_path / "stream", tmp_path / "resumed")
+    resumed_memory = replace(memory, out=str(tmp_path / "resumed-memory"), save_every=3)
+    with pytest.raises(Killed):
+        train(resumed_memory, progress=kill_at(4))
+    train(replace(resumed_memory, resume=True))
+    assert_same_run(tmp_path / "memory", tmp_path / "resumed-memory")
+
+    with pytest.raises(CurateError, match="--batch-size 16: the manifest's batches hold 8"):
+        train(replace(memory, out=str(tmp_path / "b16"), batch_size=16))
+
+
+def test_a_manifest_shuffled_restricts_training_to_its_keys(tmp_path, small_synth):
     clean = [key for key, noise in shard_noise(f"{small_synth}/web").items() if noise == "none"][:50]
     manifest = write_manifest_rows(tmp_path / "manifest", clean)
     run = tmp_path / "run"
-    summary = train(fast(f"{small_synth}/web", run, str(manifest), steps=2))
+    config = fast(f"{small_synth}/web", run, str(manifest), steps=2)
+    config = replace(config, data=replace(config.data, order="shuffle"))
+    summary = train(config)
     assert summary.data_samples == 50
     assert set(read_batches(run)["key"].to_pylist()) <= set(clean)
 

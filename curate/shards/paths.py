@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 import braceexpand
 
 from curate.errors import CurateError
-from curate.fileio import filesystem
+from curate.fileio import basename, filesystem
 from curate.shards.schema import STATS_SUFFIX
 
 
@@ -79,3 +79,14 @@ def count_samples(paths: Sequence[str]) -> int | None:
         except (OSError, ValueError, KeyError):
             return None
     return total
+
+
+def shards_by_name(paths: Sequence[str], needed: Sequence[str], where: str) -> dict[str, str]:
+    """Shard file name -> path among `paths` for every name in `needed` (a manifest's `shard` column);
+    a name missing from them is a one-line error naming `where` the shards were looked for."""
+    by_name = {basename(path): path for path in paths}
+    absent = sorted(set(needed) - set(by_name))
+    if absent:
+        examples = ", ".join(absent[:3]) + (", ..." if len(absent) > 3 else "")
+        raise CurateError(f"{len(absent)} shard(s) named by the manifest are not in {where}: {examples}")
+    return {name: by_name[name] for name in sorted(set(needed))}

@@ -9,7 +9,7 @@ the import, so a new setting can never be left out of the check by accident.
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 from curate.errors import CurateError
@@ -17,6 +17,8 @@ from curate.jest import CRITERIA, selection_size
 from curate.runtime import PRECISIONS
 
 CACHES = ("auto", "memory", "stream")
+ORDERS = ("batches", "shuffle")
+DEFAULT_BATCH_SIZE = 256
 
 
 def trajectory(default: Any = MISSING, **kwargs: Any) -> Any:
@@ -61,7 +63,10 @@ class DataConfig:
     """What the run trains on and how it is read."""
 
     paths: tuple[str, ...] = trajectory()  # shard folders, tar paths or brace patterns
-    manifest: str | None = trajectory(None)  # train only on this selection's keys
+    manifest: str | None = trajectory(None)  # a selection's batches (or, --order shuffle, its keys)
+    # batches: step t trains the manifest's batch t; shuffle: its keys as a set, in random batches.
+    # Default: batches with a manifest (shuffle under online JEST, which picks its own batches).
+    order: str | None = trajectory(None)
     cache: str = trajectory("auto")  # memory | stream | auto (memory when decoded it fits a quarter of RAM)
     # The stream's order depends on these two as well, but a resumed stream is not exact anyway (data.py);
     # the memory cache's order depends on neither.
@@ -72,6 +77,7 @@ class DataConfig:
         if not self.paths:
             raise CurateError("no training data: give shard folders, tar paths or a brace pattern")
         _check(self.cache in CACHES, "--cache", "auto, memory or stream", repr(self.cache))
+        _check(self.order in (None, *ORDERS), "--order", "batches or shuffle", repr(self.order))
         _check(self.shuffle_buffer >= 1, "--shuffle-buffer", "at least 1", self.shuffle_buffer)
         _check(self.workers >= 0, "--workers", "0 or more", self.workers)
 
@@ -106,7 +112,9 @@ class TrainConfig:
     model: str = trajectory("siglip-tiny")
     pretrained: str | None = trajectory(None)
     steps: int = trajectory(1000)  # the cosine schedule ends here, so it shapes every step's LR
-    batch_size: int = trajectory(256)  # b, the pairs each step trains on
+    # b, the pairs each step trains on: DEFAULT_BATCH_SIZE, or with --order batches the manifest's (which
+    # `resolve_batches` fills in before the run starts; another one is an error there)
+    batch_size: int | None = trajectory(None)
     seed: int = trajectory(0)  # model init and data order
     optim: OptimConfig = trajectory(default_factory=OptimConfig)
     online: OnlineJestConfig | None = trajectory(None)  # None: train on every batch as drawn
@@ -120,8 +128,20 @@ class TrainConfig:
     command: str = operational("", compare=False)  # the command line, for the record
 
     def __post_init__(self) -> None:
+        data = self.data
+        if data.order is None:  # frozen: a default that depends on other groups is set once, here
+            order = "shuffle" if self.online or not data.manifest else "batches"
+            object.__setattr__(self, "data", replace(data, order=order))
+            data = self.data
+        if data.order == "batches" and self.online:
+            raise CurateError("--order batches trains a manifest's batches; online JEST chooses its own")
+        if data.order == "batches" and not data.manifest:
+            raise CurateError("--order batches needs --manifest MANIFEST (a curate select output)")
+        if self.batch_size is None and not self.trains_batches:
+            object.__setattr__(self, "batch_size", DEFAULT_BATCH_SIZE)
         _check(self.steps >= 1, "--steps", "at least 1", self.steps)
-        _check(self.batch_size >= 1, "--batch-size", "at least 1", self.batch_size)
+        if self.batch_size is not None:
+            _check(self.batch_size >= 1, "--batch-size", "at least 1", self.batch_size)
         _check(self.log_every >= 1, "--log-every", "at least 1", self.log_every)
         _check(self.seed >= 0, "--seed", "0 or more", self.seed)
         _check(self.eval_every >= 0, "--eval-every", "0 or more", self.eval_every)
@@ -134,9 +154,24 @@ class TrainConfig:
             selection_size(self.super_batch, self.online.ratio, self.online.chunks)
 
     @property
+    def trains_batches(self) -> bool:
+        """Whether step t trains the manifest's batch t (else batches are drawn from the data)."""
+        return self.data.order == "batches"
+
+    @property
     def super_batch(self) -> int:
         """Samples drawn per step: B for online JEST, else b."""
         return self.online.super_batch(self.batch_size) if self.online else self.batch_size
+
+    def with_batch_size(self, batch_size: int) -> TrainConfig:
+        """This config with the manifest's batch size, which `--order batches` trains (checked equal to
+        an explicit --batch-size)."""
+        if self.batch_size is not None and self.batch_size != batch_size:
+            raise CurateError(
+                f"--batch-size {self.batch_size}: the manifest's batches hold {batch_size} samples each "
+                "(leave --batch-size out, select again with --batch-size, or train --order shuffle)"
+            )
+        return replace(self, batch_size=batch_size)
 
     def as_dict(self) -> dict:
         return asdict(self)

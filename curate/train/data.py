@@ -1,8 +1,11 @@
 """Training data: a decoded in-memory cache when it fits (the demo's case), else streaming from tars.
 
-The cache gives the batch of a step as a function of (seed, step) alone, so a resumed run sees exactly the
-batches an uninterrupted one would; the stream re-seeds from the step it resumes at, so a resumed stream
-sees other (equally shuffled) batches.
+Two orders. Uniform (no manifest, or `--order shuffle`): the cache gives the batch of a step as a function
+of (seed, step) alone, so a resumed run sees exactly the batches an uninterrupted one would; the stream
+re-seeds from the step it resumes at, so a resumed stream sees other (equally shuffled) batches. A
+manifest's batches (`--order batches`, order.py): step t trains the plan's batch for t, from the cache or
+from a stream that decodes, a few batches ahead, only the shards those batches live in; both are exact on
+resume, because the plan is a function of the step.
 """
 
 from __future__ import annotations
@@ -21,9 +24,16 @@ from curate.models import ImageTextModel
 from curate.runtime import Progress
 from curate.select.manifest import read_manifest
 from curate.shards.batches import ShardBatches, already_batched, single_threaded_worker
-from curate.shards.paths import count_samples
+from curate.shards.paths import count_samples, shards_by_name
 from curate.shards.schema import OK
 from curate.train.config import TrainConfig
+from curate.train.order import BatchPlan
+
+
+def load_plan(manifest: str, seed: int) -> BatchPlan:
+    """The batches of a `curate select` manifest, in training order."""
+    table = read_manifest(local_path(manifest, "--manifest"), ["key", "shard", "batch"])  # one-line errors
+    return BatchPlan.from_manifest(table, seed, manifest)
 
 
 def make_data(
@@ -33,17 +43,29 @@ def make_data(
     referenced: dict[str, int] | None,
     start_step: int,
     progress: Progress | None = None,
-) -> tuple[MemoryData | StreamData, int]:
+    plan: BatchPlan | None = None,
+) -> tuple[TrainData, int]:
     """The run's data, and how many of its samples were left out for want of a reference score.
 
     `referenced` (online JEST) holds the keys that have one: the others cannot be scored, so they are never
-    drawn. Memory or stream as --cache says (auto: memory when the decoded set fits in a quarter of RAM).
+    drawn. `plan` (a manifest's batches) fixes what each step trains. Memory or stream as --cache says
+    (auto: memory when the decoded set fits in a quarter of RAM).
     """
     settings = config.data
-    keep = _manifest_keys(settings.manifest) if settings.manifest else None
     memory = settings.cache == "memory" or (
         settings.cache == "auto" and fits_in_memory(paths, model.image_size)
     )
+    if plan is not None:
+        if memory:
+            keep = frozenset(plan.keys)
+            cache = load_memory_data(
+                paths, model.preprocess, model.tokenizer, keep, settings.workers, config.seed, progress
+            )
+            return PlannedMemoryData(cache, plan), 0
+        by_name = shards_by_name(paths, plan.shards, "the training data")
+        steps = range(start_step, config.steps)
+        return PlannedStreamData(plan, by_name, model.preprocess, model.tokenizer, steps, settings.workers), 0
+    keep = _manifest_keys(settings.manifest) if settings.manifest else None
     if memory:
         data = load_memory_data(
             paths, model.preprocess, model.tokenizer, keep, settings.workers, config.seed, progress
@@ -229,3 +251,114 @@ class StreamData:
         """The next batch of the stream (of the size it was made with; `step` is for MemoryData's sake)."""
         sample = next(self._batches)
         return Batch(sample["image"], sample["tokens"], list(sample["key"]))
+
+
+class PlannedMemoryData:
+    """A manifest's batches from the in-memory cache: step t trains the plan's batch for t."""
+
+    def __init__(self, cache: MemoryData, plan: BatchPlan):
+        self.cache, self.plan = cache, plan
+        self._row = {key: row for row, key in enumerate(cache.keys)}
+        self.missing = len(set(plan.keys) - self._row.keys())  # manifest keys that did not decode
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def batch(self, step: int, size: int) -> Batch:
+        """The plan's batch for `step` (`size` is the plan's; kept for the uniform data's signature)."""
+        batch, _ = self.plan.locate(step)
+        rows = [self._row[key] for key in self.plan.keys_of(batch) if key in self._row]
+        if not rows:
+            raise CurateError(f"batch {batch} of the manifest has no sample that could be decoded")
+        return self.cache.take(torch.tensor(rows, dtype=torch.long))
+
+
+# The streaming plan decodes this many batches at a time (fewer for big batches): select draws a window of
+# 8 super-batches from the same few score files, so 8 consecutive batches mostly live in the same shards.
+LOOKAHEAD_BATCHES = 8
+LOOKAHEAD_SAMPLES = 8192
+
+
+class PlannedSamples(IterableDataset):
+    """The decoded samples of a plan's steps, group by group: each group is a few consecutive steps, and for
+    it every worker decodes its share of the shards those steps' keys live in (only those keys), then says
+    it is done with the group. Items are (group, ShardBatch), and (group, None) for done."""
+
+    def __init__(self, groups, paths: dict[str, str], preprocess, tokenizer):
+        self.groups, self.paths, self.preprocess, self.tokenizer = groups, paths, preprocess, tokenizer
+
+    def __iter__(self) -> Iterator[tuple[int, object]]:
+        for number, (shards, keys) in enumerate(self.groups):
+            # ShardBatches gives each DataLoader worker its own share of `shards`.
+            decoded = ShardBatches([self.paths[s] for s in shards], self.preprocess, self.tokenizer, 64, keys)
+            for batch in decoded:
+                yield number, batch
+            yield number, None
+
+
+class PlannedStreamData:
+    """A manifest's batches streamed from the tars, for plans whose samples do not fit in memory.
+
+    Memory holds the decoded samples of one group of steps (at most LOOKAHEAD_BATCHES batches or about
+    LOOKAHEAD_SAMPLES samples), plus what the DataLoader's workers prefetch of the next group.
+    """
+
+    def __init__(self, plan: BatchPlan, paths, preprocess, tokenizer, steps: range, workers: int):
+        self.plan = plan
+        self.missing = 0  # manifest rows that were not found or did not decode, counted as they come
+        per_group = max(1, min(LOOKAHEAD_BATCHES, LOOKAHEAD_SAMPLES // max(1, plan.batch_size)))
+        self._groups = [steps[i : i + per_group] for i in range(0, len(steps), per_group)]
+        needs = []
+        for group in self._groups:
+            batches = [plan.locate(step)[0] for step in group]
+            rows = [row for batch in batches for row in plan.rows(batch)]
+            needs.append((sorted({plan.shards[r] for r in rows}), frozenset(plan.keys[r] for r in rows)))
+        self._workers = max(1, workers)
+        loader = DataLoader(
+            PlannedSamples(needs, paths, preprocess, tokenizer),
+            batch_size=None,
+            num_workers=workers,
+            worker_init_fn=single_threaded_worker,
+            collate_fn=already_batched,
+        )
+        self._items = iter(loader)
+        self._group_of = {step: number for number, group in enumerate(self._groups) for step in group}
+        self._loaded: tuple[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] | None = None
+        self._early: dict[int, list] = {}  # items of a later group that arrived before this one was done
+
+    def batch(self, step: int, size: int) -> Batch:
+        number = self._group_of[step]
+        if self._loaded is None or self._loaded[0] != number:
+            self._loaded = (number, self._load(number))
+        samples = self._loaded[1]
+        batch, _ = self.plan.locate(step)
+        keys = self.plan.keys_of(batch)
+        found = [key for key in keys if key in samples]
+        self.missing += len(keys) - len(found)
+        if not found:
+            raise CurateError(f"batch {batch} of the manifest has no sample that could be decoded")
+        images = torch.stack([samples[key][0] for key in found])
+        tokens = torch.stack([samples[key][1] for key in found])
+        return Batch(images, tokens, found)
+
+    def _load(self, number: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Every sample of group `number`, once each worker has said it is done with the group. Workers
+        go through the groups in order, so the items of a later group can only be early, never late."""
+        samples: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        done = 0
+        items = self._early.pop(number, [])
+        while done < self._workers:
+            group, batch = items.pop(0) if items else next(self._items)
+            if group != number:
+                self._early.setdefault(group, []).append((group, batch))
+                continue
+            if batch is None:
+                done += 1
+                continue
+            ok = [i for i, status in enumerate(batch.status) if status == OK]
+            for row, i in enumerate(ok):
+                samples[batch.keys[i]] = (batch.images[row].half(), batch.tokens[row])
+        return samples
+
+
+TrainData = MemoryData | StreamData | PlannedMemoryData | PlannedStreamData

@@ -22,7 +22,7 @@ from curate.runtime import StatusProgress, autocast, resolve_device, resolve_pre
 from curate.shards.paths import expand_shards
 from curate.train.checkpoint import resume, save
 from curate.train.config import OptimConfig, TrainConfig
-from curate.train.data import MemoryData, make_data
+from curate.train.data import MemoryData, PlannedMemoryData, PlannedStreamData, load_plan, make_data
 from curate.train.online import Window, choose, load_reference
 from curate.train.run import (
     CHECKPOINTS_DIR,
@@ -46,6 +46,10 @@ class TrainSummary:
     data_samples: int | None  # in the cache; None when streaming
     data_mode: str
     missing_reference: int = 0
+    # --order batches: manifest samples that could not be decoded (distinct keys in memory; rows trained
+    # without, when streaming) and how many batches the manifest holds
+    missing_from_manifest: int = 0
+    manifest_batches: int | None = None
     evals: list[EvalRecord] = field(default_factory=list)
 
     @property
@@ -53,9 +57,20 @@ class TrainSummary:
         return self.samples / self.seconds if self.seconds else 0.0
 
 
-def train(config: TrainConfig, progress: StatusProgress | None = None) -> TrainSummary:
+def train(
+    config: TrainConfig, progress: StatusProgress | None = None, warn: Callable[[str], None] | None = None
+) -> TrainSummary:
     # ---------------------------------------------------------------- setup
     run = local_path(config.out, "--output")
+    plan = load_plan(config.data.manifest, config.seed) if config.trains_batches else None
+    if plan is not None:
+        config = config.with_batch_size(plan.batch_size)  # before the resume check: it is a trajectory
+        if config.steps > len(plan) and warn:
+            warn(
+                f"the manifest holds {len(plan)} batches for {config.steps} steps: past step {len(plan)} "
+                "they start over in a seeded order (the epoch is in metrics.jsonl); "
+                f"curate select --steps {config.steps} makes one batch per step"
+            )
     latest = run / LATEST_FILE
     if latest.exists() and not config.resume:
         raise CurateError(
@@ -90,6 +105,7 @@ def train(config: TrainConfig, progress: StatusProgress | None = None) -> TrainS
         bank.index if bank else None,
         start_step,
         progress=(lambda done, total: progress(done, total, "decoding")) if progress else None,
+        plan=plan,
     )
     evaluator = _evaluator(config, model, device, precision)
     forward_flops = _forward_flops(model, device)
@@ -151,6 +167,8 @@ def train(config: TrainConfig, progress: StatusProgress | None = None) -> TrainS
                     "flops": step_flops * done,
                     **window.report(),
                 }
+                if plan is not None:
+                    record["epoch"] = plan.locate(step)[1]  # of the manifest's batches
                 metrics.write(record)
                 losses = []
                 if progress:
@@ -174,9 +192,11 @@ def train(config: TrainConfig, progress: StatusProgress | None = None) -> TrainS
         samples=samples,
         seconds=time.perf_counter() - started,
         final_loss=last_loss,
-        data_samples=len(data) if isinstance(data, MemoryData) else None,
-        data_mode="memory" if isinstance(data, MemoryData) else "stream",
+        data_samples=len(data) if isinstance(data, MemoryData | PlannedMemoryData) else None,
+        data_mode="memory" if isinstance(data, MemoryData | PlannedMemoryData) else "stream",
         missing_reference=missing,
+        missing_from_manifest=data.missing if isinstance(data, PlannedMemoryData | PlannedStreamData) else 0,
+        manifest_batches=len(plan) if plan is not None else None,
         evals=evals,
     )
 

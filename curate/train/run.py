@@ -85,6 +85,9 @@ class LogRecord(_LogFields, total=False):
     selected_learnability: float
     random_learnability: float
     time_share: dict[str, float]  # "score" vs "train" share of the window's time
+    # --order batches only: how many times the manifest's batches had started over at the window's last
+    # step (0 in the first pass through them)
+    epoch: int
 
 
 class EvalRecord(TypedDict):
