@@ -153,7 +153,7 @@ def score_model(path: str | Path) -> str:
 @dataclass
 class Manifest:
     name: str
-    rows: pd.DataFrame  # key, shard, super_batch, chunk, score
+    rows: pd.DataFrame  # the manifest's rows: key, shard, batch, super_batch, chunk, score
     summary: dict  # summary.json, or {} when absent or unreadable
     metadata: dict[str, str]
 

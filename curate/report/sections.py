@@ -145,6 +145,7 @@ def selection_section(
                 params.get("criterion"),
                 params.get("ratio"),
                 len(manifest.rows),
+                manifest.rows["key"].nunique(),  # fewer than the rows when passes repeat keys
                 counts.get("eligible"),
                 manifest.summary.get("selected_score"),
                 manifest.summary.get("random_score"),
@@ -187,7 +188,7 @@ def selection_section(
                 )
             )
     if rows:
-        headers = ["manifest", "method", "criterion", "ratio", "selected", "eligible"]
+        headers = ["manifest", "method", "criterion", "ratio", "selected", "distinct keys", "eligible"]
         headers += ["selected batch score", "random batch score"]
         caption = "from manifest.parquet and summary.json; batch scores are mean A_ij over the b x b pairs"
         section.tables.insert(0, Table(headers, rows, caption))
