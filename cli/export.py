@@ -34,12 +34,17 @@ def export_command(
         ),
     ] = None,
 ) -> None:
-    """Copy the chosen samples into new webdataset shards, ready for open_clip's trainer.
+    """Copy the chosen samples into new webdataset shards, in training order, ready for open_clip's trainer.
 
-    Output is img2dataset's layout (NNNNN.tar, .parquet, _stats.json) plus sizes.json. Every member of a
-    chosen sample (image, .txt, .json, ...) is copied byte for byte, never re-encoded; each source shard is
-    read once, in order. Samples go to output shards by (source shard, key), so re-running resumes: shards
-    already complete are kept.
+    Samples are written in training order: batch by batch, in the manifest's order within a batch, so
+    consecutive batches land in consecutive shards (shard i holds samples i·K to (i+1)·K − 1; with K the
+    batch size, shard t is step t). Each sample's .json gains "batch": t, and each shard's .parquet a
+    batch and a source_key column. A key repeated by select --steps is written at each of its steps; its
+    n-th repeat is named KEY_n (the next free KEY_m should another key have that name), its .json giving
+    its "source_key". Every other member (image, .txt, ...) is copied byte for byte, never re-encoded;
+    each source shard is read once, in order. Output is img2dataset's layout (NNNNN.tar, .parquet,
+    _stats.json) plus sizes.json. Re-running resumes: shards already complete are kept. A loader that
+    shuffles (open_clip's does) turns the batches back into a set: see the README.
 
     \b
     example: curate export manifest/ -o curated/ --shards shards/
@@ -67,8 +72,9 @@ def export_command(
         )
     last = summary.shards - 1
     skipped = f", {summary.shards_skipped} already done (kept)" if summary.shards_skipped else ""
+    repeats = f" ({summary.repeats} of them repeats, named KEY_n)" if summary.repeats else ""
     out.print(
-        f"wrote {summary.samples} samples into {summary.shards_written} shards "
+        f"wrote {summary.samples} samples{repeats} into {summary.shards_written} shards "
         f"of ≤ {summary.samples_per_shard}{skipped}, reading {summary.source_shards_read} source shards "
         f"→ {output}/{{00000..{last:05d}}}.tar"
     )

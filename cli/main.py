@@ -57,10 +57,10 @@ COMMANDS = (
     ("download", download_command, "Download (url, caption) rows into img2dataset shards; retry failures."),
     ("score", score, "Embed every sample with a reference model into one Parquet file per shard."),
     ("select", select_command, "Choose samples with JEST over seeded super-batches; write a manifest."),
-    ("export", export_command, "Copy a manifest's samples into new webdataset shards (bytes unchanged)."),
+    ("export", export_command, "Copy a manifest's samples into new webdataset shards, in training order."),
     ("train", train_command, "Train a SigLIP model on shards or a manifest, optionally with online JEST."),
     ("eval", evaluate_command, "Zero-shot accuracy and image-text retrieval recall on an eval set."),
-    ("query", query_command, "SQL (DuckDB) over scores, manifests and shards."),
+    ("query", query_command, "SQL (DuckDB) over scores, manifests, shards and runs' batches."),
     ("report", report_command, "Plots and one static HTML page from runs, scores and manifests."),
     ("models", models, "List the built-in models and how to use open_clip models and checkpoints."),
 )

@@ -28,6 +28,15 @@ def query_command(
             help="Shard folder (path or fsspec URL); its img2dataset .parquet tables are the view `shards`.",
         ),
     ] = None,
+    run: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--run",
+            metavar="RUN",
+            help="Run folder of curate train; its batches.parquet joins the view `batches`. Repeatable.",
+            show_default=False,
+        ),
+    ] = None,
     fmt: Annotated[
         str, typer.Option("--format", help="table, csv, json (one object per line) or parquet (needs -o).")
     ] = "table",
@@ -38,11 +47,12 @@ def query_command(
         ),
     ] = None,
 ) -> None:
-    """Ask SQL questions of scores, manifests and shards (DuckDB; nothing is loaded up front).
+    """Ask SQL questions of scores, manifests, shards and runs (DuckDB; nothing is loaded up front).
 
     Views: `scores` (key, shard, caption, image_emb, text_emb as FLOAT[] arrays, similarity, status),
-    `manifest` (key, shard, super_batch, chunk, score) and `shards` (img2dataset's per-sample tables:
-    key, caption, url, status, ..., and extra columns such as noise or sha256). Only the views whose
+    `manifest` (key, shard, batch, super_batch, chunk, score), `shards` (img2dataset's per-sample tables:
+    key, caption, url, status, ..., and extra columns such as noise or sha256) and `batches` (run, step,
+    key: what each step of each --run trained on; run is the run folder's name). Only the views whose
     folder is given exist. --format table shows the first 100 rows; csv, json and parquet write them all.
 
     \b
@@ -52,6 +62,9 @@ def query_command(
                --scores scores/
              curate query "SELECT caption, score FROM manifest JOIN scores USING (key) \\
                ORDER BY score DESC LIMIT 10" --manifest manifest/ --scores scores/ --format csv
+             curate query "SELECT run, noise, count(*) AS n, round(n / sum(n) OVER (PARTITION BY run), 3) \\
+               AS share FROM batches JOIN shards USING (key) GROUP BY run, noise ORDER BY run, n DESC" \\
+               --run runs/jest --run runs/uniform --shards shards/
     """
     from curate.errors import CurateError
     from curate.query import FORMATS, QuerySources, run_query, write_result
@@ -60,7 +73,7 @@ def query_command(
         raise CurateError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt == "parquet" and output is None:
         raise CurateError("--format parquet needs -o FILE")
-    sources = QuerySources(scores=scores, manifest=manifest, shards=shards)
+    sources = QuerySources(scores=scores, manifest=manifest, shards=shards, runs=tuple(run or ()))
     with run_query(sql, sources) as reader:
         if fmt == "table":
             _print_table(reader, output)

@@ -5,6 +5,14 @@ Views, each made only when its folder is given:
     manifest  MANIFEST/manifest.parquet (`manifest_path`; local)
     shards    every SHARDS/*.parquet: img2dataset's per-shard tables (url, status, noise, sha256, ...);
               a local folder or any fsspec URL, which DuckDB then reads through fsspec
+    batches   run, step, key: what each step of each given run trained on (its RUN/batches.parquet, see
+              curate/train/run.py), `run` being the run folder's name; local, one or more runs
+Joining `batches` to `shards` on key tells what each learner saw, e.g. the share of each noise kind:
+    SELECT run, noise, count(*) AS n, n / sum(n) OVER (PARTITION BY run) AS share
+    FROM batches JOIN shards USING (key) GROUP BY run, noise ORDER BY run, n DESC
+(the groups are named: DuckDB's GROUP BY ALL refuses a window over an aggregate). A run trained on shards
+of `curate export` logs their names (a repeated key's `KEY_n`); those shards' tables hold the same names
+in `key` and the crawl's key in `source_key`.
 Results stream in Arrow batches, so a large answer written to csv, json or parquet is never held whole; -o
 may be a local path or any fsspec URL.
 
@@ -43,6 +51,7 @@ class QuerySources:
     scores: str | None = None
     manifest: str | None = None
     shards: str | None = None
+    runs: tuple[str, ...] = ()  # run folders of curate train, queried together as `batches`
 
     def views(self) -> dict[str, list[str]]:
         """View name -> the Parquet files behind it, for the sources given."""
@@ -53,9 +62,46 @@ class QuerySources:
             views["manifest"] = [str(manifest_path(local_path(self.manifest, "--manifest")))]
         if self.shards:
             views["shards"] = _shard_tables(self.shards)
+        if self.runs:
+            views["batches"] = _batch_logs(self.runs)
         if not views:
-            raise CurateError("nothing to query: give at least one of --scores, --manifest and --shards")
+            raise CurateError(
+                "nothing to query: give at least one of --scores, --manifest, --shards and --run"
+            )
         return views
+
+
+def _batch_logs(runs: tuple[str, ...]) -> list[str]:
+    """RUN/batches.parquet of each run, as absolute paths: the view names each row's run after the folder
+    that holds its file, so two runs of one name would be indistinguishable and are refused."""
+    from curate.train.run import BATCHES_FILE, BATCHES_SCHEMA  # only here: it imports torch
+
+    files, names = [], {}
+    for run in runs:
+        folder = local_path(run, "--run").resolve()
+        path = folder / BATCHES_FILE
+        if not path.is_file():
+            raise CurateError(f"--run {run}: no {BATCHES_FILE} in it (curate train writes one in RUN/)")
+        try:
+            schema = pq.read_schema(path)
+        except (OSError, pa.ArrowInvalid) as error:
+            raise CurateError(f"--run {run}: cannot read {BATCHES_FILE}: {first_line(error)}") from None
+        if not schema.remove_metadata().equals(BATCHES_SCHEMA):
+            raise CurateError(f"--run {run}: {BATCHES_FILE} is not a batch log of curate train")
+        if folder.name in names:
+            raise CurateError(f"--run {run} and --run {names[folder.name]} are both named {folder.name!r}")
+        names[folder.name] = run
+        files.append(str(path))
+    return files
+
+
+# The query behind each view; `{files}` is the list of its Parquet files.
+VIEW_SQL = {
+    # the run is the name of the folder that holds the batches.parquet
+    "batches": "SELECT parse_filename(parse_dirpath(filename)) AS run, step, key "
+    "FROM read_parquet({files}, filename = true)",
+}
+DEFAULT_VIEW_SQL = "SELECT * FROM read_parquet({files}, union_by_name = true)"
 
 
 def _shard_tables(path: str) -> list[str]:
@@ -81,7 +127,7 @@ def connect(sources: QuerySources) -> duckdb.DuckDBPyConnection:
                 con.register_filesystem(fs)  # DuckDB reads other filesystems through fsspec
         files = "[" + ", ".join("'" + path.replace("'", "''") + "'" for path in paths) + "]"
         try:
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({files}, union_by_name = true)")
+            con.execute(f"CREATE VIEW {name} AS " + VIEW_SQL.get(name, DEFAULT_VIEW_SQL).format(files=files))
         except duckdb.Error as error:
             con.close()
             raise CurateError(f"cannot read the {name} view: {first_line(error)}") from None

@@ -1,4 +1,4 @@
-"""`curate query`: DuckDB views over scores, manifest and shards, and every output format."""
+"""`curate query`: DuckDB views over scores, manifest, shards and runs' batches, and every output format."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from builders import unit, write_scores
@@ -17,6 +18,8 @@ from conftest import run_cli
 from curate.errors import CurateError
 from curate.query import QuerySources, run_query, write_result
 from curate.select import SelectConfig, read_manifest, select
+from curate.train import DataConfig, OptimConfig, TrainConfig, train
+from curate.train.run import BatchLog, read_batches
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,8 @@ def folders(small_synth, tmp_path_factory) -> dict[str, Path]:
 
 
 def rows(sql: str, **sources) -> list[dict]:
-    with run_query(sql, QuerySources(**{k: str(v) for k, v in sources.items()})) as reader:
+    given = {k: tuple(map(str, v)) if isinstance(v, tuple) else str(v) for k, v in sources.items()}
+    with run_query(sql, QuerySources(**given)) as reader:
         return reader.read_all().to_pylist()
 
 
@@ -160,3 +164,81 @@ def test_sources_and_outputs_on_other_filesystems(folders, tmp_path, monkeypatch
     ):
         write_result(reader, "csv", path="missing/x.csv")
     assert list(tmp_path.iterdir()) == []  # no ./memory:/ folder, nothing half-written
+
+
+@pytest.fixture(scope="module")
+def runs(folders, tmp_path_factory) -> list[Path]:
+    """Two runs on small_synth: a real 3-step siglip-tiny run on the manifest's batches, and one whose
+    batch log (every sample once, 50 a step) is written by the trainer's own writer."""
+    root = tmp_path_factory.mktemp("runs")
+    data = DataConfig((str(folders["shards"]),), str(folders["manifest"]), cache="memory", workers=0)
+    optim = OptimConfig(lr=1e-3, warmup=1)
+    train(TrainConfig(data, str(root / "jest"), model="siglip-tiny", batch_size=25, steps=3, optim=optim))
+    (root / "uniform").mkdir()
+    log = BatchLog()
+    keys = sorted(
+        pq.read_table(sorted(folders["shards"].glob("*.parquet")), columns=["key"])["key"].to_pylist()
+    )
+    for step in range(0, len(keys), 50):
+        log.add(step // 50, keys[step : step + 50])
+    log.write(root / "uniform")
+    return [root / "jest", root / "uniform"]
+
+
+def test_the_batches_view_says_what_each_run_trained_on(folders, runs):
+    sql = "SELECT run, noise, count(*) AS n FROM batches JOIN shards USING (key) GROUP BY ALL "
+    answer = rows(sql + "ORDER BY run, noise", shards=folders["shards"], runs=tuple(runs))
+    noise = pq.read_table(sorted(folders["shards"].glob("*.parquet")), columns=["key", "noise"])
+    expected = []
+    for run in runs:
+        batches = read_batches(run)
+        assert batches.num_rows > 0
+        joined = batches.join(noise, "key").group_by("noise").aggregate([("key", "count")])
+        counts = dict(zip(joined["noise"].to_pylist(), joined["key_count"].to_pylist(), strict=True))
+        expected += [{"run": run.name, "noise": k, "n": counts[k]} for k in sorted(counts)]
+    assert answer == expected
+    steps = rows(
+        "SELECT run, max(step) AS last, count(*) AS n FROM batches GROUP BY 1 ORDER BY 1",
+        runs=tuple(runs),
+    )
+    assert steps == [{"run": "jest", "last": 2, "n": 75}, {"run": "uniform", "last": 7, "n": 400}]
+    # the share of each noise kind, as curate query's help shows it
+    share = rows(
+        "SELECT run, noise, count(*) AS n, round(n / sum(n) OVER (PARTITION BY run), 3) AS share "
+        "FROM batches JOIN shards USING (key) GROUP BY run, noise ORDER BY run, n DESC",
+        shards=folders["shards"],
+        runs=tuple(runs),
+    )
+    assert sorted((r["run"], r["noise"], r["n"]) for r in share) == sorted(
+        (r["run"], r["noise"], r["n"]) for r in expected
+    )
+    for run in ("jest", "uniform"):
+        assert sum(r["share"] for r in share if r["run"] == run) == pytest.approx(1, abs=0.01)
+    # the real run trained on the manifest's keys only
+    assert set(read_batches(runs[0])["key"].to_pylist()) <= set(
+        read_manifest(folders["manifest"])["key"].to_pylist()
+    )
+
+
+def test_a_run_without_batches_is_a_one_line_error(folders, runs, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CurateError, match="^--run .*empty: no batches.parquet in it") as caught:
+        rows("SELECT 1", runs=(runs[0], tmp_path / "empty"))
+    assert "\n" not in str(caught.value)
+    (tmp_path / "broken").mkdir()
+    pq.write_table(pa.table({"key": ["a"]}), tmp_path / "broken" / "batches.parquet")
+    with pytest.raises(CurateError, match="not a batch log"):
+        rows("SELECT 1", runs=(tmp_path / "broken",))
+    (tmp_path / "uniform").mkdir()
+    BatchLog().write(tmp_path / "uniform")
+    with pytest.raises(CurateError, match="both named 'uniform'"):
+        rows("SELECT 1", runs=(runs[1], tmp_path / "uniform"))
+    sql = "SELECT run, count(*) AS n FROM batches GROUP BY 1 ORDER BY 1"
+    result = run_cli("query", sql, "--run", str(runs[0]), "--run", str(runs[1]), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [
+        {"run": "jest", "n": 75},
+        {"run": "uniform", "n": 400},
+    ]
+    bad = run_cli("query", "SELECT 1", "--run", str(tmp_path / "empty"))
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr and "no batches.parquet" in bad.stderr
