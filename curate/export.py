@@ -62,6 +62,7 @@ from curate.shards import (
     write_shard_files,
     write_sizes,
 )
+from curate.shards.paths import shards_by_name
 
 EXPORT_FILE = "export.json"  # the plan's fingerprint, so a resume never mixes two exports in one folder
 MAX_SAMPLES_PER_SHARD = 10_000  # img2dataset's default
@@ -228,13 +229,7 @@ def _locate_sources(manifest: str, config: ExportConfig, plan: list[_Planned]) -
             "the manifest does not record where its shards live: pass --shards SHARDS "
             "(or record it with curate select --shards)"
         )
-    paths = {basename(path): path for path in expand_shards(location)}
-    needed = sorted({row.source for row in plan})
-    absent = [name for name in needed if name not in paths]
-    if absent:
-        examples = ", ".join(absent[:3]) + (", ..." if len(absent) > 3 else "")
-        raise CurateError(f"{len(absent)} shard(s) named by the manifest are not in {location}: {examples}")
-    return {name: paths[name] for name in needed}
+    return shards_by_name(expand_shards(location), [row.source for row in plan], location)
 
 
 def _claim_folder(out: str, manifest: str, plan: list, per_shard: int, outputs: int, command: str) -> None:
