@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from curate_cli.backend import Backend, GpusPerWorker, RayAddress, WorkersPerNode, ray_config
 from curate_cli.console import command_line, err, out, progress_bar
+
+if TYPE_CHECKING:  # the library is imported when the command runs, so --help stays fast
+    from curate.select import SelectConfig, SelectSummary
 
 
 def select_command(
@@ -22,7 +25,11 @@ def select_command(
         ),
     ],
     ratio: Annotated[
-        float, typer.Option(help="Filter ratio F: the share of each super-batch left out (0.8 keeps 20%).")
+        float,
+        typer.Option(
+            help="Filter ratio F: the share of each super-batch (of the whole crawl for clipscore and "
+            "negclip) left out (0.8 keeps 20%)."
+        ),
     ],
     super_batch: Annotated[
         int | None, typer.Option(metavar="B", help="Samples per super-batch (default 16384).")
@@ -32,7 +39,15 @@ def select_command(
         typer.Option(metavar="b", help="Samples to keep per super-batch instead: sets B = b / (1 - F)."),
     ] = None,
     chunks: Annotated[int, typer.Option(metavar="N", help="JEST draws the batch in N chunks.")] = 16,
-    method: Annotated[str, typer.Option(help="jest, independent (no cross terms), topk or random.")] = "jest",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="Per super-batch: jest, independent (no cross terms), topk or random. Over the whole crawl: "
+            "clipscore (DataComp's CLIP-score filter, the global top 1 − F by similarity; its best simple "
+            "filter keeps about 30%, --ratio 0.7) or negclip (negCLIPLoss: that score less each sample's "
+            "mean logsumexp over 10 random batches of B)."
+        ),
+    ] = "jest",
     criterion: Annotated[
         str | None,
         typer.Option(
@@ -87,6 +102,8 @@ def select_command(
     batches from as many passes as that takes, each a new seeded shuffle. MANIFEST/summary.json records the
     command, parameters, models, counts and, per super-batch, the mean learnability of the selected batch
     beside a random batch of the same size. Memory holds about 8 super-batches of embeddings.
+    --method clipscore or negclip instead keeps the global top (1 − F) of the whole eligible crawl by one
+    score per sample and cuts batches of b from seeded shuffles of what it kept (super_batch −1).
     --backend ray selects super-batches in parallel on a Ray cluster: the same manifest, byte for byte
     (on the same device type).
 
@@ -95,6 +112,7 @@ def select_command(
              curate select scores/ -o manifest/ --ratio 0.8 --shards shards/
              curate select scores/ -o manifest/ --ratio 0.9 --learner early/ --where 'similarity > 0.05'
              curate select scores/ -o manifest/ --ratio 0.5 --batch-size 4096 --method independent
+             curate select scores/ -o manifest/ --ratio 0.7 --batch-size 256 --steps 10000 --method clipscore
     """
     from curate.select import SelectConfig, select
 
@@ -124,6 +142,9 @@ def select_command(
     with progress_bar("select", unit="super-batches") as progress:
         summary = select(str(scores), str(output), config, progress, warn)
     counts = summary.counts
+    if summary.filter is not None:
+        out.print(_filter_line(summary, config, output))
+        return
     last = summary.last
     batches = len(summary.super_batches)
     note = ""
@@ -142,4 +163,20 @@ def select_command(
         f"{config.super_batch}{note}): "
         f"mean {config.criterion} {summary.selected_score:.4f} selected vs {summary.random_score:.4f} random "
         f"→ {output}"
+    )
+
+
+def _filter_line(summary: SelectSummary, config: SelectConfig, output: Path) -> str:
+    """The last line of a global filter (clipscore, negclip): what it kept, then the batches made of it."""
+    kept, counts = summary.filter, summary.counts
+    batches = kept.batches
+    passes = summary.passes.passes
+    note = f"; {passes} passes, {summary.unique_keys} distinct keys, {summary.repeats} repeats"
+    if passes == 1:
+        note = ""
+    return (
+        f"kept the top {1.0 - config.ratio:.0%} by {kept.score} (threshold {kept.threshold:.4f}): "
+        f"{kept.kept} of {counts['seen']} samples ({counts['eligible']} eligible), "
+        f"selected {summary.selected} in {batches} batch{'es' if batches != 1 else ''} of {config.batch_size}"
+        f"{note} → {output}"
     )

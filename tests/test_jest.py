@@ -19,6 +19,7 @@ from curate.jest import (
     sample_random,
     select_batch,
 )
+from curate.jest.negclip import batch_logsumexp, diagonal_logits
 from curate.jest.oracle import dense_jest, dense_matrix, gibbs_subsets, matrix_subset_score, subset_scores
 
 F64 = torch.float64
@@ -378,3 +379,45 @@ def test_cuda_matches_cpu(models, dtype):
     fast = sample_jest(scores, 102, generator=torch.Generator("cuda").manual_seed(1), dtype=F64)
     slow = dense_jest(scores, 102, generator=torch.Generator("cuda").manual_seed(1), dtype=F64)
     assert torch.equal(fast.indices, slow.indices)
+
+
+# --- negCLIPLoss's batch term ----------------------------------------------------------------------
+
+
+def dense_negclip_lse(emb: PairEmbeddings) -> torch.Tensor:
+    """The slow twin: ½ (row + column logsumexp) of the whole t X Yᵀ matrix, in float64."""
+    logits = emb.logit_scale * emb.image.double() @ emb.text.double().T
+    return 0.5 * (torch.logsumexp(logits, 1) + torch.logsumexp(logits, 0))
+
+
+@pytest.mark.parametrize("block_elements", [7 * 50, 1 << 24])
+def test_negclip_row_blocks_match_the_dense_matrix(block_elements):
+    # 50 rows in blocks of 7: seven full blocks and an uneven last one of 1; or all 50 in one block.
+    emb = random_pair(50, 16, seed=4, scale=100.0, bias=-10.0)  # t = 100: logits up to 100, no overflow
+    got = batch_logsumexp(emb, block_elements=block_elements)
+    assert got.dtype == torch.float32 and got.shape == (50,)
+    torch.testing.assert_close(got.double(), dense_negclip_lse(emb), rtol=1e-5, atol=1e-4)
+    logits = emb.logit_scale * emb.image.double() @ emb.text.double().T
+    torch.testing.assert_close(diagonal_logits(emb).double(), logits.diagonal(), rtol=1e-5, atol=1e-4)
+    # The bias is a constant on every logit: a softmax over partners does not see it.
+    unbiased = PairEmbeddings(emb.image, emb.text, emb.logit_scale, 0.0)
+    assert torch.equal(batch_logsumexp(unbiased, block_elements=block_elements), got)
+
+
+def test_negclip_half_inputs_accumulate_in_fp32():
+    emb = random_pair(40, 64, seed=5, scale=50.0, bias=0.0)
+    half = PairEmbeddings(emb.image.half(), emb.text.half(), emb.logit_scale, 0.0)
+    got = batch_logsumexp(half, block_elements=3 * 40)  # 13 blocks of 3 and one of 1
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), dense_negclip_lse(half), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_negclip_cuda_matches_the_dense_matrix(dtype):
+    emb = random_pair(300, 32, seed=6, scale=100.0, bias=-10.0)
+    moved = PairEmbeddings(emb.image.to("cuda", dtype), emb.text.to("cuda", dtype), 100.0, -10.0)
+    got = batch_logsumexp(moved, block_elements=64 * 300).cpu().double()  # 4 blocks of 64 and one of 44
+    on_cpu = PairEmbeddings(moved.image.cpu(), moved.text.cpu(), 100.0, -10.0)
+    # fp16 on CUDA folds t into the half operand (as the pair losses do): off by t x fp16 rounding.
+    torch.testing.assert_close(got, dense_negclip_lse(on_cpu), rtol=1e-3, atol=5e-2)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 from collections import Counter
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,6 +17,7 @@ from conftest import run_cli
 from curate.errors import CurateError
 from curate.score.schema import OK, open_score_folder
 from curate.select import (
+    GLOBAL_METHODS,
     MANIFEST_SCHEMA,
     SelectConfig,
     build_index,
@@ -26,6 +28,8 @@ from curate.select import (
     select,
     super_batch_for,
 )
+from curate.select.global_filter import NEGCLIP_BATCHES
+from curate.select.seeds import negclip_pass_seed
 
 DIM = 16
 
@@ -70,6 +74,7 @@ def test_super_batches_mix_shards_count_right_and_never_repeat_a_key(tmp_path):
     keys = [k for b in batches for k in b.key.to_pylist()]
     assert len(keys) == len(set(keys)) == 292 and not broken & set(keys)
     assert all(b.shards >= 2 for b in batches)
+    assert all(index.key.take(pa.array(b.position)).equals(b.key) for b in batches)  # rows of the index
     # The kept copy of a repeated key is its first (shard 0), never the later one.
     by_key = {k: s for b in batches for k, s in zip(b.key.to_pylist(), b.shard.to_pylist(), strict=True)}
     assert all(by_key[f"{0:05d}{r:04d}"] == "00000.tar" for r in range(5))
@@ -334,3 +339,164 @@ def test_select_from_the_command_line(tmp_path):
     for result, fragment in ((missing, "does not exist"), (no_learner, "needs --learner")):
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert result.stderr.strip().count("\n") == 0 and fragment in result.stderr
+
+
+# --- global filters (clipscore, negclip) ---------------------------------------------------------------
+
+# The index's rule (status ok, --where, first of each key in file/row order) restated in SQL, for a twin.
+ELIGIBLE = """SELECT key, similarity FROM read_parquet({files}, filename = true, file_row_number = true)
+WHERE status = 'ok' AND ({where})
+QUALIFY row_number() OVER (PARTITION BY key ORDER BY filename, file_row_number) = 1"""
+
+
+def strict_json(path):
+    """summary.json parsed as any JSON reader would: a bare NaN or Infinity is an error."""
+    return json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{path} holds {name}"))
+
+
+def duckdb_top(scores, ratio, where=None):
+    """The clipscore kept set by DuckDB alone: k = round((1 - F) * eligible), similarity descending, key."""
+    files = "[" + ", ".join(f"'{p}'" for p in sorted(scores.glob("*.parquet"))) + "]"
+    eligible = ELIGIBLE.format(files=files, where=where or "true")
+    with duckdb.connect() as con:
+        n = con.execute(f"SELECT count(*) FROM ({eligible})").fetchall()[0][0]
+        k = round((1.0 - ratio) * n)
+        top = f"SELECT key, similarity FROM ({eligible}) ORDER BY similarity DESC, key LIMIT {k}"
+        return n, dict(con.execute(top).fetchall())
+
+
+@pytest.mark.parametrize("where", [None, "similarity < 0.999 OR key < '00003'"])
+def test_clipscore_keeps_the_global_top_share_duckdb_keeps(tmp_path, where):
+    scores = tmp_path / "scores"
+    planted_scores(scores, duplicates=5, broken={"000010003", "000020007"})  # about half tie at 1.0
+    eligible, top = duckdb_top(scores, 0.7, where)
+    config = SelectConfig(ratio=0.7, batch_size=16, method="clipscore", where=where, seed=5)
+    summary = select(str(scores), str(tmp_path / "m"), config)
+    manifest = read_manifest(tmp_path / "m")
+    keys = manifest["key"].to_pylist()
+    assert summary.counts["eligible"] == eligible and summary.counts["duplicate_keys"] == 5
+    assert len(keys) == len(set(keys)) == len(top) == summary.filter.kept and set(keys) == set(top)
+    assert summary.filter.threshold == pytest.approx(min(top.values()))
+    # One pass: batches of 16 in order, the last one short; scores are the similarities, super_batch -1.
+    assert Counter(manifest["batch"].to_pylist()) == {
+        b: min(16, len(top) - 16 * b) for b in range(-(-len(top) // 16))
+    }
+    assert set(manifest["super_batch"].to_pylist()) == {-1} and set(manifest["chunk"].to_pylist()) == {0}
+    assert manifest["score"].to_pylist() == pytest.approx([top[k] for k in keys])
+    recorded = strict_json(tmp_path / "m" / "summary.json")
+    assert recorded["selected_score"] is None and recorded["super_batch_results"] == []
+    assert recorded["filter"]["kept"] == recorded["counts"]["kept"] == len(top)
+    assert recorded["counts"]["batches"] == summary.batches and recorded["counts"]["passes"] == 1
+
+
+def test_clipscore_with_steps_makes_whole_batches_from_seeded_shuffles(tmp_path):
+    scores = tmp_path / "scores"
+    planted_scores(scores, duplicates=5)  # 295 eligible: 89 kept at 0.7, 5 whole batches of 16 a pass
+    _, top = duckdb_top(scores, 0.7)
+    config = SelectConfig(ratio=0.7, batch_size=16, method="clipscore", seed=5, steps=12)
+    warnings = []
+    with_learner = dataclasses.replace(config, learner="x")
+    summary = select(str(scores), str(tmp_path / "m"), with_learner, warn=warnings.append)
+    assert "--learner is not used by --method clipscore; selecting from the reference alone" in warnings
+    manifest = read_manifest(tmp_path / "m")
+    keys, batches = manifest["key"].to_pylist(), manifest["batch"].to_pylist()
+    assert batches == sorted(batches) and Counter(batches) == dict.fromkeys(range(12), 16)
+    for b in range(12):  # a key recurs across passes, never within a batch
+        assert len({k for k, t in zip(keys, batches, strict=True) if t == b}) == 16
+    assert set(keys) <= set(top) and summary.unique_keys == len(set(keys))
+    counts = strict_json(tmp_path / "m" / "summary.json")["counts"]
+    # 12 batches at 5 a pass take three passes; the two whole ones each leave 89 - 80 = 9 out
+    assert (counts["passes"], counts["left_out_of_passes"], counts["selected"]) == (3, 18, 192)
+    assert counts["repeated_keys"] == 192 - len(set(keys)) > 0
+    # --passes 2: exactly two passes' worth; same seed, same bytes; another seed, other batches.
+    two = select(str(scores), str(tmp_path / "two"), dataclasses.replace(config, steps=None, passes=2))
+    assert (two.batches, two.passes.passes, two.selected) == (10, 2, 160)
+    select(str(scores), str(tmp_path / "again"), config)
+    select(str(scores), str(tmp_path / "other"), dataclasses.replace(config, seed=6))
+    first = (tmp_path / "m" / "manifest.parquet").read_bytes()
+    assert first == (tmp_path / "again" / "manifest.parquet").read_bytes()
+    assert first != (tmp_path / "other" / "manifest.parquet").read_bytes()
+    assert set(read_manifest(tmp_path / "other")["key"].to_pylist()) <= set(top)  # the same kept set
+    big = SelectConfig(ratio=0.9, batch_size=100, method="clipscore", steps=2)
+    with pytest.raises(CurateError, match="keeps 29 samples, fewer than one batch of 100"):
+        select(str(scores), str(tmp_path / "big"), big)
+    assert not (tmp_path / "big").exists()
+
+
+def negclip_twin(folder, index, config):
+    """negCLIPLoss in float64 numpy over the random batches the selection uses, rebuilt here: the
+    super-batches of K seeded passes, a pass's short last one merged into the one before."""
+    t = folder.metadata.logit_scale
+    total, diagonal = np.zeros(len(index)), np.zeros(len(index))
+    for number in range(NEGCLIP_BATCHES):
+        seed = negclip_pass_seed(config.seed, number)
+        batches = [
+            (b.position, b.reference.image.astype(np.float64), b.reference.text.astype(np.float64))
+            for b in iter_super_batches(index, folder, None, config.super_batch, seed, config.window)
+        ]
+        if len(batches) > 1 and len(batches[-1][0]) < config.super_batch:
+            tail = batches.pop()
+            batches[-1] = tuple(np.concatenate([a, b]) for a, b in zip(batches[-1], tail, strict=True))
+        assert sorted(np.concatenate([p for p, _, _ in batches])) == list(range(len(index)))
+        for position, image, text in batches:
+            logits = t * image @ text.T
+            rows, cols = np.logaddexp.reduce(logits, axis=1), np.logaddexp.reduce(logits, axis=0)
+            total[position] += 0.5 * (rows + cols)
+            diagonal[position] = t * (image * text).sum(1)
+    return diagonal - total / NEGCLIP_BATCHES
+
+
+def test_negclip_scores_match_a_numpy_twin_and_keep_its_top_share(tmp_path):
+    scores = tmp_path / "scores"
+    planted_scores(scores, shards=4, per_shard=50, duplicates=3)  # 197 eligible: 4 of 48 and a tail of 5
+    config = SelectConfig(ratio=0.6, super_batch=48, method="negclip", seed=2, window=2)
+    summary = select(str(scores), str(tmp_path / "m"), config)
+    folder = open_score_folder(scores)
+    index = build_index(folder)
+    expected = dict(zip(index.key.to_pylist(), negclip_twin(folder, index, config), strict=True))
+    manifest = read_manifest(tmp_path / "m")
+    keys = manifest["key"].to_pylist()
+    tolerance = 2e-5  # float32 GEMMs of float16 embeddings at t = 10 against float64 (seen: 2e-6)
+    got, want = manifest["score"].to_numpy(), [expected[k] for k in keys]
+    np.testing.assert_allclose(got, want, rtol=0, atol=tolerance)
+    ranked = sorted(expected, key=lambda k: (-expected[k], k))
+    k = round(0.4 * len(index))
+    assert expected[ranked[k - 1]] - expected[ranked[k]] > 2 * tolerance  # so the top-k set is exact
+    assert len(keys) == len(set(keys)) == k and set(keys) == set(ranked[:k])
+    assert summary.filter.threshold == pytest.approx(expected[ranked[k - 1]], abs=tolerance)
+    # On planted data it keeps the aligned pairs, as the CLIP score would.
+    aligned = planted_scores(tmp_path / "again", shards=4, per_shard=50, duplicates=3)
+    assert sum(aligned[k] for k in keys) / len(keys) > 0.9
+    recorded = strict_json(tmp_path / "m" / "summary.json")
+    assert recorded["filter"]["random_batches"] == NEGCLIP_BATCHES
+    assert recorded["parameters"]["method"] == "negclip"
+    select(str(scores), str(tmp_path / "same"), config)
+    first = (tmp_path / "m" / "manifest.parquet").read_bytes()
+    assert first == (tmp_path / "same" / "manifest.parquet").read_bytes()
+
+
+def test_global_methods_skip_the_per_super_batch_checks():
+    assert GLOBAL_METHODS == ("clipscore", "negclip")
+    # round(0.01 * 8) = 0 would keep nothing of a super-batch; a global filter keeps 1% of the crawl.
+    assert SelectConfig(ratio=0.99, super_batch=8, chunks=16, method="clipscore").is_global
+    assert not SelectConfig(ratio=0.5, method="negclip", learner="early/").uses_learner
+    with pytest.raises(CurateError, match="clipscore, negclip"):
+        SelectConfig(ratio=0.5, method="clip")
+
+
+def test_clipscore_from_the_command_line(tmp_path):
+    scores = tmp_path / "scores"
+    planted_scores(scores, shards=2, per_shard=40)
+    out = tmp_path / "manifest"
+    result = run_cli(
+        "select", str(scores), "-o", str(out), "--ratio", "0.7", "--batch-size", "8", "--method", "clipscore"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("\n") == 1, result.stdout
+    assert result.stdout.startswith("kept the top 30% by similarity (threshold ")
+    assert "24 of 80 samples (80 eligible), selected 24 in 3 batches of 8" in result.stdout
+    assert strict_json(out / "summary.json")["parameters"]["method"] == "clipscore"
+    helped = run_cli("select", "--help")
+    assert helped.returncode == 0
+    text = " ".join(helped.stdout.split())
+    assert "clipscore" in text and "negclip" in text

@@ -203,6 +203,11 @@ class ScoreFolder:
         table = self._read(self.files[file_id], list(EMBEDDINGS))
         return embeddings_numpy(table["image_emb"])[rows], embeddings_numpy(table["text_emb"])[rows]
 
+    def read_similarity(self, file_id: int, rows: np.ndarray) -> np.ndarray:
+        """Rows `rows` of one file's similarity column, float32 (NaN where it is null: not ok)."""
+        column = self._read(self.files[file_id], ["similarity"])["similarity"].combine_chunks()
+        return column.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)[rows]
+
     def read_columns(self, columns: list[str], ok_only: bool = False) -> pa.Table:
         """`columns` of every file, concatenated in file order (only status-ok rows with `ok_only`)."""
         wanted = [*columns, "status"] if ok_only and "status" not in columns else columns

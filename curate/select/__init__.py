@@ -2,6 +2,8 @@
 
 Config (`config.py`) → unit (`superbatch.py`: one super-batch, run by either backend) → driver (`select`
 below: index pass, window pass, backend dispatch, the manifest and summary written once, atomically).
+The global filters (`global_filter.py`: clipscore, negclip) replace the window pass and the backend with
+one score per sample and a global top share of the crawl.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -17,7 +20,8 @@ from curate.errors import CurateError
 from curate.fileio import local_path
 from curate.runtime import Progress, resolve_device
 from curate.score.schema import ScoreFolder, open_score_folder
-from curate.select.config import NEEDS_LEARNER, SelectConfig, super_batch_for
+from curate.select.config import GLOBAL_METHODS, NEEDS_LEARNER, SelectConfig, super_batch_for
+from curate.select.global_filter import global_filter
 from curate.select.index import SampleIndex, build_index
 from curate.select.manifest import (
     MANIFEST_FILE,
@@ -38,6 +42,7 @@ from curate.select.superbatch import SelectedBatch, select_super_batch
 from curate.select.window import SuperBatch, iter_passes, iter_super_batches
 
 __all__ = [
+    "GLOBAL_METHODS",
     "MANIFEST_FILE",
     "MANIFEST_SCHEMA",
     "NEEDS_LEARNER",
@@ -74,7 +79,10 @@ def select(
     reference = open_score_folder(scores, "scores")
     learner = open_score_folder(config.learner, "learner") if config.uses_learner else None
     if config.learner and not config.uses_learner and warn:
-        warn(f"--learner is not used by --criterion {config.criterion}; selecting from the reference alone")
+        used_by = f"--method {config.method}" if config.is_global else f"--criterion {config.criterion}"
+        warn(f"--learner is not used by {used_by}; selecting from the reference alone")
+    if config.is_global and config.backend != "local" and warn:
+        warn(f"--method {config.method} runs in the driver; --backend {config.backend} is not used")
     index = build_index(reference, learner, config.where)
     counts = index.counts
     for name, message in (
@@ -88,6 +96,50 @@ def select(
         raise CurateError(f"no sample is left to select from in {scores} ({describe_counts(counts)})")
 
     summary = SelectSummary(counts=counts)
+    if config.is_global:
+        _select_globally(index, reference, config, folder, summary, progress)
+    else:
+        _select_per_super_batch(index, reference, learner, config, folder, summary, progress)
+    summary.unique_keys = count_unique_keys(folder)
+    summary.seconds = time.perf_counter() - start
+    write_summary(folder, summary_json(summary, config, scores, reference, learner))
+    return summary
+
+
+def _select_globally(
+    index: SampleIndex,
+    reference: ScoreFolder,
+    config: SelectConfig,
+    folder: Path,
+    summary: SelectSummary,
+    progress: Progress | None,
+) -> None:
+    """clipscore / negclip: scored and kept here in the driver, whatever --backend. They are cheap (one
+    float per sample, or one GEMM per super-batch for negclip) and need the whole crawl's scores at once
+    for the global threshold, so a cluster would only add transfers."""
+    device = resolve_device(config.device) if config.method == "negclip" else None
+    summary.filter, tables = global_filter(index, reference, config, summary.passes, device, progress)
+    summary.device = str(device) if device is not None else "cpu"
+    folder.mkdir(parents=True, exist_ok=True)  # only now: a selection that cannot be made leaves nothing
+    write_manifest(folder, manifest_metadata_for(config, reference, None), _rows_counted(tables, summary))
+
+
+def _rows_counted(tables: Iterator[pa.Table], summary: SelectSummary) -> Iterator[pa.Table]:
+    for table in tables:
+        summary.selected += table.num_rows
+        yield table
+
+
+def _select_per_super_batch(
+    index: SampleIndex,
+    reference: ScoreFolder,
+    learner: ScoreFolder | None,
+    config: SelectConfig,
+    folder: Path,
+    summary: SelectSummary,
+    progress: Progress | None,
+) -> None:
+    """JEST and the per-super-batch baselines: the window pass, through the backend."""
     target = _batches_to_make(config, len(index))
     batches = iter_passes(
         index, reference, learner, config.super_batch, config.seed, config.window, target, summary.passes
@@ -97,10 +149,6 @@ def select(
         total = target or math.ceil(len(index) / config.super_batch)
         metadata = manifest_metadata_for(config, reference, learner)
         write_manifest(folder, metadata, _counted(selected(batches), summary, progress, total))
-    summary.unique_keys = count_unique_keys(folder)
-    summary.seconds = time.perf_counter() - start
-    write_summary(folder, summary_json(summary, config, scores, reference, learner))
-    return summary
 
 
 def _batches_to_make(config: SelectConfig, eligible: int) -> int | None:

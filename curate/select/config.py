@@ -10,6 +10,8 @@ from curate.errors import CurateError
 from curate.jest import CRITERIA, METHODS, selection_size
 
 NEEDS_LEARNER = ("learnability", "hard")
+# Offline filters over the whole crawl (select/global_filter.py), beside the per-super-batch METHODS.
+GLOBAL_METHODS = ("clipscore", "negclip")
 DEFAULT_SUPER_BATCH = 16384
 
 
@@ -60,11 +62,12 @@ class SelectConfig:
         self._resolve("batch_size", round((1.0 - self.ratio) * self.super_batch))
         if self.criterion is None:
             self._resolve("criterion", "learnability" if self.learner else "easy")
-        if self.method not in METHODS:
-            raise CurateError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method not in METHODS + GLOBAL_METHODS:
+            names = ", ".join(METHODS + GLOBAL_METHODS)
+            raise CurateError(f"--method must be one of {names}, got {self.method!r}")
         if self.criterion not in CRITERIA:
             raise CurateError(f"--criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
-        if self.criterion in NEEDS_LEARNER and not self.learner:
+        if self.criterion in NEEDS_LEARNER and not self.learner and not self.is_global:
             raise CurateError(
                 f"--criterion {self.criterion} needs --learner SCORES (a second model's scores of the same "
                 "samples); with the reference's scores alone use --criterion easy"
@@ -82,8 +85,9 @@ class SelectConfig:
         if self.passes is not None and self.passes < 1:
             raise CurateError(f"--passes must be at least 1, got {self.passes}")
         check_backend(self.backend, self.ray)
-        # Validates ratio and chunks against B now, not after the index pass.
-        selection_size(self.super_batch, self.ratio, self.chunks if self.method == "jest" else 1)
+        if not self.is_global:  # a global filter keeps a share of the crawl, not of each super-batch
+            # Validates ratio and chunks against B now, not after the index pass.
+            selection_size(self.super_batch, self.ratio, self.chunks if self.method == "jest" else 1)
 
     def _resolve(self, name: str, value: object) -> None:
         object.__setattr__(self, name, value)  # frozen: defaults that depend on other fields are set once
@@ -95,5 +99,10 @@ class SelectConfig:
         return self.steps is not None or self.passes is not None
 
     @property
+    def is_global(self) -> bool:
+        """Whether --method is a filter over the whole crawl (clipscore, negclip), not per super-batch."""
+        return self.method in GLOBAL_METHODS
+
+    @property
     def uses_learner(self) -> bool:
-        return bool(self.learner) and self.criterion in NEEDS_LEARNER
+        return bool(self.learner) and self.criterion in NEEDS_LEARNER and not self.is_global

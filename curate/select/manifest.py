@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -105,9 +106,21 @@ def write_manifest(folder: Path, metadata: dict[str, str], tables: Iterable[pa.T
 
 
 def write_summary(folder: Path, summary: dict) -> None:
+    """summary.json, strict JSON: json.dump would write a NaN or infinity as a bare `NaN`, which no JSON
+    reader but Python's accepts, so those become null."""
     with atomic_open(str(folder / SUMMARY_FILE), "w") as handle:
-        json.dump(summary, handle, indent=2)
+        json.dump(_finite(summary), handle, indent=2, allow_nan=False)
         handle.write("\n")
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 # ---------------------------------------------------------------------------------------------- readers

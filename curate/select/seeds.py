@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 # Streams 0 and 1 seed a super-batch's draws (the selection, the random batch it is compared with); 2 seeds
-# a pass's permutation; 3 the shuffle of a global filter's kept set.
-DRAW, RANDOM_BATCH, PASS, GLOBAL_SHUFFLE = 0, 1, 2, 3
+# a pass's permutation; 3 the shuffle of a global filter's kept set; 4 the passes whose super-batches are
+# negclip's random batches.
+DRAW, RANDOM_BATCH, PASS, GLOBAL_SHUFFLE, NEGCLIP_PASS = 0, 1, 2, 3, 4
 
 
 def _hash(*words: int) -> int:
@@ -28,3 +29,9 @@ def pass_seed(seed: int, number: int) -> int:
 def shuffle_seed(seed: int, number: int) -> int:
     """The seed of pass `number`'s shuffle of a global filter's kept set."""
     return _hash(seed, number, GLOBAL_SHUFFLE)
+
+
+def negclip_pass_seed(seed: int, number: int) -> int:
+    """The seed of negclip's pass `number` over the crawl, whose super-batches are its random batches: a
+    stream of its own, so they never coincide with a JEST selection's super-batches of the same seed."""
+    return _hash(seed, number, NEGCLIP_PASS)

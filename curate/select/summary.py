@@ -2,7 +2,8 @@
 
 It records the exact command, the parameters, the models' metadata, the counts, and per super-batch the
 mean criterion over the selected batch's b x b pairs next to a random batch of the same size from the same
-super-batch: the number that shows joint selection did something.
+super-batch: the number that shows joint selection did something. A global filter (clipscore, negclip) has
+no super-batch results; it records what it kept instead, and its selected/random scores are null.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from curate import __version__
 from curate.fileio import absolute
 from curate.score.schema import ScoreFolder
 from curate.select.config import SelectConfig
+from curate.select.global_filter import FilterResult
 from curate.select.superbatch import SuperBatchResult
 from curate.select.window import PassCounts
 
@@ -30,6 +32,11 @@ class SelectSummary:
     device: str = ""
     passes: PassCounts = field(default_factory=PassCounts)
     unique_keys: int = 0  # distinct keys among the selected rows
+    filter: FilterResult | None = None  # what a global filter kept (None: per-super-batch selection)
+
+    @property
+    def batches(self) -> int:
+        return self.filter.batches if self.filter else len(self.super_batches)
 
     @property
     def repeats(self) -> int:
@@ -65,6 +72,8 @@ def summary_json(
     learner: ScoreFolder | None,
 ) -> dict:
     parameters = {k: v for k, v in asdict(config).items() if k not in ("command", "learner", "shards")}
+    if summary.filter is not None:
+        return _global_json(summary, config, parameters, scores, reference)
     return {
         "command": config.command,
         "curate_version": __version__,
@@ -100,6 +109,45 @@ def summary_json(
         "selected_score": summary.selected_score,
         "random_score": summary.random_score,
         "super_batch_results": [asdict(r) for r in summary.super_batches],
+    }
+
+
+def _global_json(
+    summary: SelectSummary, config: SelectConfig, parameters: dict, scores: str, reference: ScoreFolder
+) -> dict:
+    """A global filter's summary: the same frame, its counts, and what it kept in place of super-batches."""
+    kept = summary.filter
+    return {
+        "command": config.command,
+        "curate_version": __version__,
+        "parameters": parameters,
+        "inputs": {
+            "scores": absolute(scores),
+            "learner": None,
+            "shards": absolute(config.shards) if config.shards else None,
+        },
+        "models": {"reference": asdict(reference.metadata), "learner": None},
+        "device": summary.device,
+        "seconds": round(summary.seconds, 3),
+        "counts": {
+            **summary.counts,
+            "kept": kept.kept,
+            "selected": summary.selected,
+            "batches": kept.batches,
+            "passes": summary.passes.passes,
+            "left_out_of_passes": summary.passes.left_out,
+            "unique_keys": summary.unique_keys,
+            "repeated_keys": summary.repeats,
+        },
+        "filter": asdict(kept),
+        "score": (
+            f"{kept.score} of each sample; the global top {1.0 - config.ratio:.4g} of the eligible samples "
+            "is kept, batches cut from seeded shuffles of it"
+        ),
+        "selected_score": None,  # a joint score of batches, which a global filter does not compute
+        "random_score": None,
+        "last_super_batch": None,
+        "super_batch_results": [],
     }
 
 

@@ -56,8 +56,10 @@ def select_super_batch(
         return SelectedBatch(batch.index, n, str(device))
     # A short last super-batch keeps the ratio; JEST then uses at most one chunk per selected sample.
     chunks = min(config.chunks, size) if config.method == "jest" else 1
-    ref = _pair(batch.reference, reference.metadata, device)
-    lrn = _pair(batch.learner, learner.metadata, device) if learner is not None and batch.learner else None
+    ref = pair_embeddings(batch.reference, reference.metadata, device)
+    lrn = None
+    if learner is not None and batch.learner:
+        lrn = pair_embeddings(batch.learner, learner.metadata, device)
     choice = choose(
         config.method,
         ref,
@@ -93,7 +95,8 @@ def select_super_batch(
     return SelectedBatch(batch.index, n, str(device), rows, result)
 
 
-def _pair(embeddings: Embeddings, meta: ScoreMetadata, device: torch.device) -> PairEmbeddings:
+def pair_embeddings(embeddings: Embeddings, meta: ScoreMetadata, device: torch.device) -> PairEmbeddings:
+    """One model's embeddings of a super-batch as tensors on `device`, in the dtype its GEMMs read."""
     # CUDA keeps float16 (the fp32-accumulating GEMM reads it directly); the CPU upcasts once, not per block.
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     image, text = (

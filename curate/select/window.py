@@ -40,6 +40,7 @@ class SuperBatch:
     shard: pa.Array
     reference: Embeddings
     learner: Embeddings | None
+    position: np.ndarray  # int64: each sample's row in the SampleIndex (what a global filter scores)
 
     def __len__(self) -> int:
         return len(self.key)
@@ -111,6 +112,7 @@ def _super_batch(number: int, part: Part, index: SampleIndex) -> SuperBatch:
         index.shard.take(positions),
         Embeddings(part["ref_image"], part["ref_text"]),
         learner,
+        part["position"],
     )
 
 
