@@ -122,7 +122,7 @@ def main(outs: list[Path]) -> None:
             if other in rows:
                 wins = [a > b for a, b in zip(rows["jest"]["top1"], rows[other]["top1"], strict=True)]
                 print(
-                    f"JEST (batches) above {LABELS[other]} in {sum(wins)} of {len(wins)} seeds "
+                    f"JEST (batches) strictly above {LABELS[other]} in {sum(wins)} of {len(wins)} seeds "
                     f"({', '.join('yes' if w else 'no' for w in wins)})"
                 )
     reference = [run_metrics(out, "reference") for out in outs]

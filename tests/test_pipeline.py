@@ -84,5 +84,5 @@ def test_the_example_pipeline_runs_end_to_end(tmp_path):
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 1 + len(LEARNERS)  # header and one row per learner
     assert all(len(row.split("|")) == 10 for row in rows)
-    assert "JEST (batches) above CLIP-score filter" in table
+    assert "JEST (batches) strictly above CLIP-score filter" in table
     assert "reference (curated set): zero-shot top-1" in table
