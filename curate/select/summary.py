@@ -71,13 +71,20 @@ def summary_json(
     reference: ScoreFolder,
     learner: ScoreFolder | None,
 ) -> dict:
-    parameters = {k: v for k, v in asdict(config).items() if k not in ("command", "learner", "shards")}
-    if summary.filter is not None:
-        return _global_json(summary, config, parameters, scores, reference)
-    return {
+    """The frame every selection shares (command, parameters, inputs, models, counts), then what its
+    method did: per super-batch scores for JEST and its baselines, the kept share for a global filter."""
+    learner = learner if summary.filter is None else None
+    passes = {
+        "selected": summary.selected,
+        "passes": summary.passes.passes,
+        "left_out_of_passes": summary.passes.left_out,
+        "unique_keys": summary.unique_keys,
+        "repeated_keys": summary.repeats,
+    }
+    frame = {
         "command": config.command,
         "curate_version": __version__,
-        "parameters": parameters,
+        "parameters": {k: v for k, v in asdict(config).items() if k not in ("command", "learner", "shards")},
         "inputs": {
             "scores": absolute(scores),
             "learner": absolute(config.learner) if learner else None,
@@ -89,17 +96,31 @@ def summary_json(
         },
         "device": summary.device,
         "seconds": round(summary.seconds, 3),
+    }
+    kept = summary.filter
+    if kept is not None:
+        return {
+            **frame,
+            "counts": {**summary.counts, "kept": kept.kept, "batches": kept.batches, **passes},
+            "filter": asdict(kept),
+            "score": (
+                f"{kept.score} of each sample; the global top {1.0 - config.ratio:.4g} of the eligible "
+                "samples is kept, batches cut from seeded shuffles of it"
+            ),
+            "selected_score": None,  # a joint score of batches, which a global filter does not compute
+            "random_score": None,
+            "last_super_batch": None,
+            "super_batch_results": [],
+        }
+    return {
+        **frame,
         "counts": {
             **summary.counts,
             "in_super_batches": summary.in_super_batches,
             "skipped_last_super_batch": summary.skipped_last,
-            "selected": summary.selected,
             "super_batches": len(summary.super_batches),
             "batches": len(summary.super_batches),
-            "passes": summary.passes.passes,
-            "left_out_of_passes": summary.passes.left_out,
-            "unique_keys": summary.unique_keys,
-            "repeated_keys": summary.repeats,
+            **passes,
         },
         "last_super_batch": _last(summary, config),
         "score": (
@@ -109,45 +130,6 @@ def summary_json(
         "selected_score": summary.selected_score,
         "random_score": summary.random_score,
         "super_batch_results": [asdict(r) for r in summary.super_batches],
-    }
-
-
-def _global_json(
-    summary: SelectSummary, config: SelectConfig, parameters: dict, scores: str, reference: ScoreFolder
-) -> dict:
-    """A global filter's summary: the same frame, its counts, and what it kept in place of super-batches."""
-    kept = summary.filter
-    return {
-        "command": config.command,
-        "curate_version": __version__,
-        "parameters": parameters,
-        "inputs": {
-            "scores": absolute(scores),
-            "learner": None,
-            "shards": absolute(config.shards) if config.shards else None,
-        },
-        "models": {"reference": asdict(reference.metadata), "learner": None},
-        "device": summary.device,
-        "seconds": round(summary.seconds, 3),
-        "counts": {
-            **summary.counts,
-            "kept": kept.kept,
-            "selected": summary.selected,
-            "batches": kept.batches,
-            "passes": summary.passes.passes,
-            "left_out_of_passes": summary.passes.left_out,
-            "unique_keys": summary.unique_keys,
-            "repeated_keys": summary.repeats,
-        },
-        "filter": asdict(kept),
-        "score": (
-            f"{kept.score} of each sample; the global top {1.0 - config.ratio:.4g} of the eligible samples "
-            "is kept, batches cut from seeded shuffles of it"
-        ),
-        "selected_score": None,  # a joint score of batches, which a global filter does not compute
-        "random_score": None,
-        "last_super_batch": None,
-        "super_batch_results": [],
     }
 
 
