@@ -113,7 +113,7 @@ class TrainConfig:
     pretrained: str | None = trajectory(None)
     steps: int = trajectory(1000)  # the cosine schedule ends here, so it shapes every step's LR
     # b, the pairs each step trains on: DEFAULT_BATCH_SIZE, or with --order batches the manifest's (which
-    # `resolve_batches` fills in before the run starts; another one is an error there)
+    # `with_batch_size` fills in before the run starts; another one is an error there)
     batch_size: int | None = trajectory(None)
     seed: int = trajectory(0)  # model init and data order
     optim: OptimConfig = trajectory(default_factory=OptimConfig)
