@@ -41,11 +41,11 @@ def report_command(
             help="The shards: contact-sheet images and noise kinds (default: as recorded by select).",
         ),
     ] = None,
-    scoring_flops: Annotated[
-        list[str] | None,
+    baseline: Annotated[
+        str | None,
         typer.Option(
-            metavar="RUN=FLOPS",
-            help="FLOPs spent scoring the pool offline for RUN (e.g. jest=3.2e15); added to its FLOPs axis.",
+            metavar="RUN",
+            help="The run the headline compares every learner with (default: uniform, else the first run).",
             show_default=False,
         ),
     ] = None,
@@ -54,11 +54,14 @@ def report_command(
 ) -> None:
     """Plots and one static HTML page from runs, scores and manifests; open DIR/index.html from disk.
 
-    Runs: zero-shot accuracy and retrieval against the training step and against FLOPs, loss curves and a
-    table of final numbers. Manifests and scores: reference similarity of selected vs rejected samples, the
-    batch score per super-batch, the share of each noise kind in each selection (synthetic shards carry it),
-    and a contact sheet of the highest- and lowest-scored samples with their captions. Sections appear only
-    for what is given.
+    Runs: zero-shot accuracy and retrieval against the training step and against total FLOPs and seconds
+    with everything upstream counted (the reference's training and scoring, followed through the inputs each
+    run, manifest and score folder records), loss curves and a table of final numbers; stdout ends with a
+    headline, one line per learner: its top-1 and its total compute relative to --baseline.
+    Manifests and scores: reference similarity of selected vs rejected samples, the batch score per
+    super-batch, the share of each noise kind in each selection (synthetic shards carry it), and a contact
+    sheet of the highest- and lowest-scored samples with their captions. Sections appear only for what is
+    given.
 
     \b
     example: curate report runs/baseline runs/jest -o report/ --manifest manifest/ --scores scores/
@@ -67,15 +70,6 @@ def report_command(
     from curate.errors import CurateError
     from curate.report import ReportConfig, classify, report
 
-    offsets = []
-    for item in scoring_flops or []:
-        name, sep, value = item.rpartition("=")
-        try:
-            offsets.append((name, float(value)))
-        except ValueError:
-            sep = ""
-        if not sep or not name:
-            raise CurateError(f"--scoring-flops takes RUN=FLOPS (e.g. jest=3.2e15), got {item!r}")
     runs, manifests, score_folders = classify(inputs or [])
     manifests += manifest or []
     score_folders += [scores] if scores else []
@@ -86,7 +80,7 @@ def report_command(
         scores=score_folders[0] if score_folders else None,
         manifests=tuple(manifests),
         shards=shards,
-        scoring_flops=tuple(offsets),
+        baseline=baseline,
         top=top,
         title=title,
     )
@@ -98,3 +92,5 @@ def report_command(
     parts += [f"{summary.manifests} manifest{'s' * (summary.manifests != 1)}"] if summary.manifests else []
     parts += [f"scores of {summary.scored} samples"] if summary.scored is not None else []
     out.print(f"wrote {len(summary.figures)} figures for {', '.join(parts)} → {summary.index}")
+    for line in summary.headline:
+        out.print(line, markup=False)

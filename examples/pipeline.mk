@@ -1,7 +1,8 @@
 # The whole curate pipeline as plain commands: copy this file and point it at your own shards and models.
 #   make -f examples/pipeline.mk                      # synthetic data, everything under ./demo
 #   make -f examples/pipeline.mk OUT=run2 SEED=2      # another seed
-# Every step writes its outputs atomically and is skipped by make once done, so an interrupted run resumes.
+# Every step writes its outputs atomically and is skipped by make once done (a `.done` stamp marks a finished
+# run or score folder), and a run that was interrupted resumes from its last checkpoint.
 CURATE ?= curate
 OUT ?= demo
 SEED ?= 0
@@ -23,41 +24,45 @@ WORKERS ?= 1
 EVAL_EVERY ?= 20
 LR ?= 1e-3
 WARMUP ?= 100
+# A checkpoint every SAVE_EVERY steps: what an interrupted run resumes from (and the early learner's).
+SAVE_EVERY ?= $(EARLY)
 TRAIN = $(CURATE) train --model $(MODEL) --batch-size $(BATCH) --lr $(LR) --warmup $(WARMUP) --seed $(SEED) \
-	--workers $(WORKERS) --eval $(OUT)/data/eval --eval-every $(EVAL_EVERY)
+	--workers $(WORKERS) --eval $(OUT)/data/eval --eval-every $(EVAL_EVERY) --save-every $(SAVE_EVERY) \
+	-o $(@D) $(if $(wildcard $(@D)/latest.pt),--resume)
 # One batch per learner step: as many seeded passes over the crawl as STEPS batches of BATCH need.
 SELECT = $(CURATE) select $(OUT)/scores/reference --ratio $(RATIO) --batch-size $(BATCH) --steps $(STEPS) \
 	--seed $(SEED) --shards $(OUT)/data/web
 
+# uniform-3x: uniform trained 3x as long, the compute-matched baseline (any uniform-Kx trains K x STEPS).
 # jest-set: JEST's selection trained as a set (--order shuffle); clipscore and negclip: the global filters
-# users run instead (DataComp's CLIP score, negCLIPLoss), at the same ratio. EXTRA_LEARNERS adds runs to
-# the report (the 3-seed experiment sets EXTRA_LEARNERS="jest-set negclip").
-LEARNERS = uniform jest independent random learnability clipscore online $(EXTRA_LEARNERS)
-EXTRA_LEARNERS ?=
-.PHONY: all data reference learners report clean
+# users run instead (DataComp's CLIP score, negCLIPLoss), at the same ratio. `make demo` trains five of
+# these, `make experiment` (examples/experiment.mk) all of them and uniform-5x.
+LEARNERS ?= uniform uniform-3x jest independent random learnability clipscore online
+.PHONY: all data learners report clean
 all: report
-	@echo "report: $(OUT)/report/index.html"
 
 # 1. A noisy synthetic web crawl, its small clean curated set and an eval set.
 data: $(OUT)/data/web/sizes.json
 $(OUT)/data/web/sizes.json:
 	$(CURATE) synth $(OUT)/data --n $(N) --seed $(SEED) $(SYNTH_FLAGS)
 
-# 2. A reference model trained on the curated set, then its scores of the whole crawl (.done holds the
-#    seconds scoring took, for the results table's cost column).
-$(OUT)/runs/reference/latest.pt: $(OUT)/data/web/sizes.json
-	$(TRAIN) $(OUT)/data/curated -o $(OUT)/runs/reference --steps $(REF_STEPS)
-$(OUT)/scores/reference/.done: $(OUT)/runs/reference/latest.pt
-	start=$$(date +%s); $(CURATE) score $(OUT)/data/web -o $(OUT)/scores/reference --model $< --workers $(WORKERS) \
-		&& echo $$(( $$(date +%s) - start )) > $@
+# 2. A reference model trained on the curated set, then its scores of the whole crawl (each score file
+#    records what it cost and the checkpoint that scored it, so a learner's report counts all of it).
+$(OUT)/runs/reference/.done: $(OUT)/data/web/sizes.json
+	$(TRAIN) $(OUT)/data/curated --steps $(REF_STEPS) && touch $@
+$(OUT)/scores/reference/.done: $(OUT)/runs/reference/.done
+	$(CURATE) score $(OUT)/data/web -o $(@D) --model $(OUT)/runs/reference/latest.pt --workers $(WORKERS) \
+		&& touch $@
 
-# 3. The uniform (IID) learner on the whole crawl; its early checkpoint scores the crawl as the learner.
-$(OUT)/runs/uniform/latest.pt: $(OUT)/data/web/sizes.json
-	$(TRAIN) $(OUT)/data/web -o $(OUT)/runs/uniform --steps $(STEPS) --save-every $(EARLY)
-$(OUT)/scores/learner/.done: $(OUT)/runs/uniform/latest.pt
-	start=$$(date +%s); $(CURATE) score $(OUT)/data/web -o $(OUT)/scores/learner \
-		--model $(OUT)/runs/uniform/checkpoints/step_$(EARLY).pt --workers $(WORKERS) \
-		&& echo $$(( $$(date +%s) - start )) > $@
+# 3. The uniform (IID) learner on the whole crawl, and for K times as many steps; uniform's early checkpoint
+#    scores the crawl as the learner.
+$(OUT)/runs/uniform/.done: $(OUT)/data/web/sizes.json
+	$(TRAIN) $(OUT)/data/web --steps $(STEPS) && touch $@
+$(OUT)/runs/uniform-%x/.done: $(OUT)/data/web/sizes.json
+	$(TRAIN) $(OUT)/data/web --steps $$(( $* * $(STEPS) )) && touch $@
+$(OUT)/scores/learner/.done: $(OUT)/runs/uniform/.done
+	$(CURATE) score $(OUT)/data/web -o $(@D) --model $(OUT)/runs/uniform/checkpoints/step_$(EARLY).pt \
+		--workers $(WORKERS) && touch $@
 
 # 4. Offline selections at F = RATIO, STEPS batches each: JEST, independent and random with the reference
 #    alone ("easy"), JEST on learnability (early learner − reference), and the global filters; then the JEST
@@ -80,21 +85,21 @@ $(OUT)/curated/sizes.json: $(OUT)/manifests/jest/manifest.parquet
 
 # 5. Learners with the same steps and batch size: each offline selection's batches in order (step t trains
 #    batch t), JEST's as a shuffled set, and online JEST.
-$(OUT)/runs/%/latest.pt: $(OUT)/manifests/%/manifest.parquet
-	$(TRAIN) $(OUT)/data/web -o $(OUT)/runs/$* --steps $(STEPS) --manifest $(OUT)/manifests/$*
-$(OUT)/runs/jest-set/latest.pt: $(OUT)/manifests/jest/manifest.parquet
-	$(TRAIN) $(OUT)/data/web -o $(OUT)/runs/jest-set --steps $(STEPS) --manifest $(OUT)/manifests/jest \
-		--order shuffle
-$(OUT)/runs/online/latest.pt: $(OUT)/scores/reference/.done
-	$(TRAIN) $(OUT)/data/web -o $(OUT)/runs/online --steps $(STEPS) --online-jest --ref $(OUT)/scores/reference \
-		--ratio $(RATIO)
-# online first: the longest run, so under make -j it starts as soon as the reference scores exist.
-learners: $(OUT)/runs/online/latest.pt $(foreach run,$(LEARNERS),$(OUT)/runs/$(run)/latest.pt) \
+$(OUT)/runs/%/.done: $(OUT)/manifests/%/manifest.parquet
+	$(TRAIN) $(OUT)/data/web --steps $(STEPS) --manifest $(OUT)/manifests/$* && touch $@
+$(OUT)/runs/jest-set/.done: $(OUT)/manifests/jest/manifest.parquet
+	$(TRAIN) $(OUT)/data/web --steps $(STEPS) --manifest $(OUT)/manifests/jest --order shuffle && touch $@
+$(OUT)/runs/online/.done: $(OUT)/scores/reference/.done
+	$(TRAIN) $(OUT)/data/web --steps $(STEPS) --online-jest --ref $(OUT)/scores/reference --ratio $(RATIO) \
+		&& touch $@
+# The longest runs first: under make -j they start as soon as their inputs exist.
+learners: $(foreach run,$(filter online uniform-%x,$(LEARNERS)) $(LEARNERS),$(OUT)/runs/$(run)/.done) \
 	$(OUT)/curated/sizes.json
 
-# 6. Every learner and the reference on the eval set, and the comparison page.
+# 6. Every learner and the reference on the eval set, and the comparison page; its last lines, the headline:
+#    each learner's top-1 and total compute (its reference's training and scoring counted) against uniform's.
 report: learners
-	$(CURATE) report $(OUT)/runs/reference $(foreach run,$(LEARNERS),$(OUT)/runs/$(run)) \
+	$(CURATE) report $(OUT)/runs/reference $(foreach run,$(LEARNERS),$(OUT)/runs/$(run)) --baseline uniform \
 		--manifest $(OUT)/manifests/jest --scores $(OUT)/scores/reference --shards $(OUT)/data/web -o $(OUT)/report
 
 clean:

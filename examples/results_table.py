@@ -1,13 +1,15 @@
-"""Summarise demo runs over seeds as the README's results table.
+"""Summarise pipeline runs over seeds as the README's results table (`make experiment` writes it).
 
-    make -f examples/pipeline.mk OUT=demo-seed0 SEED=0   # ... and seeds 1, 2
-    python examples/results_table.py demo-seed0 demo-seed1 demo-seed2
+    make -f examples/pipeline.mk OUT=exp/seed0 SEED=0   # ... and seeds 1, 2
+    python examples/results_table.py exp/seed0 exp/seed1 exp/seed2
 
-For each learner: final zero-shot top-1 and retrieval R@1 (mean ± std over seeds), the first evaluated
-step at which it reached the uniform learner's final top-1 (per seed), its training wall time, and that
-time plus what its selection cost: training the reference and scoring the crawl with it (the `.done` stamps
-of `scores/` hold the scoring seconds) for every learner that uses reference scores, and scoring the crawl
-with the early learner too for offline learnability.
+Per learner: final zero-shot top-1 and retrieval R@1 (mean ± std over seeds), the first evaluated step at
+which it reached the uniform learner's final top-1 (per seed), the total FLOPs spent by then with everything
+counted (its own training to that step plus everything upstream: the reference's training and scoring, an
+early learner's for offline learnability; `curate.cost` follows what the artefacts record), that as a
+ratio to uniform's total, and its total FLOPs and seconds at the end. Then, per seed, how far the
+compute-matched uniform runs (uniform-Kx, K times the steps) get: where uniform reaches JEST's final top-1,
+as a multiple of JEST's total FLOPs.
 """
 
 from __future__ import annotations
@@ -16,10 +18,15 @@ import statistics
 import sys
 from pathlib import Path
 
-from curate.train.run import read_config, read_metrics
+import numpy as np
+
+from curate.cost import cost_at_steps, lineage
+from curate.train.run import read_metrics
 
 LEARNERS = (
     "uniform",
+    "uniform-3x",
+    "uniform-5x",
     "random",
     "clipscore",
     "negclip",
@@ -29,21 +36,10 @@ LEARNERS = (
     "learnability",
     "online",
 )
-# What each learner's data cost beyond its own training: the reference (trained, then scoring the crawl)
-# and, for offline learnability, the early learner's scores of the crawl. Random needs no scores.
-USES_SCORES = {
-    "uniform": (),
-    "random": (),
-    "clipscore": ("reference",),
-    "negclip": ("reference",),
-    "independent": ("reference",),
-    "jest": ("reference",),
-    "jest-set": ("reference",),
-    "learnability": ("reference", "learner"),
-    "online": ("reference",),
-}
 LABELS = {
     "uniform": "uniform (IID, whole crawl)",
+    "uniform-3x": "uniform, 3× the steps",
+    "uniform-5x": "uniform, 5× the steps",
     "random": "offline random 20% (batches)",
     "clipscore": "CLIP-score filter, top 20% (batches)",
     "negclip": "negCLIPLoss filter, top 20% (batches)",
@@ -53,24 +49,30 @@ LABELS = {
     "learnability": "offline JEST, learnability (batches)",
     "online": "online JEST, learnability",
 }
+JEST = "jest"
 
 
-def run_metrics(out: Path, run: str) -> tuple[list[dict], list[dict]]:
-    """A run's log records (each with the run's batch size) and its eval records."""
-    folder = out / "runs" / run
-    records, batch = read_metrics(folder), read_config(folder).batch_size
-    logs = [{**m, "batch_size": batch} for m in records if "loss" in m]
-    return logs, [m for m in records if "eval" in m]
+class Learner:
+    """One run of one seed: its evals and its cost with everything counted."""
 
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.evals = [m for m in read_metrics(folder) if "eval" in m]
+        self.cost = lineage(folder)
+        steps = np.array([e["step"] for e in self.evals])
+        own_flops, _ = cost_at_steps(folder, steps)
+        total = own_flops + self.cost.inherited.flops
+        self.total_flops_at = dict(zip(steps.tolist(), total.tolist(), strict=True))
 
-def train_seconds(logs: list[dict]) -> float:
-    """Steps × batch over the run's average rate (measured from its first step: decoding not included)."""
-    last = logs[-1]
-    return last["step"] * last["batch_size"] / last["samples_per_s"]
+    def final(self, metric: str = "zeroshot_top1") -> float:
+        return self.evals[-1]["eval"][metric]
 
-
-def scoring_seconds(out: Path, scores: str) -> float:
-    return float((out / "scores" / scores / ".done").read_text())
+    def reach(self, target: float) -> tuple[int, float] | None:
+        """The first eval step at which top-1 reached `target`, and the total FLOPs spent by then."""
+        for record in self.evals:
+            if record["eval"]["zeroshot_top1"] >= target:
+                return record["step"], self.total_flops_at[record["step"]]
+        return None
 
 
 def spread(values: list[float], digits: int = 3) -> str:
@@ -79,60 +81,97 @@ def spread(values: list[float], digits: int = 3) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def spread_e(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2e}"
+    return f"{statistics.mean(values):.2e} ± {statistics.stdev(values):.1e}"
+
+
+def ratio_cell(flops: list[float | None], base: list[float]) -> str:
+    """Mean FLOPs and mean ratio to the baseline's over the seeds that reached; n/N when some did not."""
+    pairs = [(f, b) for f, b in zip(flops, base, strict=True) if f is not None]
+    if not pairs:
+        return "not reached"
+    mean = statistics.mean(f for f, _ in pairs)
+    ratio = spread([f / b for f, b in pairs], 2)
+    missing = f" ({len(pairs)} of {len(flops)} seeds)" if len(pairs) < len(flops) else ""
+    return f"{mean:.2e} ({ratio}×){missing}"
+
+
 def main(outs: list[Path]) -> None:
-    columns = ("top1", "i2t", "t2i", "reach", "seconds", "total")
-    learners = [
-        name for name in LEARNERS if all((out / "runs" / name / "latest.pt").exists() for out in outs)
-    ]
-    rows = {name: {column: [] for column in columns} for name in learners}
-    for out in outs:
-        reference_cost = train_seconds(run_metrics(out, "reference")[0])
-        cost = {"reference": reference_cost + scoring_seconds(out, "reference")}
-        cost["learner"] = scoring_seconds(out, "learner")
-        _, uniform_evals = run_metrics(out, "uniform")
-        target = uniform_evals[-1]["eval"]["zeroshot_top1"]
-        for name in learners:
-            logs, evals = run_metrics(out, name)
-            final = evals[-1]["eval"]
-            rows[name]["top1"].append(final["zeroshot_top1"])
-            rows[name]["i2t"].append(final["image_to_text_r1"])
-            rows[name]["t2i"].append(final["text_to_image_r1"])
-            reached = next((e["step"] for e in evals if e["eval"]["zeroshot_top1"] >= target), None)
-            rows[name]["reach"].append(str(reached) if reached else "—")
-            rows[name]["seconds"].append(train_seconds(logs))
-            rows[name]["total"].append(train_seconds(logs) + sum(cost[part] for part in USES_SCORES[name]))
-    steps = run_metrics(outs[0], "uniform")[0][-1]["step"]
+    names = [n for n in LEARNERS if all((out / "runs" / n / ".done").exists() for out in outs)]
+    runs = {n: [Learner(out / "runs" / n) for out in outs] for n in names}
+    uniform = runs["uniform"]
+    targets = [u.final() for u in uniform]
+    base_flops = [u.cost.total.flops for u in uniform]
+    base_seconds = [u.cost.total.seconds for u in uniform]
+    steps = uniform[0].evals[-1]["step"]
     print(
-        f"| learner ({len(outs)} seeds, {steps} steps) | zero-shot top-1 | per seed | image→text R@1 "
-        "| text→image R@1 | step reaching uniform's final top-1 (per seed) | training (s) "
-        "| with reference and scoring (s) |"
+        f"| learner ({len(outs)} seeds, {steps} steps unless said) | zero-shot top-1 | per seed "
+        "| image→text R@1 | text→image R@1 | step reaching uniform's final top-1 (per seed) "
+        "| total FLOPs by then (× uniform's total) | total FLOPs (× uniform's) "
+        "| total seconds (× uniform's) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for name in learners:
-        row = rows[name]
-        per_seed = ", ".join(f"{v:.3f}" for v in row["top1"])
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in names:
+        seeds = runs[name]
+        top1 = [r.final() for r in seeds]
+        reached = [r.reach(t) for r, t in zip(seeds, targets, strict=True)]
+        flops = [r.cost.total.flops for r in seeds]
+        seconds = [r.cost.total.seconds for r in seeds]
         print(
-            f"| {LABELS[name]} | {spread(row['top1'])} | {per_seed} | {spread(row['i2t'])} "
-            f"| {spread(row['t2i'])} | {', '.join(row['reach'])} | {spread(row['seconds'], 0)} "
-            f"| {spread(row['total'], 0)} |"
+            f"| {LABELS[name]} | {spread(top1)} | {', '.join(f'{v:.3f}' for v in top1)} "
+            f"| {spread([r.final('image_to_text_r1') for r in seeds])} "
+            f"| {spread([r.final('text_to_image_r1') for r in seeds])} "
+            f"| {', '.join(str(r[0]) if r else '—' for r in reached)} "
+            f"| {ratio_cell([r[1] if r else None for r in reached], base_flops)} "
+            f"| {ratio_cell(flops, base_flops)} | {ratio_cell(seconds, base_seconds)} |"
         )
-    if "jest" in rows:
+    gaps = sorted({gap for seeds in runs.values() for r in seeds for gap in r.cost.gaps})
+    for gap in gaps:
+        print(f"\ncost not complete (a lower bound): {gap}")
+    if JEST in runs:
         print()
+        jest = runs[JEST]
         for other in ("clipscore", "jest-set", "independent", "uniform"):
-            if other in rows:
-                wins = [a > b for a, b in zip(rows["jest"]["top1"], rows[other]["top1"], strict=True)]
+            if other in runs:
+                wins = [a.final() > b.final() for a, b in zip(jest, runs[other], strict=True)]
                 print(
                     f"JEST (batches) strictly above {LABELS[other]} in {sum(wins)} of {len(wins)} seeds "
                     f"({', '.join('yes' if w else 'no' for w in wins)})"
                 )
-    reference = [run_metrics(out, "reference") for out in outs]
-    top1 = [evals[-1]["eval"]["zeroshot_top1"] for _, evals in reference]
-    seconds = [train_seconds(logs) for logs, _ in reference]
-    scoring = [scoring_seconds(out, "reference") for out in outs]
-    print(
-        f"\nreference (curated set): zero-shot top-1 {spread(top1)}, trained in {spread(seconds, 0)} s, "
-        f"scored the crawl in {spread(scoring, 0)} s"
+        for longer in (n for n in names if n.startswith("uniform-")):
+            print(f"\n{LABELS[longer]} against JEST's final top-1, everything counted:")
+            for seed, (j, u) in enumerate(zip(jest, runs[longer], strict=True)):
+                total = j.cost.total.flops
+                reach = u.reach(j.final())
+                if reach:
+                    print(
+                        f"  seed {seed}: uniform reaches JEST's {j.final():.3f} at step {reach[0]}, after "
+                        f"{reach[1]:.2e} FLOPs: {reach[1] / total:.2f}× JEST's total ({total:.2e})"
+                    )
+                else:
+                    print(
+                        f"  seed {seed}: uniform ends at {u.final():.3f}, below JEST's {j.final():.3f}: not "
+                        f"within {u.cost.total.flops / total:.2f}× JEST's total FLOPs ({total:.2e})"
+                    )
+            for seed, (j, u) in enumerate(zip(jest, runs[longer], strict=True)):
+                reach = j.reach(u.final())
+                share = f"{reach[1] / u.cost.total.flops:.2f}× its total FLOPs" if reach else "not reached"
+                print(f"  seed {seed}: JEST reaches {longer}'s final {u.final():.3f}: {share}")
+    reference = [Learner(out / "runs" / "reference") for out in outs]
+    scoring = [next(p for p in r.cost.upstream if p.kind == "scoring") for r in runs.get(JEST, [])]
+    own = [r.cost.own.cost for r in reference]
+    line = (
+        f"\nreference (curated set): zero-shot top-1 {spread([r.final() for r in reference])}, trained with "
+        f"{spread_e([c.flops for c in own])} FLOPs in {spread([c.seconds for c in own], 0)} s"
     )
+    if scoring:
+        line += (
+            f"; scored the crawl with {spread_e([p.cost.flops for p in scoring])} FLOPs in "
+            f"{spread([p.cost.seconds for p in scoring], 0)} s"
+        )
+    print(line)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,13 @@ def write_scores(
     scale: float = 10.0,
     bias: float = -10.0,
     captions: list[str] | None = None,
+    extra: dict[str, str] | None = None,
 ) -> Path:
-    """One score file as `curate score` writes it, for planted embeddings of a made-up model."""
+    """One score file as `curate score` writes it, for planted embeddings of a made-up model; `extra` adds
+    file metadata (what scoring cost, `cost_metadata`; the checkpoint that scored it)."""
     status = status or [OK] * len(keys)
     metadata = ScoreMetadata(model, "", scale, bias, image.shape[1], 32, "test").as_strings()
+    metadata.update(extra or {})
     Path(folder).mkdir(parents=True, exist_ok=True)
     path = score_file(folder, shard)
     write_score_file(

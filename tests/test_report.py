@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -22,13 +23,13 @@ from typer.testing import CliRunner
 
 from curate.errors import CurateError
 from curate.report import ReportConfig, classify, detect_kind, report
-from curate.score.schema import OK
+from curate.score.schema import OK, cost_metadata
 from curate.select import SelectConfig, select
 from curate.train import DataConfig, OnlineJestConfig, TrainConfig, train
 from curate.train.run import BatchLog, MetricsWriter, read_batches, write_config
 from curate_cli.report import report_command
 
-SCORING_FLOPS = 5e10
+SCORING_COST = (5e9, 2.0)  # planted FLOPs and seconds of scoring each shard
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -51,7 +52,14 @@ def _planted_scores(shards: Path, out: Path) -> None:
         )
         status = [OK if kind != "corrupt" else "undecodable_image" for kind in rows["noise"]]
         write_scores(
-            out, table.stem + ".tar", list(rows["key"]), image, text, status, captions=list(rows["caption"])
+            out,
+            table.stem + ".tar",
+            list(rows["key"]),
+            image,
+            text,
+            status,
+            captions=list(rows["caption"]),
+            extra=cost_metadata(*SCORING_COST),
         )
 
 
@@ -65,8 +73,9 @@ def _eval(step: int, base: float) -> dict:
 
 
 def _planned_run(folder: Path, config: TrainConfig, keys: list[str], base: float) -> None:
-    """A 40-step run as `curate train` writes it, with planned numbers: loss 7 - step/10, 1e9 FLOPs a step,
-    evals at steps 20 and 40 (top-1 = base + step/100), each step trained on the next 32 of `keys`."""
+    """A 40-step run as `curate train` writes it, with planned numbers: loss 7 - step/10, 1e9 FLOPs and a
+    second a step, evals at steps 20 and 40 (top-1 = base + step/100), each step trained on the next 32 of
+    `keys`."""
     folder.mkdir(parents=True)
     write_config(folder, config, {"embed_dim": 128})
     batches = BatchLog()
@@ -76,7 +85,7 @@ def _planned_run(folder: Path, config: TrainConfig, keys: list[str], base: float
             if done % 10 == 0:
                 metrics.write(
                     {"step": done, "loss": 7.0 - done / 10, "lr": 1e-3, "samples_per_s": 100.0,
-                     "logit_scale": 10.0, "logit_bias": -10.0, "flops": 1e9 * done}
+                     "logit_scale": 10.0, "logit_bias": -10.0, "flops": 1e9 * done, "seconds": 1.0 * done}
                 )  # fmt: skip
             if done % 20 == 0:
                 metrics.write({"step": done, "eval": _eval(done, base)})
@@ -118,7 +127,6 @@ def _full_config(inputs: dict) -> ReportConfig:
         scores=str(inputs["scores"]),
         manifests=(str(inputs["manifest"]),),
         shards=str(inputs["shards"]),
-        scoring_flops=(("offline", SCORING_FLOPS),),
         top=6,
     )
 
@@ -146,7 +154,8 @@ def test_page_references_every_png_and_they_decode(full):
     referenced = re.findall(r'<img src="([^"]+)"', page)
     on_disk = sorted(p.name for p in full.glob("*.png"))
     assert sorted(referenced) == on_disk
-    for name in ("eval_vs_step.png", "eval_vs_flops.png", "training.png", "selection_1_similarity.png",
+    for name in ("eval_vs_step.png", "eval_vs_total_flops.png", "eval_vs_total_seconds.png",
+                 "eval_vs_shared_flops.png", "training.png", "selection_1_similarity.png",
                  "selection_1_super_batches.png", "noise_shares.png", "similarity_by_noise.png",
                  "samples_highest.png", "samples_lowest.png"):  # fmt: skip
         assert name in referenced
@@ -159,24 +168,54 @@ def test_page_references_every_png_and_they_decode(full):
     assert "http://" not in page and "https://" not in page  # nothing fetched: renders offline
 
 
-def test_final_numbers_match_the_runs(full):
+def test_final_numbers_match_the_runs(full, inputs):
     page_rows = _rows((full / "index.html").read_text())
-    rows = {r[0]: r for r in page_rows}
-    header = next(r for r in page_rows if r[0] == "run")
+    header = next(r for r in page_rows if r[0] == "run" and "data" in r)
+    rows = {r[0]: r for r in page_rows if len(r) == len(header)}
     cells = {name: {column: rows[name][i] for i, column in enumerate(header)} for name in rows if name in
              ("baseline", "offline", "online")}  # fmt: skip
     assert cells["baseline"] == {
-        "run": "baseline", "data": "all data", "steps": "40", "final loss": "3",
-        "training FLOPs": "4.000e+10", "FLOPs incl. offline scoring": "4.000e+10", "zero-shot top-1": "0.5",
-        "zero-shot top-5": "1", "image→text R@1": "0.25", "text→image R@1": "0.1667",
+        "run": "baseline", "data": "all data", "steps": "40", "final loss": "3", "own FLOPs": "4.000e+10",
+        "inherited FLOPs": "0", "total FLOPs": "4.000e+10", "total seconds": "40",
+        "total FLOPs, upstream shared": "4.000e+10", "zero-shot top-1": "0.5", "zero-shot top-5": "1",
+        "image→text R@1": "0.25", "text→image R@1": "0.1667",
     }  # fmt: skip
-    assert cells["offline"] == {
-        "run": "offline", "data": "offline selection (manifest)", "steps": "40", "final loss": "3",
-        "training FLOPs": "4.000e+10", "FLOPs incl. offline scoring": "9.000e+10", "zero-shot top-1": "0.6",
-        "zero-shot top-5": "1", "image→text R@1": "0.3", "text→image R@1": "0.2",
-    }  # fmt: skip
-    assert cells["online"]["data"] == "online JEST, ratio 0.5, learnability"
-    assert cells["online"]["steps"] == "2"
+    # The offline run inherits the scoring of every shard and the selection's seconds; the online run the
+    # same scoring, so sharing it halves each one's part.
+    shards = len(list(inputs["scores"].glob("*.parquet")))
+    scoring_flops, scoring_seconds = shards * SCORING_COST[0], shards * SCORING_COST[1]
+    selection = json.loads((inputs["manifest"] / "summary.json").read_text())["seconds"]
+    offline = cells["offline"]
+    assert offline["data"] == "offline selection (manifest)" and offline["own FLOPs"] == "4.000e+10"
+    assert float(offline["inherited FLOPs"]) == pytest.approx(scoring_flops, rel=1e-3)
+    assert float(offline["total FLOPs"]) == pytest.approx(4e10 + scoring_flops, rel=1e-3)
+    assert float(offline["total seconds"]) == pytest.approx(40 + scoring_seconds + selection, rel=1e-3)
+    assert float(offline["total FLOPs, upstream shared"]) == pytest.approx(4e10 + scoring_flops / 2, rel=1e-3)
+    assert offline["zero-shot top-1"] == "0.6" and offline["text→image R@1"] == "0.2"
+    online = cells["online"]
+    assert online["data"] == "online JEST, ratio 0.5, learnability" and online["steps"] == "2"
+    assert float(online["total FLOPs"]) == pytest.approx(float(online["own FLOPs"]) + scoring_flops, rel=1e-3)
+    inherited = {(r[0], r[1]) for r in page_rows if len(r) == 4 and r[1].startswith(("scoring", "selection"))}
+    root = inputs["root"].name
+    assert inherited == {
+        ("offline", f"scoring {root}/scores"),
+        ("offline", f"selection {root}/manifest"),
+        ("online", f"scoring {root}/scores"),
+    }
+
+
+def test_headline_gives_each_learner_its_top1_and_total_compute_against_the_baseline(inputs):
+    runs = inputs["runs"]
+    config = ReportConfig(runs=(str(runs / "baseline"), str(runs / "offline")), baseline="baseline")
+    summary = report(config, str(inputs["root"] / "headline"))
+    base, offline = summary.headline
+    assert base.startswith("baseline  top-1 0.500") and "1.00× baseline's FLOPs" in base
+    shards = len(list(inputs["scores"].glob("*.parquet")))
+    ratio = (4e10 + shards * SCORING_COST[0]) / 4e10
+    assert offline.startswith("offline   top-1 0.600 (+0.100)")
+    assert f"{ratio:.2f}× baseline's FLOPs" in offline
+    with pytest.raises(CurateError, match="--baseline nope: no run of that name"):
+        report(ReportConfig(runs=(str(runs / "baseline"),), baseline="nope"), str(inputs["root"] / "x"))
 
 
 def _page_shares(page_rows: list[list[str]], name: str) -> dict[str, float]:
@@ -323,17 +362,12 @@ def test_bad_inputs_are_one_line_errors(tmp_path, make, message):
 def test_bad_options_are_one_line_errors(inputs, tmp_path):
     with pytest.raises(CurateError, match="nothing to report"):
         ReportConfig()
-    config = ReportConfig(runs=(str(inputs["runs"] / "baseline"),), scoring_flops=(("nope", 1.0),))
-    with pytest.raises(CurateError, match="no run named nope"):
-        report(config, str(tmp_path))
     bad = tmp_path / "bad_run"
     bad.mkdir()
     (bad / "metrics.jsonl").write_text('{"step": 1}\nnot json\n')
     with pytest.raises(CurateError, match=r"metrics.jsonl:2 is not a metrics record") as error:
         report(ReportConfig(runs=(str(bad),)), str(tmp_path / "out"))
     assert "\n" not in str(error.value)
-    result = _cli(str(inputs["runs"] / "baseline"), "-o", str(tmp_path), "--scoring-flops", "baseline")
-    assert isinstance(result.exception, CurateError) and "RUN=FLOPS" in str(result.exception)
 
 
 def test_registered_command_prints_one_line_errors(tmp_path):

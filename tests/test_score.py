@@ -14,6 +14,7 @@ from PIL import Image
 from curate.errors import CurateError
 from curate.models import load_model, save_checkpoint
 from curate.score import OK, ScoreConfig, ScoreMetadata, embeddings_numpy, score_shards
+from curate.score.schema import read_scoring_cost
 
 TINY = ScoreConfig(model="siglip-tiny", allow_random_init=True, workers=0, batch_size=64)
 
@@ -34,6 +35,17 @@ def test_score_files_have_the_design_schema_and_metadata(tmp_path, small_synth, 
     meta = ScoreMetadata.read(tmp_path / "00000.parquet")
     assert (meta.model, meta.embed_dim, meta.image_size) == ("siglip-tiny", 128, 32)
     assert (meta.logit_scale, meta.logit_bias) == (10.0, -10.0)
+    # What each file cost: one forward per embedded (ok) sample, and its share of the run's wall time.
+    files = sorted(tmp_path.glob("*.parquet"))
+    for file in files:
+        ok_rows = pq.read_table(file, columns=["status"]).column("status").to_pylist().count(OK)
+        raw = pq.read_schema(file).metadata
+        assert float(raw[b"curate.flops"]) == pytest.approx(ok_rows * tiny.forward_flops())
+        assert float(raw[b"curate.seconds"]) > 0
+        assert raw[b"curate.checkpoint"] == b"" and raw[b"curate.checkpoint_step"] == b""  # not a checkpoint
+    cost = read_scoring_cost(tmp_path)
+    assert cost.flops == pytest.approx(summary.ok * tiny.forward_flops()) and cost.uncounted == 0
+    assert cost.files == 4 and cost.seconds > 0 and cost.checkpoint == ""
 
     shard_keys = pq.read_table(f"{small_synth}/web/00000.parquet").column("key").to_pylist()
     assert table.column("key").to_pylist() == shard_keys  # every sample, in shard order
@@ -130,6 +142,8 @@ def test_a_trained_checkpoint_scores_from_the_command_line_with_workers(tmp_path
     assert result.stdout.startswith("scored 2 shards: ")
     assert "samples/s on cpu fp32" in result.stdout
     assert ScoreMetadata.read(tmp_path / "scores/00001.parquet").model == str(checkpoint)
+    cost = read_scoring_cost(tmp_path / "scores")  # where a learner's cost goes on upstream
+    assert (cost.checkpoint, cost.checkpoint_step) == (str(checkpoint.resolve()), 1)
     reference = tmp_path / "in-process"
     score_shards(f"{small_synth}/web/{{00000..00001}}.tar", str(reference), TINY, model=tiny)
     for name in ("00000.parquet", "00001.parquet"):

@@ -1,5 +1,6 @@
 import json
 import math
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,6 +55,8 @@ def test_loss_falls_and_the_run_folder_is_complete(tmp_path, small_synth):
     first, last = np.mean([m["loss"] for m in logged[:4]]), np.mean([m["loss"] for m in logged[-4:]])
     assert last < 0.75 * first  # 7.3 → 4.5 when written
     assert logged[1]["flops"] == 2 * logged[0]["flops"] > 3 * 32 * 50e6  # siglip-tiny: ~68 MFLOP a forward
+    seconds = [m["seconds"] for m in logged]  # the run's wall time, counted from before the model loaded
+    assert seconds[0] > 0 and all(a < b for a, b in zip(seconds, seconds[1:], strict=False))
     assert sorted(p.name for p in run.iterdir()) == [
         "batches.parquet",
         "checkpoints",
@@ -123,7 +126,13 @@ def test_a_killed_run_resumes_exactly_even_from_a_torn_metrics_line(tmp_path, sm
         train(replace(config, resume=True, batch_size=16))
     with pytest.raises(CurateError, match=r"\(optim.lr\): not the same run"):
         train(replace(config, resume=True, optim=replace(OPTIM, lr=1e-3)))
+    # The run's seconds go on from the checkpoint's: plant a large count there to see it carried.
+    payload = torch.load(resumed / "latest.pt", weights_only=True)
+    torch.save({**payload, "seconds": 1e6}, resumed / "latest.pt")
+    started = time.perf_counter()
     summary = train(replace(config, resume=True, log_every=2))  # logging is not part of the trajectory
+    elapsed = time.perf_counter() - started
+    assert all(1e6 < m["seconds"] < 1e6 + elapsed for m in logs(resumed)[3:])
     assert summary.start_step == 3
     text = (resumed / METRICS_FILE).read_text()
     assert text.endswith("\n") and [json.loads(line)["step"] for line in text.splitlines()] == [1, 2, 3, 4, 6]
@@ -132,6 +141,15 @@ def test_a_killed_run_resumes_exactly_even_from_a_torn_metrics_line(tmp_path, sm
         assert torch.equal(tensor, theirs["state_dict"][name]), name
     assert [m["loss"] for m in logs(resumed)][:4] == [m["loss"] for m in logs(whole)][:4]
     assert read_batches(resumed).equals(read_batches(whole))
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_over_cleanly(tmp_path, small_synth):
+    config = fast(f"{small_synth}/web", tmp_path / "run", steps=4)
+    with pytest.raises(Killed):
+        train(config, progress=kill_at(2))
+    assert [m["step"] for m in read_metrics(tmp_path / "run")] == [1, 2]  # logged, never checkpointed
+    train(config)  # no --resume: nothing to resume from, and the old log is not kept
+    assert [m["step"] for m in read_metrics(tmp_path / "run")] == [1, 2, 3, 4]
 
 
 def test_fp16_scales_the_loss_and_resumes_exactly(tmp_path, small_synth):

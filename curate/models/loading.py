@@ -8,7 +8,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,6 +33,11 @@ class ImageTextModel:
     pretrained: str  # tag or weights path; "" when the weights came with the checkpoint or are random
     open_clip_name: str
     config: dict  # the open_clip model config, saved inside every checkpoint
+    # Loaded from a checkpoint: its absolute path and, for one of curate train, the steps it had trained.
+    # Score files record both, so a learner's cost can follow them back to the run that made the model.
+    checkpoint: str = ""
+    checkpoint_step: int | None = None
+    _forward_flops: float | None = field(default=None, repr=False)
 
     @property
     def image_size(self) -> int:
@@ -72,7 +77,24 @@ class ImageTextModel:
             "curate.embed_dim": str(self.embed_dim),
             "curate.image_size": str(self.image_size),
             "curate.version": __version__,
+            "curate.checkpoint": self.checkpoint,
+            "curate.checkpoint_step": "" if self.checkpoint_step is None else str(self.checkpoint_step),
         }
+
+    def forward_flops(self) -> float:
+        """FLOPs of one sample through both towers, counted by torch's FlopCounterMode on a batch of two at
+        the model's image size (once per model). Training counts 3× this per trained sample (forward and
+        backward), scoring 1×: the one unit every cost in curate is counted in."""
+        if self._forward_flops is None:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            device = next(self.module.parameters()).device
+            images = torch.zeros(2, 3, self.image_size, self.image_size, device=device)
+            tokens = self.tokenizer(["a photo", "a photo"]).to(device)
+            with FlopCounterMode(display=False) as counter, torch.no_grad():
+                self.encode(images, tokens)
+            self._forward_flops = counter.get_total_flops() / 2
+        return self._forward_flops
 
 
 def load_model(
@@ -120,6 +142,9 @@ def _from_checkpoint(path: str) -> ImageTextModel:
         model.module.load_state_dict(payload["state_dict"])
     except RuntimeError as error:
         raise CurateError(f"{path}: weights do not fit {open_clip_name}: {first_line(error)}") from None
+    model.checkpoint = str(Path(path).resolve())
+    step = payload.get("step")
+    model.checkpoint_step = int(step) if isinstance(step, int) else None
     return model
 
 

@@ -1,10 +1,11 @@
 """`curate report`: runs, scores and manifests → PNG figures and one static `index.html` in a folder.
 
-Sections appear only for what was given: runs (eval curves against step and FLOPs, training curves, a table
-of final numbers), selections (reference similarity of selected vs rejected samples, batch score per
-super-batch), noise (the share of each kind in the pool, in each selection and in what each run trained
-on), and a contact sheet of the highest- and lowest-scored samples. Shards supply the images and, for
-synthetic data, the noise kinds. load.py reads, sections.py lays out, plots.py draws, page.py writes HTML.
+Sections appear only for what was given: runs (eval curves against the step and against total compute with
+everything upstream counted, from `curate.cost`; training curves; a table of final numbers), selections
+(reference similarity of selected vs rejected samples, batch score per super-batch), noise (the share of each
+kind in the pool, in each selection and in what each run trained on), and a contact sheet of the highest- and
+lowest-scored samples. Shards supply the images and, for synthetic data, the noise kinds. load.py reads,
+sections.py lays out, plots.py draws, page.py writes HTML.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class ReportConfig:
     scores: str | None = None
     manifests: tuple[str, ...] = ()
     shards: str | None = None
-    scoring_flops: tuple[tuple[str, float], ...] = ()  # (run name, FLOPs spent scoring its pool offline)
+    baseline: str | None = None  # the run the headline compares with (default: uniform, else the first)
     top: int = 12  # samples in each half of the contact sheet
     title: str = "curate report"
 
@@ -50,9 +51,6 @@ class ReportConfig:
             raise CurateError("nothing to report: give run folders, --scores DIR or --manifest DIR")
         if self.top < 0:
             raise CurateError(f"--top must be 0 or more, got {self.top}")
-        for name, flops in self.scoring_flops:
-            if not flops >= 0:
-                raise CurateError(f"--scoring-flops {name}={flops}: FLOPs must be 0 or more")
         if self.shards and not local_path(self.shards, "--shards").is_dir():
             raise CurateError(f"--shards {self.shards}: no such folder")
 
@@ -65,6 +63,7 @@ class ReportSummary:
     manifests: int = 0
     scored: int | None = None  # samples in the score folder
     notes: list[str] = field(default_factory=list)
+    headline: list[str] = field(default_factory=list)  # per learner: top-1 and total compute vs baseline
 
 
 def report(config: ReportConfig, out: str, progress: Progress | None = None) -> ReportSummary:
@@ -79,14 +78,14 @@ def report(config: ReportConfig, out: str, progress: Progress | None = None) -> 
     scores = read_scores(scores_dir) if scores_dir else None
     shard_columns = read_shard_columns(shard_tables(shards_dir), SHARD_COLUMNS) if shards_dir else None
     noise = _noise(shard_columns)
-    offsets = _scoring_offsets(config.scoring_flops, runs)
+    headline = sections.headline(runs, config.baseline)  # before any drawing: a bad --baseline fails fast
 
     inputs = [("run", p) for p in config.runs] + [("manifest", p) for p in config.manifests]
     inputs += [("scores", scores_dir)] if scores_dir else []
     inputs += [("shards", shards_dir)] if shards_dir else []
     page = []
     if runs:
-        page.append(sections.runs_section(runs, offsets))
+        page.append(sections.runs_section(runs))
     if manifests or scores is not None:
         reference = score_model(scores_dir) if scores_dir else None
         page.append(sections.selection_section(manifests, scores, reference, noise))
@@ -113,6 +112,7 @@ def report(config: ReportConfig, out: str, progress: Progress | None = None) -> 
         manifests=len(manifests),
         scored=None if scores is None else len(scores),
         notes=[n for s in page for n in s.notes],
+        headline=headline,
     )
 
 
@@ -150,13 +150,3 @@ def _relabel(items: list[Run] | list[Manifest], paths: Sequence[str]) -> None:
             item.name = "/".join(local_path(path, "report input").resolve().parts[-2:])
     if len({item.name for item in items}) < len(items):
         raise CurateError(f"two inputs have the same label: {', '.join(names)}")
-
-
-def _scoring_offsets(given: Sequence[tuple[str, float]], runs: list[Run]) -> dict[str, float]:
-    names = {run.name for run in runs}
-    for name, _ in given:
-        if name not in names:
-            raise CurateError(
-                f"--scoring-flops {name}=...: no run named {name} (runs: {', '.join(sorted(names))})"
-            )
-    return dict(given)

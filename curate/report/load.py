@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.cost import Lineage, cost_at_steps, lineage
 from curate.errors import CurateError, first_line
 from curate.fileio import is_local, local_path
 from curate.score.schema import ScoreMetadata
@@ -80,8 +81,9 @@ class Run:
     name: str  # the folder's name: the label in every plot and table
     config: TrainConfig | None  # None without config.json
     logs: pd.DataFrame  # one row per log step: step, loss, flops, ... (flat numeric columns)
-    evals: pd.DataFrame  # one row per eval: step, flops (from the nearest log step), metric columns
+    evals: pd.DataFrame  # one row per eval: step, its own flops and seconds there, metric columns
     trained_keys: list[str] | None  # batches.parquet's keys, one per trained sample (None without it)
+    lineage: Lineage  # its own cost and everything upstream (curate.cost)
 
     @property
     def trained_on_manifest(self) -> bool:
@@ -103,13 +105,12 @@ def read_run(path: str | Path) -> Run:
         raise CurateError(f"{folder / METRICS_FILE} is empty: the run has not logged a step yet")
     log_frame = _by_step(pd.DataFrame(logs, columns=["step"] if not logs else None))
     eval_frame = _by_step(pd.DataFrame(evals, columns=["step"] if not evals else None))
-    if "flops" in log_frame and len(eval_frame):
-        # FLOPs grow linearly with the step: interpolate from the log lines onto the eval steps.
-        per_step = (log_frame["flops"] / log_frame["step"]).iloc[-1]
-        eval_frame["flops"] = eval_frame["step"] * per_step
+    if len(eval_frame) and len(log_frame):
+        # The run's own cost at each eval step, interpolated between its log lines.
+        eval_frame["flops"], eval_frame["seconds"] = cost_at_steps(folder, eval_frame["step"].to_numpy())
     batches = read_batches(folder)
     keys = batches.column("key").to_pylist() if batches is not None else None
-    return Run(folder.name, read_config(folder), log_frame, eval_frame, keys)
+    return Run(folder.name, read_config(folder), log_frame, eval_frame, keys, lineage(folder))
 
 
 def _numbers(record: dict) -> dict:

@@ -57,10 +57,17 @@ def eval_metrics_present(runs: Sequence[Run]) -> list[str]:
     return [m for m in EVAL_METRICS if any(m in run.evals for run in runs)]
 
 
-def eval_curves(runs: Sequence[Run], x: str, offsets: dict[str, float] | None = None) -> bytes:
-    """One panel per eval metric, a line per run, against `step` or `flops` (plus each run's offset)."""
+X_AXES = {
+    "step": "training step",
+    "total_flops": "total FLOPs (everything counted)",
+    "total_seconds": "total seconds (everything counted)",
+    "shared_flops": "total FLOPs, inherited cost shared",
+}
+
+
+def eval_curves(runs: Sequence[Run], x: str) -> bytes:
+    """One panel per eval metric, a line per run, against one of the eval frames' X_AXES columns."""
     metrics = eval_metrics_present(runs)
-    offsets = offsets or {}
     cols = min(3, len(metrics))
     rows = -(-len(metrics) // cols)
     with plt.rc_context(STYLE):
@@ -72,11 +79,10 @@ def eval_curves(runs: Sequence[Run], x: str, offsets: dict[str, float] | None = 
                 if metric not in run.evals or (x not in run.evals):
                     continue
                 frame = run.evals[[x, metric]].dropna()
-                xs = frame[x] + (offsets.get(run.name, 0.0) if x == "flops" else 0.0)
-                ax.plot(xs, frame[metric], marker="o", markersize=3, color=colour, label=run.name)
+                ax.plot(frame[x], frame[metric], marker="o", markersize=3, color=colour, label=run.name)
             ax.set_title(EVAL_METRICS[metric])
-            ax.set_xlabel("training step" if x == "step" else "FLOPs")
-            if x == "flops":
+            ax.set_xlabel(X_AXES[x])
+            if x != "step":
                 ax.set_xscale("log")
             ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
             ax.grid(alpha=0.3)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from curate.cost import amortised
+from curate.errors import CurateError
 from curate.fileio import basename
 from curate.report import plots
 from curate.report.load import Manifest, Run, super_batch_scores
@@ -20,11 +22,20 @@ FINAL_METRICS = ("zeroshot_top1", "zeroshot_top5", "image_to_text_r1", "text_to_
 
 CAPTIONS = {
     "eval_vs_step": "Zero-shot accuracy and retrieval recall on the eval set against the training step.",
-    "eval_vs_flops": (
-        "The same against total FLOPs: training FLOPs (forward + backward, and the learner's scoring "
-        "forwards for online JEST) plus, where given with --scoring-flops, the reference model's offline "
-        "scoring of the pool (counted for: {counted})."
+    "eval_vs_total_flops": (
+        "The same against total FLOPs, everything counted: the run's own training (forward + backward, and "
+        "online JEST's scoring forwards) plus everything it inherited: the reference's training and its "
+        "scoring of the crawl, an early learner's training and scoring for offline learnability."
     ),
+    "eval_vs_total_seconds": (
+        "The same against total wall seconds on the machines that ran them, everything counted (as for "
+        "FLOPs); evaluation is left out."
+    ),
+    "eval_vs_shared_flops": (
+        "The same against total FLOPs with what several runs inherit shared out equally among them, as when "
+        "one reference serves several learners: {sharing}."
+    ),
+    "inherited": "What each run inherited, each counted once (curate.cost follows the recorded inputs).",
     "training": (
         "Training loss per log window; for online JEST runs, the learnability of the selected batch next to "
         "a random batch of the same size from the same super-batch: the mean of A_ij over the batch's "
@@ -57,47 +68,117 @@ CAPTIONS = {
 # ---------------------------------------------------------------------------------------------- runs
 
 
-def runs_section(runs: list[Run], offsets: dict[str, float]) -> Section:
+def runs_section(runs: list[Run]) -> Section:
     section = Section("Training runs", "runs")
+    _add_total_cost(runs)
     metrics = [m for m in FINAL_METRICS if any(m in r.evals for r in runs)]
     rows = []
     for run in runs:
         last_log = run.logs.iloc[-1] if len(run.logs) else {}
         last_eval = run.evals.iloc[-1] if len(run.evals) else {}
-        flops = _get(last_log, "flops")
-        total = flops + offsets[run.name] if flops is not None and run.name in offsets else flops
+        own, total, shared = run.lineage.own.cost, run.lineage.total, _shared(runs)[run.name]
         rows.append(
-            [run.name, _data_kind(run), _int(_get(last_log, "step")), _get(last_log, "loss"), flops, total]
+            [run.name, _data_kind(run), _int(_get(last_log, "step")), _get(last_log, "loss")]
+            + [own.flops, total.flops - own.flops, total.flops, total.seconds, shared.flops]
             + [_get(last_eval, m) for m in metrics]
         )
-    headers = ["run", "data", "steps", "final loss", "training FLOPs", "FLOPs incl. offline scoring"]
+    headers = ["run", "data", "steps", "final loss", "own FLOPs", "inherited FLOPs", "total FLOPs"]
+    headers += ["total seconds", "total FLOPs, upstream shared"]
     section.tables.append(
         Table(headers + [plots.EVAL_METRICS[m] for m in metrics], rows, "final numbers (last log, last eval)")
     )
+    inherited = [
+        [run.name, part.label, part.cost.flops, part.cost.seconds]
+        for run in runs
+        for part in run.lineage.upstream
+    ]
+    if inherited:
+        section.tables.append(
+            Table(["run", "inherited", "FLOPs", "seconds"], inherited, CAPTIONS["inherited"])
+        )
+    for run in runs:
+        for gap in run.lineage.gaps:
+            section.notes.append(f"{run.name}: cost not complete (a lower bound): {gap}")
     if not any(len(r.evals) for r in runs):
         section.notes.append("no eval records in these runs (train with --eval EVALSET to get them)")
     else:
         section.figures.append(
             Figure("eval_vs_step.png", plots.eval_curves(runs, "step"), CAPTIONS["eval_vs_step"])
         )
-        if any("flops" in r.evals for r in runs):
-            counted = ", ".join(sorted(offsets)) or "none"
-            section.figures.append(
-                Figure(
-                    "eval_vs_flops.png",
-                    plots.eval_curves(runs, "flops", offsets),
-                    CAPTIONS["eval_vs_flops"].format(counted=counted),
-                )
-            )
-    uncounted = [r.name for r in runs if r.trained_on_manifest and r.name not in offsets]
-    if uncounted:
-        section.notes.append(
-            f"trained on an offline selection without its scoring cost counted: {', '.join(uncounted)} "
-            "(pass --scoring-flops NAME=FLOPS to add it)"
-        )
+        for x in ("total_flops", "total_seconds", "shared_flops"):
+            if any(x in r.evals for r in runs):
+                caption = CAPTIONS[f"eval_vs_{x}"].format(sharing=_sharing_text(runs))
+                section.figures.append(Figure(f"eval_vs_{x}.png", plots.eval_curves(runs, x), caption))
     if any("loss" in r.logs for r in runs):
         section.figures.append(Figure("training.png", plots.training_curves(runs), CAPTIONS["training"]))
     return section
+
+
+def headline(runs: list[Run], baseline: str | None = None) -> list[str]:
+    """One line per learner: its final top-1 and its total compute relative to the baseline's (`baseline`,
+    else a run named uniform, else the first). A run that another given run inherits from (a reference)
+    is not a learner, unless it is the baseline."""
+    if not runs:
+        return []
+    names = [run.name for run in runs]
+    base_name = baseline or ("uniform" if "uniform" in names else names[0])
+    base = next((run for run in runs if run.name == base_name), None)
+    if base is None:
+        raise CurateError(f"--baseline {base_name}: no run of that name (runs: {', '.join(names)})")
+    inherited = {part.path for run in runs for part in run.lineage.upstream if part.kind == "training"}
+    learners = [r for r in runs if r is base or r.lineage.own.path not in inherited]
+    base_cost, base_top1 = base.lineage.total, _final(base, "zeroshot_top1")
+    width = max(len(run.name) for run in learners)
+    lines = []
+    for run in learners:
+        cost, top1 = run.lineage.total, _final(run, "zeroshot_top1")
+        accuracy = "top-1 —    " if top1 is None else f"top-1 {top1:.3f}"
+        if top1 is not None and base_top1 is not None and run is not base:
+            accuracy += f" ({top1 - base_top1:+.3f})"
+        elif run is base:
+            accuracy += "         "
+        ratio = _ratio(cost.flops, base_cost.flops), _ratio(cost.seconds, base_cost.seconds)
+        lines.append(
+            f"{run.name:<{width}}  {accuracy}  total compute {ratio[0]} {base_name}'s FLOPs "
+            f"({cost.flops:.2e}), {ratio[1]} its seconds ({cost.seconds:.0f} s)"
+            + (" (a lower bound)" if run.lineage.gaps else "")
+        )
+    return lines
+
+
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}×" if base > 0 else "—"
+
+
+def _final(run: Run, metric: str) -> float | None:
+    return _get(run.evals.iloc[-1], metric) if len(run.evals) and metric in run.evals else None
+
+
+def _shared(runs: list[Run]) -> dict:
+    return amortised({run.name: run.lineage for run in runs})
+
+
+def _add_total_cost(runs: list[Run]) -> None:
+    """Eval-step columns with everything counted: total_flops, total_seconds (own + inherited) and
+    shared_flops (own + each inherited part divided among the runs given that inherit it)."""
+    shared = _shared(runs)
+    for run in runs:
+        if not len(run.evals) or "flops" not in run.evals:
+            continue
+        inherited = run.lineage.inherited
+        run.evals["total_flops"] = run.evals["flops"] + inherited.flops
+        run.evals["total_seconds"] = run.evals["seconds"] + inherited.seconds
+        run.evals["shared_flops"] = run.evals["flops"] + shared[run.name].flops - run.lineage.own.cost.flops
+
+
+def _sharing_text(runs: list[Run]) -> str:
+    counts: dict[str, int] = {}
+    for run in runs:
+        for part in run.lineage.upstream:
+            counts[part.label] = counts.get(part.label, 0) + 1
+    return (
+        "; ".join(f"{label} over {n} run{'s' * (n != 1)}" for label, n in counts.items()) or "nothing shared"
+    )
 
 
 def _data_kind(run: Run) -> str:

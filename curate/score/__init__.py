@@ -109,6 +109,13 @@ def _score_locally(
     scoring = time.perf_counter()
     summary.startup_seconds = scoring - start
     score_batches(
-        loader, model, device, precision, folder, summary, progress and (lambda seen: progress(seen, total))
+        loader,
+        model,
+        device,
+        precision,
+        folder,
+        summary,
+        progress and (lambda seen: progress(seen, total)),
+        started=start,
     )
     summary.seconds = time.perf_counter() - scoring

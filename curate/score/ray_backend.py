@@ -50,13 +50,21 @@ class ShardScorer:
 
     def score(self, path: str) -> ScoreSummary:
         summary = ScoreSummary()
+        started = time.perf_counter()  # the first shard's cost includes loading the model
         model = self._load()
         batches = ShardBatches([path], model.preprocess, model.tokenizer, self.config.batch_size)
         # Decoded in this process: parallelism comes from more actors, not from processes inside one.
         # The progress hook is the test-only exit (a no-op unless its variable is set): after a batch, so
         # the worker dies mid-shard.
         score_batches(
-            batches, model, self.device, self.precision, self.out, summary, lambda _: exit_once_for_tests()
+            batches,
+            model,
+            self.device,
+            self.precision,
+            self.out,
+            summary,
+            lambda _: exit_once_for_tests(),
+            started=started,
         )
         return summary
 

@@ -7,10 +7,13 @@
 | similarity          | float32 | cosine(image_emb, text_emb), the classic "CLIP score"   |
 | status              | string  | "ok", or why the sample could not be scored             |
 
-File metadata `curate.*` holds the model's name, tag, t (logit_scale, not log t), b, embed_dim, image size
-and the curate version: selection rebuilds the reference's pair losses from these alone. A folder holds
-the scores of one model: `open_score_folder` checks it, and every stage that reads scores goes through it.
-Score folders are local (`local_path`): DuckDB's index pass and the memory-mapped reads need files.
+File metadata `curate.*` holds the model's name, tag, t (logit_scale, not log t), b, embed_dim, image size and
+the curate version: selection rebuilds the reference's pair losses from these alone. It also holds what
+scoring the file cost (`curate.flops`, `curate.seconds`) and, when the model was a checkpoint, its absolute
+path and steps (`curate.checkpoint`, `curate.checkpoint_step`): the links a learner's cost follows upstream. A
+folder holds the scores of one model: `open_score_folder` checks it, and every stage that reads scores goes
+through it. Score folders are local (`local_path`): DuckDB's index pass and the memory-mapped reads need
+files.
 """
 
 from __future__ import annotations
@@ -34,9 +37,12 @@ __all__ = [
     "ScoreMetadata",
     "embeddings_array",
     "embeddings_numpy",
+    "ScoringCost",
     "check_same_model",
+    "cost_metadata",
     "is_score_file",
     "open_score_folder",
+    "read_scoring_cost",
     "score_file",
     "score_schema",
     "write_score_file",
@@ -133,16 +139,60 @@ class ScoreMetadata:
 
     @classmethod
     def read(cls, path: str | Path) -> ScoreMetadata:
-        try:
-            raw = pq.read_schema(path).metadata or {}
-        except (OSError, pa.ArrowInvalid) as error:
-            raise CurateError(f"cannot read score file {path}: {first_line(error)}") from None
-        meta = {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"curate.")}
-        return cls.from_strings(meta, str(path))
+        return cls.from_strings(_file_metadata(path), str(path))
 
     def as_strings(self) -> dict[str, str]:
         """The file metadata a score file carries (the inverse of `from_strings`)."""
         return {f"curate.{k}": repr(v) if isinstance(v, float) else str(v) for k, v in asdict(self).items()}
+
+
+def _file_metadata(path: str | Path) -> dict[str, str]:
+    try:
+        raw = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid) as error:
+        raise CurateError(f"cannot read score file {path}: {first_line(error)}") from None
+    return {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"curate.")}
+
+
+# ---------------------------------------------------------------------------------------------- cost
+
+
+def cost_metadata(flops: float, seconds: float) -> dict[str, str]:
+    """What scoring one shard cost, as its file records it (beside the model's metadata)."""
+    return {"curate.flops": repr(float(flops)), "curate.seconds": repr(float(seconds))}
+
+
+@dataclass(frozen=True)
+class ScoringCost:
+    """What scoring a folder cost, summed over its files, and the checkpoint that scored it."""
+
+    flops: float
+    seconds: float
+    files: int
+    uncounted: int  # files that record no cost (written before curate recorded it)
+    checkpoint: str  # absolute path of the checkpoint that scored it; "" when the model was not one
+    checkpoint_step: int | None  # its steps trained, for a checkpoint of curate train
+
+
+def read_scoring_cost(path: str | Path) -> ScoringCost:
+    folder = local_path(path, "score folder")
+    files = sorted(folder.glob("*.parquet"))
+    if not files:
+        raise CurateError(f"score folder {path} holds no score files (*.parquet, written by curate score)")
+    flops = seconds = 0.0
+    uncounted = 0
+    for file in files:
+        meta = _file_metadata(file)
+        try:
+            flops += float(meta["curate.flops"])
+            seconds += float(meta["curate.seconds"])
+        except (KeyError, ValueError):
+            uncounted += 1
+    first = _file_metadata(files[0])
+    step = first.get("curate.checkpoint_step", "")
+    return ScoringCost(
+        flops, seconds, len(files), uncounted, first.get("curate.checkpoint", ""), int(step) if step else None
+    )
 
 
 def is_score_file(path: str | Path) -> bool:

@@ -5,6 +5,7 @@ The local DataLoader loop and every Ray worker run `score_batches`, so both back
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from curate.models import ImageTextModel
 from curate.runtime import autocast
 from curate.score.config import ScoreSummary
-from curate.score.schema import OK, score_file, write_score_file
+from curate.score.schema import OK, cost_metadata, score_file, write_score_file
 from curate.shards.batches import ShardBatch
 
 
@@ -26,22 +27,33 @@ def score_batches(
     out: Path,
     summary: ScoreSummary,
     progress: Callable[[int], None] | None = None,
+    started: float | None = None,
 ) -> None:
     """Embed `batches` and write each shard's score file as its last batch arrives.
 
     Batches of several shards may interleave (the local DataLoader's workers each own whole shards) as long
     as each shard's arrive in order. `progress(samples seen)` is called after every batch.
+
+    Each file records what it cost (`curate.flops`, `curate.seconds`): one forward per embedded sample, and
+    the wall time since the previous file was written, the first counted from `started` (a
+    `time.perf_counter()` taken before the model was loaded), so the files of a run add up to all of it.
     """
     metadata = model.metadata()
+    per_sample = model.forward_flops()
     open_shards: dict[str, list] = {}
     seen = 0
+    mark = time.perf_counter() if started is None else started
     with torch.no_grad():
         for batch in batches:
             parts = open_shards.setdefault(batch.shard, [])
             parts.append((batch, _embed(model, batch, device, precision)))
             seen += len(batch.keys)
             if batch.last:
-                _write(out, batch.shard, open_shards.pop(batch.shard), model.embed_dim, metadata, summary)
+                parts = open_shards.pop(batch.shard)
+                now = time.perf_counter()
+                cost = cost_metadata(per_sample * sum(len(b.images) for b, _ in parts), now - mark)
+                mark = now
+                _write(out, batch.shard, parts, model.embed_dim, {**metadata, **cost}, summary)
             if progress:
                 progress(seen)
 

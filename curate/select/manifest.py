@@ -13,7 +13,8 @@ shuffle of it, so there `super_batch` is -1. A selection of several passes (`sel
 key in different batches, never within one. Manifests written before the `batch` column existed (one pass)
 read as if it equalled `super_batch`.
 The file's key/value metadata (`curate.*`) repeats the selection parameters and, when known, where the
-source shards live (`curate.shards`), which `curate export` uses when it is not given `--shards`.
+source shards live (`curate.shards`), which `curate export` uses when it is not given `--shards`, and the
+score folders it read (`curate.scores`, `curate.learner_scores`), which a learner's cost follows upstream.
 `summary.json` sits beside it (its content is built in `select/summary.py`). Manifest folders are local.
 """
 
@@ -38,6 +39,8 @@ from curate.select.config import SelectConfig
 MANIFEST_FILE = "manifest.parquet"
 SUMMARY_FILE = "summary.json"
 SHARDS_METADATA_KEY = "curate.shards"
+SCORES_METADATA_KEY = "curate.scores"
+LEARNER_SCORES_METADATA_KEY = "curate.learner_scores"
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -80,6 +83,9 @@ def manifest_metadata_for(
         "curate.where": config.where or "",
         "curate.reference_model": reference.metadata.model,
         "curate.learner_model": learner.metadata.model if learner else "",
+        # where the scores were read: what a learner's cost follows upstream (curate.cost)
+        SCORES_METADATA_KEY: absolute(reference.path),
+        LEARNER_SCORES_METADATA_KEY: absolute(learner.path) if learner else "",
     }
     if config.shards:
         metadata[SHARDS_METADATA_KEY] = absolute(config.shards)

@@ -33,6 +33,7 @@ def save(
     scaler: torch.amp.GradScaler,
     config: TrainConfig,
     batches: BatchLog,
+    seconds: float,
 ) -> None:
     """Write batches.parquet, then step_N.pt, then latest.pt: a kill between them leaves a latest.pt
     older than batches.parquet, which resume cuts back to it."""
@@ -48,6 +49,7 @@ def save(
         scaler=scaler.state_dict(),
         rng=torch.get_rng_state(),
         train_config=config.as_dict(),
+        seconds=seconds,
     )
     with atomic_open(str(run / LATEST_FILE), "wb") as handle, open(path, "rb") as source:
         shutil.copyfileobj(source, handle)
@@ -58,6 +60,11 @@ class Resumed:
     step: int  # steps done at the checkpoint
     batches: BatchLog  # the batch rows of those steps
     payload: dict
+
+    @property
+    def seconds(self) -> float:
+        """The run's seconds at the checkpoint (0 in a checkpoint written before they were recorded)."""
+        return float(self.payload.get("seconds", 0.0))
 
     def restore(self, model: ImageTextModel, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler):
         """Load the weights and the optimizer's, the scaler's and the RNG's state. Call it once the data is

@@ -31,6 +31,7 @@ from curate.train.run import (
     EvalRecord,
     LogRecord,
     MetricsWriter,
+    truncate_metrics,
     write_config,
 )
 
@@ -61,6 +62,7 @@ def train(
     config: TrainConfig, progress: StatusProgress | None = None, warn: Callable[[str], None] | None = None
 ) -> TrainSummary:
     # ---------------------------------------------------------------- setup
+    clock = time.perf_counter()  # the run's seconds count from here: loading and decoding are paid too
     run = local_path(config.out, "--output")
     plan = load_plan(config.data.manifest, config.seed) if config.trains_batches else None
     if plan is not None:
@@ -95,6 +97,9 @@ def train(
     batches = resumed.batches if resumed else BatchLog()
     if not resumed:
         write_config(run, config, model.config)
+        # A folder without a checkpoint holds at most the log of a run killed before its first one: start
+        # that log over, so a rerun reads as one run.
+        truncate_metrics(run, 0)
 
     # ---------------------------------------------------------------- data
     bank = load_reference(config.online.ref, device) if config.online else None
@@ -108,7 +113,7 @@ def train(
         plan=plan,
     )
     evaluator = _evaluator(config, model, device, precision)
-    forward_flops = _forward_flops(model, device)
+    forward_flops = model.forward_flops()
     # Compute per step: forward + backward ≈ 3 forwards on the b trained, plus one forward on the B scored.
     step_flops = 3 * forward_flops * config.batch_size + (forward_flops * config.super_batch if bank else 0)
 
@@ -119,6 +124,12 @@ def train(
     window = Window()
     losses, samples, last_loss = [], 0, float("nan")
     evals: list[EvalRecord] = []
+    eval_seconds = 0.0  # evaluation is a measurement, not training: left out of the run's seconds
+    earlier_seconds = resumed.seconds if resumed else 0.0
+
+    def seconds() -> float:
+        return earlier_seconds + time.perf_counter() - clock - eval_seconds
+
     started = time.perf_counter()
     with MetricsWriter(run) as metrics:
         for step in range(start_step, config.steps):
@@ -154,7 +165,9 @@ def train(
             samples += len(tokens)
             done = step + 1
 
-            if done % config.log_every == 0 or done == config.steps:
+            saving = (config.save_every and done % config.save_every == 0) or done == config.steps
+            # A log line at every checkpoint too: a score file of a checkpoint finds its cost there.
+            if done % config.log_every == 0 or saving:
                 last_loss = float(torch.stack(losses).mean())  # the one host sync of a log window
                 batches.resolve()  # online JEST's chosen rows come over at the same sync
                 record: LogRecord = {
@@ -165,6 +178,7 @@ def train(
                     "logit_scale": model.logit_scale,
                     "logit_bias": model.logit_bias,
                     "flops": step_flops * done,
+                    "seconds": seconds(),
                     **window.report(),
                 }
                 if plan is not None:
@@ -178,13 +192,15 @@ def train(
 
             # -------------------------------------------------------- eval
             if evaluator and ((config.eval_every and done % config.eval_every == 0) or done == config.steps):
+                eval_started = time.perf_counter()
                 result: EvalRecord = {"step": done, "eval": evaluator()}
+                eval_seconds += time.perf_counter() - eval_started
                 evals.append(result)
                 metrics.write(result)
 
             # -------------------------------------------------------- checkpoint
-            if (config.save_every and done % config.save_every == 0) or done == config.steps:
-                save(run, done, model, optimizer, scaler, config, batches)
+            if saving:
+                save(run, done, model, optimizer, scaler, config, batches, seconds())
     return TrainSummary(
         run=str(run),
         steps=config.steps,
@@ -229,18 +245,6 @@ def _optimizer(model: ImageTextModel, optim: OptimConfig) -> torch.optim.AdamW:
             decay.append(parameter)
     groups = [{"params": decay, "weight_decay": optim.wd}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=optim.lr, betas=(0.9, optim.beta2), eps=1e-6)
-
-
-def _forward_flops(model: ImageTextModel, device: torch.device) -> float:
-    """FLOPs of one sample through both towers, counted by torch on a batch of two (for the report's axes)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    size = model.image_size
-    images = torch.zeros(2, 3, size, size, device=device)
-    tokens = model.tokenizer(["a photo", "a photo"]).to(device)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model.encode(images, tokens)
-    return counter.get_total_flops() / 2
 
 
 def _evaluator(config: TrainConfig, model: ImageTextModel, device, precision) -> Callable[[], dict] | None:

@@ -75,6 +75,8 @@ class _LogFields(TypedDict):
     logit_scale: float  # t
     logit_bias: float  # b
     flops: float  # cumulative training FLOPs (online JEST: with the learner's scoring forwards)
+    # cumulative wall seconds of the run, across resumes: loading, decoding and steps; evaluation left out
+    seconds: float
 
 
 class LogRecord(_LogFields, total=False):

@@ -1,0 +1,142 @@
+"""curate.cost: a learner's total follows the inputs its artefacts record and counts each upstream part once.
+
+Runs are written by the trainer's own writers with planned costs; score files by the scorer's writer with
+planted costs and checkpoints; the manifests by a real `select`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from builders import unit, write_scores
+
+from curate.cost import Cost, amortised, cost_at_steps, lineage
+from curate.score.schema import cost_metadata
+from curate.select import SelectConfig, select
+from curate.train import DataConfig, OnlineJestConfig, TrainConfig
+from curate.train.run import MetricsWriter, write_config
+
+KEYS = [f"{i:05d}" for i in range(200)]
+
+
+def _run(folder: Path, flops: float, seconds: float, manifest: str | None = None, ref: str | None = None):
+    """A 40-step run's folder as `curate train` writes it, costing `flops` and `seconds` a step."""
+    folder.mkdir(parents=True)
+    online = OnlineJestConfig(ref=ref, ratio=0.5, chunks=2) if ref else None
+    config = TrainConfig(
+        DataConfig(("shards/",), manifest), str(folder), batch_size=10, steps=40, online=online
+    )
+    write_config(folder, config, {"embed_dim": 8})
+    with MetricsWriter(folder) as metrics:
+        for done in range(10, 41, 10):
+            metrics.write({"step": done, "loss": 1.0, "flops": flops * done, "seconds": seconds * done})
+    return folder
+
+
+def _scores(folder: Path, checkpoint: Path | None, step: int | None, cost: tuple[float, float] | None):
+    """Two score files of the same 200 keys (planted embeddings), each costing `cost`, scored by
+    `checkpoint` after `step` steps."""
+    rng = np.random.default_rng(len(str(folder)))
+    extra = cost_metadata(*cost) if cost else {}
+    if checkpoint is not None:
+        extra |= {"curate.checkpoint": str(checkpoint), "curate.checkpoint_step": str(step)}
+    for shard, keys in (("00000.tar", KEYS[:100]), ("00001.tar", KEYS[100:])):
+        image, text = unit(rng.standard_normal((100, 8))), unit(rng.standard_normal((100, 8)))
+        write_scores(folder, shard, keys, image, text, extra=extra)
+    return folder
+
+
+def _select(scores: Path, out: Path, learner: Path | None = None) -> Path:
+    config = SelectConfig(
+        ratio=0.5,
+        super_batch=20,
+        chunks=2,
+        criterion="learnability" if learner else "easy",
+        learner=str(learner) if learner else None,
+        device="cpu",
+    )
+    select(str(scores), str(out), config)
+    return out
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory) -> dict[str, Path]:
+    """reference (1e9 FLOPs, 1 s a step) → its step-20 checkpoint scores the crawl (5e9, 3 s a file); uniform
+    (2e9, 2 s a step) → its step-10 checkpoint scores the crawl as the learner (1e9, 1 s a file); a
+    learnability manifest of both; learners on it, online on the reference's scores, and so on."""
+    root = tmp_path_factory.mktemp("cost")
+    reference = _run(root / "runs/reference", 1e9, 1.0)
+    uniform = _run(root / "runs/uniform", 2e9, 2.0)
+    ref_scores = _scores(root / "scores/reference", reference / "checkpoints/step_20.pt", 20, (5e9, 3.0))
+    learner_scores = _scores(root / "scores/learner", uniform / "checkpoints/step_10.pt", 10, (1e9, 1.0))
+    latest_scores = _scores(root / "scores/latest", reference / "latest.pt", 40, (5e9, 3.0))
+    manifest = _select(ref_scores, root / "manifests/learnability", learner_scores)
+    # Both of the reference's checkpoints upstream: its training counts once, to the later one.
+    twice = _select(ref_scores, root / "manifests/twice", latest_scores)
+    return {
+        "root": root,
+        "reference": reference,
+        "uniform": uniform,
+        "ref_scores": ref_scores,
+        "learner_scores": learner_scores,
+        "manifest": manifest,
+        "learnability": _run(root / "runs/learnability", 1e9, 1.0, manifest=str(manifest)),
+        "online": _run(root / "runs/online", 3e9, 3.0, ref=str(ref_scores)),
+        "twice": _run(root / "runs/twice", 1e9, 1.0, manifest=str(twice)),
+        "twice_manifest": twice,
+    }
+
+
+def _selection_seconds(manifest: Path) -> float:
+    return json.loads((manifest / "summary.json").read_text())["seconds"]
+
+
+def test_a_learnability_learner_pays_for_both_models_trainings_and_scorings(chain):
+    cost = lineage(chain["learnability"])
+    assert cost.own.cost == Cost(40e9, 40.0) and cost.gaps == ()
+    parts = {part.label: (part.cost, part.step) for part in cost.upstream}
+    assert parts == {
+        "scoring scores/reference": (Cost(10e9, 6.0), None),
+        "training runs/reference to step 20": (Cost(20e9, 20.0), 20),  # its checkpoint's, not its last step
+        "scoring scores/learner": (Cost(2e9, 2.0), None),
+        "training runs/uniform to step 10": (Cost(20e9, 20.0), 10),
+        "selection manifests/learnability": (Cost(0.0, _selection_seconds(chain["manifest"])), None),
+    }
+    total = 40e9 + 10e9 + 20e9 + 2e9 + 20e9
+    assert cost.total.flops == pytest.approx(total)
+    assert cost.total.seconds == pytest.approx(40 + 6 + 20 + 2 + 20 + _selection_seconds(chain["manifest"]))
+
+
+def test_a_run_reached_through_two_checkpoints_counts_once_to_the_later(chain):
+    training = [p for p in lineage(chain["twice"]).upstream if p.kind == "training"]
+    assert [(p.label, p.cost) for p in training] == [("training runs/reference to step 40", Cost(40e9, 40.0))]
+
+
+def test_online_jest_inherits_its_reference_scores_and_shared_parts_split(chain):
+    online = lineage(chain["online"])
+    assert online.total.flops == pytest.approx(120e9 + 10e9 + 20e9)
+    uniform = lineage(chain["uniform"])
+    assert uniform.upstream == () and uniform.total == Cost(80e9, 80.0)
+    learners = {"online": online, "learnability": lineage(chain["learnability"]), "uniform": uniform}
+    shared = amortised(learners)
+    # The reference's scoring and its training to step 20 serve two learners: half each.
+    assert shared["online"].flops == pytest.approx(120e9 + (10e9 + 20e9) / 2)
+    assert shared["learnability"].flops == pytest.approx(40e9 + (10e9 + 20e9) / 2 + 2e9 + 20e9)
+    assert shared["uniform"] == uniform.total
+
+
+def test_cost_at_eval_steps_interpolates_between_log_lines(chain):
+    flops, seconds = cost_at_steps(chain["reference"], np.array([5, 10, 25, 40]))
+    assert flops.tolist() == [5e9, 10e9, 25e9, 40e9] and seconds.tolist() == [5.0, 10.0, 25.0, 40.0]
+
+
+def test_what_cannot_be_followed_is_named_and_the_total_is_a_lower_bound(chain, tmp_path):
+    uncounted = _scores(tmp_path / "old_scores", None, None, None)  # written before costs were recorded
+    run = _run(tmp_path / "online_old", 1e9, 1.0, ref=str(uncounted))
+    cost = lineage(run)
+    assert cost.gaps == (f"{uncounted}: 2 of 2 score files record no cost",)
+    moved = _run(tmp_path / "moved", 1e9, 1.0, manifest=str(tmp_path / "gone"))
+    assert lineage(moved).gaps == (f"manifest {tmp_path / 'gone'} is not there",)
+    assert lineage(moved).total == Cost(40e9, 40.0)
