@@ -84,6 +84,11 @@ def eval_curves(runs: Sequence[Run], x: str) -> bytes:
             ax.set_xlabel(X_AXES[x])
             if x != "step":
                 ax.set_xscale("log")
+                # Matplotlib labels every minor tick (2×, 3×, ... a decade) of a short log axis, and they
+                # overlap: label 1, 2 and 5 of each decade instead.
+                ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+                ax.xaxis.set_major_formatter(matplotlib.ticker.LogFormatterSciNotation(labelOnlyBase=False))
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
             ax.grid(alpha=0.3)
         for ax in axes.flat[len(metrics) :]:
