@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from curate.jest.losses import DEFAULT_BLOCK_ELEMENTS, PairEmbeddings, _mm, _scaled
+from curate.jest.losses import DEFAULT_BLOCK_ELEMENTS, PairEmbeddings, _mm, _operand
 
 
 @torch.no_grad()
@@ -34,8 +34,9 @@ def batch_logsumexp(
     for lo in range(0, n, rows):
         hi = min(n, lo + rows)
         block = logits[: hi - lo]
-        # t is folded into the small left operand, as in the pair losses.
-        _mm(_scaled(emb.image[lo:hi], emb.logit_scale, dtype), emb.text, dtype, out=block)
+        # t scales the fp32 products, not a half-precision operand (which would round t * x to its 8 or 11
+        # bits), as in the pair losses.
+        _mm(_operand(emb.image[lo:hi], dtype), emb.text, dtype, out=block).mul_(emb.logit_scale)
         row_lse[lo:hi] = torch.logsumexp(block, dim=1)
         col_lse = torch.logaddexp(col_lse, torch.logsumexp(block, dim=0))
     return 0.5 * (row_lse + col_lse)

@@ -3,7 +3,7 @@
 `SCORES/{shard}.parquet`, one file per input shard:
 
 | key, shard, caption | string | which sample, as in the shard                            |
-| image_emb, text_emb | fixed_size_list<float16>[D] | L2-normalised embeddings (null if not ok) |
+| image_emb, text_emb | fixed_size_list<float16>[D] | L2-normalised embeddings (zeros if not ok) |
 | similarity          | float32 | cosine(image_emb, text_emb), the classic "CLIP score"   |
 | status              | string  | "ok", or why the sample could not be scored             |
 
@@ -81,9 +81,14 @@ def score_file(scores: str | Path, shard: str) -> Path:
 
 
 def embeddings_array(values: np.ndarray, valid: np.ndarray) -> pa.FixedSizeListArray:
-    """(N, D) float16 rows -> a fixed_size_list column, null where `valid` is False."""
-    flat = pa.array(np.ascontiguousarray(values, dtype=np.float16).reshape(-1))
-    return pa.FixedSizeListArray.from_arrays(flat, values.shape[1], mask=pa.array(~valid))
+    """(N, D) float16 rows -> a fixed_size_list column, a zero row where `valid` is False.
+
+    Zeros, not nulls: Parquet readers before apache/arrow#35692's fix (pyarrow's among them, seen on a GPU
+    machine's older pyarrow) fail on a null fixed-size list ("Expected all lists to be of size=D but index i
+    had size=0"). `status` says which rows hold no embedding; `similarity` is null there."""
+    rows = np.ascontiguousarray(values, dtype=np.float16).copy()
+    rows[~valid] = 0
+    return pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), values.shape[1])
 
 
 def embeddings_numpy(column: pa.ChunkedArray | pa.FixedSizeListArray) -> np.ndarray:
@@ -218,7 +223,7 @@ def write_score_file(
     metadata: dict[str, str],
 ) -> None:
     """Write one shard's score file atomically. Embedding rows of samples whose status is not ok are
-    ignored (stored as nulls), so callers may pass zeros there."""
+    ignored (stored as zeros, their similarity as null), so callers may pass anything there."""
     valid = pc.equal(pa.array(status, pa.string()), OK).to_numpy(zero_copy_only=False)
     schema = score_schema(image_emb.shape[1], metadata)
     table = pa.table(
