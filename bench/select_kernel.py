@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -77,6 +78,24 @@ class PeakMemory:
         self.peak = peak - self.base
 
 
+def plain_matmul(right: torch.Tensor, rows: int, flops: float) -> tuple[Callable[[], None], int]:
+    """The machine's limit for the kernel's work: [rows, D] x [D, B] products against `right` ([B, D]),
+    fp32 output as the kernel's, repeated to about `flops` FLOPs. Returns the runner and its exact FLOPs."""
+    n, dim = right.shape
+    left = torch.randn(rows, dim, device=right.device).to(right.dtype)
+    out = torch.empty(rows, n, device=right.device, dtype=torch.float32)
+    reps = max(1, round(flops / (2 * rows * n * dim)))
+
+    def matmul() -> None:
+        for _ in range(reps):
+            if right.is_cuda and right.dtype != torch.float32:
+                torch.mm(left, right.T, out_dtype=torch.float32, out=out)
+            else:
+                torch.mm(left.float(), right.float().T, out=out)
+
+    return matmul, 2 * rows * n * dim * reps
+
+
 def worker(kind: str, n: int, dim: int, args: argparse.Namespace) -> dict:
     dtype = getattr(torch, args.dtype)
     size = selection_size(n, args.ratio, args.chunks)
@@ -90,18 +109,8 @@ def worker(kind: str, n: int, dim: int, args: argparse.Namespace) -> dict:
     generator = torch.Generator(args.device)
     if kind == "stream":
         c = sizes[0]
-        left = torch.randn(c, dim, device=args.device).to(dtype)
-        right = scores.terms[0][1].text
-        out = torch.empty(c, n, device=args.device, dtype=torch.float32)
-        reps = round(flops / (2 * c * n * dim))
-
-        def matmul() -> None:
-            for _ in range(reps):
-                if args.device == "cuda" and dtype != torch.float32:
-                    torch.mm(left, right.T, out_dtype=torch.float32, out=out)
-                else:
-                    torch.mm(left.float(), right.float().T, out=out)
-
+        matmul, matmul_flops = plain_matmul(scores.terms[0][1].text, c, flops)
+        reps = round(matmul_flops / (2 * c * n * dim))
         # The machine may be shared: alternate the two and keep the best of each (min over repeats).
         stream_s, matmul_s, peak = [], [], 0
         while not stream_s or (len(stream_s) < args.repeats and sum(stream_s) + sum(matmul_s) < 60):
