@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 
-import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import run_cli_subprocess
@@ -22,6 +21,7 @@ from curate.backends.ray_cluster import KILL_ONCE_ENV, RayConfig
 from curate.errors import CurateError
 from curate.models import load_model, save_checkpoint
 from curate.score import ScoreConfig, score_shards
+from curate.score.schema import comparable
 from curate.select import SelectConfig, read_summary, select
 
 ray = pytest.importorskip("ray", reason="the Ray extra is not installed (make install installs it)")
@@ -64,16 +64,10 @@ def on_ray(checkpoint: str, workers: int = 2) -> ScoreConfig:
 
 
 def same_scores(folder, reference) -> bool:
-    """The same rows and the same metadata, but for `curate.seconds`: a file's wall time is a measurement
-    of that run (the cost a learner inherits), the one thing two runs may not share."""
-
-    def content(path):
-        table = pq.read_table(path)
-        metadata = {k: v for k, v in table.schema.metadata.items() if k != b"curate.seconds"}
-        return table.replace_schema_metadata(None), metadata
-
-    pairs = [(content(f"{folder}/{n}"), content(f"{reference}/{n}")) for n in SHARDS]
-    return all(a[0].equals(b[0]) and a[1] == b[1] for a, b in pairs)
+    return all(
+        comparable(f"{folder}/{n}").equals(comparable(f"{reference}/{n}"), check_metadata=True)
+        for n in SHARDS
+    )
 
 
 def test_ray_score_writes_the_local_files_and_resumes_like_them(

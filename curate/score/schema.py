@@ -39,6 +39,7 @@ __all__ = [
     "embeddings_numpy",
     "ScoringCost",
     "check_same_model",
+    "comparable",
     "cost_metadata",
     "is_score_file",
     "open_score_folder",
@@ -198,6 +199,15 @@ def read_scoring_cost(path: str | Path) -> ScoringCost:
     return ScoringCost(
         flops, seconds, len(files), uncounted, first.get("curate.checkpoint", ""), int(step) if step else None
     )
+
+
+def comparable(path: str | Path) -> pa.Table:
+    """A score file's rows and metadata without `curate.seconds`, the wall time of the run that wrote it:
+    what two runs that agree (resumed or not, local or Ray) have in common, for `Table.equals(...,
+    check_metadata=True)`."""
+    table = pq.read_table(path)
+    metadata = {k: v for k, v in (table.schema.metadata or {}).items() if k != b"curate.seconds"}
+    return table.replace_schema_metadata(metadata)
 
 
 def is_score_file(path: str | Path) -> bool:
