@@ -20,7 +20,6 @@ were recorded) is named in `Lineage.gaps`, and the total is then a lower bound.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,8 +33,8 @@ from curate.select.manifest import (
     LEARNER_SCORES_METADATA_KEY,
     MANIFEST_FILE,
     SCORES_METADATA_KEY,
-    SUMMARY_FILE,
     manifest_metadata,
+    read_summary,
 )
 from curate.train.run import CHECKPOINTS_DIR, METRICS_FILE, read_config, read_metrics
 
@@ -86,13 +85,21 @@ class Lineage:
 class _Walk:
     parts: dict[tuple[str, str], Part] = field(default_factory=dict)
     gaps: list[str] = field(default_factory=list)
-    seen: set[tuple[str, str, int | None]] = field(default_factory=set)
+    visited: set[tuple[str, str]] = field(default_factory=set)  # (kind, path) whose inputs were followed
 
     def add(self, part: Part) -> None:
         key = (part.kind, part.path)
         kept = self.parts.get(key)
         if kept is None or (part.step or 0) > (kept.step or 0):
             self.parts[key] = part
+
+    def first_visit(self, kind: str, path: Path) -> bool:
+        """Whether the inputs of this run or score folder are still to be followed (a diamond: twice)."""
+        key = (kind, str(path))
+        if key in self.visited:
+            return False
+        self.visited.add(key)
+        return True
 
     def gap(self, text: str) -> None:
         if text not in self.gaps:
@@ -159,9 +166,8 @@ def _training(run: Path, step: int | None, walk: _Walk) -> Part:
 
 
 def _run_inputs(run: Path, walk: _Walk) -> None:
-    if ("run", str(run), None) in walk.seen:
+    if not walk.first_visit("run", run):
         return
-    walk.seen.add(("run", str(run), None))
     try:
         config = read_config(run)
     except CurateError as error:
@@ -184,12 +190,16 @@ def _manifest(path: Path, walk: _Walk) -> None:
         walk.gap(f"manifest {folder} is not there")
         return
     metadata = manifest_metadata(folder)
-    summary = _summary(folder)
+    try:
+        summary = read_summary(folder)
+    except CurateError as error:
+        walk.gap(str(error))
+        summary = {}
     inputs = summary.get("inputs") if isinstance(summary.get("inputs"), dict) else {}
     seconds = summary.get("seconds")
     if isinstance(seconds, int | float):
         walk.add(Part("selection", str(folder), Cost(0.0, float(seconds))))
-    else:
+    elif summary:
         walk.gap(f"{folder}: no summary.json seconds")
     for key, name in ((SCORES_METADATA_KEY, "scores"), (LEARNER_SCORES_METADATA_KEY, "learner")):
         scores = metadata.get(key) or inputs.get(name)  # summary.json: manifests from before the metadata
@@ -197,19 +207,10 @@ def _manifest(path: Path, walk: _Walk) -> None:
             _scores(Path(scores), walk)
 
 
-def _summary(folder: Path) -> dict:
-    try:
-        summary = json.loads((folder / SUMMARY_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
-
-
 def _scores(path: Path, walk: _Walk) -> None:
     folder = path.absolute()
-    if ("scores", str(folder), None) in walk.seen:
+    if not walk.first_visit("scores", folder):
         return
-    walk.seen.add(("scores", str(folder), None))
     try:
         cost = read_scoring_cost(folder)
     except CurateError as error:

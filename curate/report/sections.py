@@ -70,16 +70,17 @@ CAPTIONS = {
 
 def runs_section(runs: list[Run]) -> Section:
     section = Section("Training runs", "runs")
-    _add_total_cost(runs)
+    shared = _shared(runs)
+    _add_total_cost(runs, shared)
     metrics = [m for m in FINAL_METRICS if any(m in r.evals for r in runs)]
     rows = []
     for run in runs:
         last_log = run.logs.iloc[-1] if len(run.logs) else {}
         last_eval = run.evals.iloc[-1] if len(run.evals) else {}
-        own, total, shared = run.lineage.own.cost, run.lineage.total, _shared(runs)[run.name]
+        own, total = run.lineage.own.cost, run.lineage.total
         rows.append(
             [run.name, _data_kind(run), _int(_get(last_log, "step")), _get(last_log, "loss")]
-            + [own.flops, total.flops - own.flops, total.flops, total.seconds, shared.flops]
+            + [own.flops, total.flops - own.flops, total.flops, total.seconds, shared[run.name].flops]
             + [_get(last_eval, m) for m in metrics]
         )
     headers = ["run", "data", "steps", "final loss", "own FLOPs", "inherited FLOPs", "total FLOPs"]
@@ -158,10 +159,9 @@ def _shared(runs: list[Run]) -> dict:
     return amortised({run.name: run.lineage for run in runs})
 
 
-def _add_total_cost(runs: list[Run]) -> None:
+def _add_total_cost(runs: list[Run], shared: dict) -> None:
     """Eval-step columns with everything counted: total_flops, total_seconds (own + inherited) and
     shared_flops (own + each inherited part divided among the runs given that inherit it)."""
-    shared = _shared(runs)
     for run in runs:
         if not len(run.evals) or "flops" not in run.evals:
             continue
