@@ -39,6 +39,13 @@ def download_command(
     ] = "",
     timeout: Annotated[int, typer.Option(help="Seconds before a request is given up.")] = 10,
     retries: Annotated[int, typer.Option(help="img2dataset's own immediate retries per url.")] = 0,
+    allow_local_urls: Annotated[
+        bool,
+        typer.Option(
+            help="Also fetch urls that are not http or https (file://, ftp://, data:), which could copy "
+            "this machine's files into the shards: only for url lists you trust."
+        ),
+    ] = False,
     retry_failed_rows: Annotated[
         bool,
         typer.Option(
@@ -50,6 +57,8 @@ def download_command(
     """Download images with img2dataset into webdataset shards (NNNNN.tar, .parquet, _stats.json).
 
     Re-running resumes: finished shards are kept. img2dataset's own log goes to OUT/download.log.
+    Only http and https urls are fetched: rows with another scheme (file://, ftp://) are left out and
+    counted, unless --allow-local-urls.
     img2dataset never retries a failed row; --retry-failed does, keeping each row's key and shard.
 
     \b
@@ -70,6 +79,7 @@ def download_command(
         extra_columns=tuple(c.strip() for c in extra_columns.split(",") if c.strip()),
         timeout=timeout,
         retries=retries,
+        allow_local_urls=allow_local_urls,
     )
     with progress_bar("download", unit="shards") as progress:
         if retry_failed_rows:
@@ -87,4 +97,8 @@ def _describe(summary: DownloadSummary) -> str:
     if failed:
         reasons = "; ".join(f"{n} × {reason}" for reason, n in summary.failures.most_common(5))
         line += f"; {failed} failed ({reasons})"
+    if summary.skipped:
+        reasons = "; ".join(f"{n} × {reason}" for reason, n in sorted(summary.skipped.items()))
+        skipped = sum(summary.skipped.values())
+        line += f"; {skipped} rows skipped ({reasons}: only http and https without --allow-local-urls)"
     return line

@@ -33,6 +33,10 @@ def export_command(
             metavar="K", help="Samples per output shard (default: ≤ 10000, and at least 16 shards)."
         ),
     ] = None,
+    allow_missing: Annotated[
+        bool,
+        typer.Option(help="Go on when under 99% of the manifest's keys are in their shards (default: stop)."),
+    ] = False,
 ) -> None:
     """Copy the chosen samples into new webdataset shards, in training order, ready for open_clip's trainer.
 
@@ -43,8 +47,10 @@ def export_command(
     n-th repeat is named KEY_n (the next free KEY_m should another key have that name), its .json giving
     its "source_key". Every other member (image, .txt, ...) is copied byte for byte, never re-encoded;
     each source shard is read once, in order. Output is img2dataset's layout (NNNNN.tar, .parquet,
-    _stats.json) plus sizes.json. Re-running resumes: shards already complete are kept. A loader that
-    shuffles (open_clip's does) turns the batches back into a set: see the README.
+    _stats.json) plus sizes.json. Each image is checked against the sha256 it was scored with, so a
+    --shards folder of another crawl is refused, not copied; under 99% of the manifest's keys found
+    stops the export (--allow-missing goes on). Re-running resumes: shards already complete are kept.
+    A loader that shuffles (open_clip's does) turns the batches back into a set: see the README.
 
     \b
     example: curate export manifest/ -o curated/ --shards shards/
@@ -52,7 +58,12 @@ def export_command(
     """
     from curate.export import ExportConfig, export
 
-    config = ExportConfig(shards=shards, samples_per_shard=samples_per_shard, command=command_line())
+    config = ExportConfig(
+        shards=shards,
+        samples_per_shard=samples_per_shard,
+        command=command_line(),
+        allow_missing=allow_missing,
+    )
     with progress_bar("export") as progress:
         summary = export(manifest, output, config, progress)
     for shard, why in summary.damaged:
@@ -73,8 +84,11 @@ def export_command(
     last = summary.shards - 1
     skipped = f", {summary.shards_skipped} already done (kept)" if summary.shards_skipped else ""
     repeats = f" ({summary.repeats} of them repeats, named KEY_n)" if summary.repeats else ""
+    found = summary.keys_wanted - summary.keys_missing
+    checked = f", {summary.verified} checked by sha256" if summary.verified else ""
     out.print(
         f"wrote {summary.samples} samples{repeats} into {summary.shards_written} shards "
         f"of ≤ {summary.samples_per_shard}{skipped}, reading {summary.source_shards_read} source shards "
+        f"({found} of {summary.keys_wanted} manifest keys found{checked}) "
         f"→ {output}/{{00000..{last:05d}}}.tar"
     )

@@ -5,21 +5,29 @@ from __future__ import annotations
 import sys
 from typing import Annotated
 
-import typer
-from rich.markup import escape
+INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 
-from curate import __version__
-from curate.errors import CurateError, first_line
-from curate_cli.console import err
-from curate_cli.download import download_command
-from curate_cli.evaluate import evaluate_command
-from curate_cli.export import export_command
-from curate_cli.query import query_command
-from curate_cli.report import report_command
-from curate_cli.score import models, score
-from curate_cli.select import select_command
-from curate_cli.synth import synth
-from curate_cli.train import train_command
+# A Ctrl-C while the commands import (torch alone takes a second or more) comes before `main` can catch
+# it: the same one line, not a traceback from deep inside an import.
+try:
+    import typer
+    from rich.markup import escape
+
+    from curate import __version__
+    from curate.errors import CurateError, first_line
+    from curate_cli.console import err
+    from curate_cli.download import download_command
+    from curate_cli.evaluate import evaluate_command
+    from curate_cli.export import export_command
+    from curate_cli.query import query_command
+    from curate_cli.report import report_command
+    from curate_cli.score import models, score
+    from curate_cli.select import select_command
+    from curate_cli.synth import synth
+    from curate_cli.train import train_command
+except KeyboardInterrupt:
+    sys.stderr.write("error: interrupted\n")
+    sys.exit(INTERRUPTED)
 
 app = typer.Typer(
     name="curate",
@@ -66,9 +74,6 @@ COMMANDS = (
 )
 for name, command, purpose in COMMANDS:
     app.command(name, short_help=purpose)(command)
-
-
-INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 
 
 def main() -> None:

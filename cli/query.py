@@ -54,6 +54,8 @@ def query_command(
     key, caption, url, status, ..., and extra columns such as noise or sha256) and `batches` (run, step,
     key: what each step of each --run trained on; run is the run folder's name). Only the views whose
     folder is given exist. --format table shows the first 100 rows; csv, json and parquet write them all.
+    SQL runs with DuckDB's full access, as your own console: it can read and write any file you can
+    (read_csv('...'), COPY ... TO), so run only queries you trust; `select --where` reads score files only.
 
     \b
     example: curate query "SELECT s.noise, count(*) FROM manifest JOIN shards s USING (key) GROUP BY 1" \\

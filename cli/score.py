@@ -37,6 +37,12 @@ def score(
         bool, typer.Option(help="Accept a model without weights (tests and benchmarks only).")
     ] = False,
     seed: Annotated[int, typer.Option(help="Draws a random-init model's weights (--allow-random-init).")] = 0,
+    keep_going: Annotated[
+        bool,
+        typer.Option(
+            help="Exit 0 even if some shards are damaged (they stay unscored; a rerun retries them)."
+        ),
+    ] = False,
     backend: Backend = "local",
     ray_address: RayAddress = None,
     gpus_per_worker: GpusPerWorker = 0.0,
@@ -47,7 +53,9 @@ def score(
     Columns: key, shard, caption, image_emb and text_emb (L2-normalised, float16), similarity (cosine)
     and status ("ok", or why the sample could not be scored: undecodable_image, empty_caption, ...).
     The file metadata holds the model's t and b, so `curate select` needs no model. Shards that already
-    have a score file are skipped, so an interrupted run resumes; --overwrite recomputes.
+    have a score file are skipped, so an interrupted run resumes; --overwrite recomputes. A shard that
+    cannot be read whole (a truncated, empty or non-tar file, or fewer samples than its _stats.json
+    counts) gets no score file: the run exits 1 naming it (0 with --keep-going) and a rerun retries it.
 
     --backend ray scores whole shards on a Ray cluster, one model replica per worker, and writes the same
     files; shards and SCORES must then be on storage every node sees.
@@ -75,7 +83,7 @@ def score(
     with progress_bar("score") as progress:
         summary = score_shards(shards if len(shards) > 1 else shards[0], str(output), config, progress)
     for shard, why in summary.damaged:
-        err.print(f"warning: {shard} is damaged ({why}); its readable samples were scored")
+        err.print(f"warning: {shard} is damaged ({why}); not scored, a rerun retries it")
     failed = sum(summary.failed.values())
     reasons = f" ({', '.join(f'{r} {n}' for r, n in sorted(summary.failed.items()))})" if failed else ""
     skipped = f", {summary.shards_skipped} already scored (skipped)" if summary.shards_skipped else ""
@@ -83,7 +91,10 @@ def score(
         f" at {summary.samples_per_second:.0f} samples/s on {summary.device}" if summary.shards_done else ""
     )
     counts = f"{summary.ok} ok, {failed} failed{reasons}"
-    out.print(f"scored {summary.shards_done} shards{skipped}: {counts}{rate} → {output}")
+    damaged = f", {len(summary.damaged)} damaged (not scored)" if summary.damaged else ""
+    out.print(f"scored {summary.shards_done} shards{skipped}{damaged}: {counts}{rate} → {output}")
+    if not keep_going:
+        summary.refuse_damage()
 
 
 def models() -> None:

@@ -65,7 +65,9 @@ def select_command(
     where: Annotated[
         str | None,
         typer.Option(
-            metavar="SQL", help="DuckDB predicate over the score columns, applied before selection."
+            metavar="SQL",
+            help="DuckDB predicate over the score columns, applied before selection (it can read no other "
+            "file).",
         ),
     ] = None,
     shards: Annotated[

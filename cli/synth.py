@@ -35,7 +35,7 @@ def synth(
     ] = _RATES.duplicate,
     corrupt: Annotated[float, typer.Option(help="Share whose image bytes do not decode.")] = _RATES.corrupt,
     curated_fraction: Annotated[
-        float, typer.Option(help="Size of the clean curated set, as a share of --n.")
+        float, typer.Option(help="Size of the clean curated set, as a share of --n (0 to 1).")
     ] = 0.1,
     eval_per_class: Annotated[int, typer.Option(help="Eval images per class (64 classes).")] = 10,
     zipf: Annotated[

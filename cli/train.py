@@ -58,6 +58,10 @@ def train_command(
         str, typer.Option(help="memory (decode once), stream (tars + shuffle buffer) or auto.")
     ] = "auto",
     shuffle_buffer: Annotated[int, typer.Option(help="Samples in the streaming shuffle buffer.")] = 10_000,
+    allow_missing: Annotated[
+        bool,
+        typer.Option(help="Train on a --manifest even when the data holds under 99% of its keys."),
+    ] = False,
     online_jest: Annotated[
         bool, typer.Option(help="Select each batch with JEST against --ref scores.")
     ] = False,
@@ -78,13 +82,15 @@ def train_command(
     from the tars through DataLoader workers and a shuffle buffer. RUN/ gets config.json, metrics.jsonl,
     batches.parquet (the keys each step trained on), checkpoints/step_N.pt and latest.pt (loadable with
     torch.load(weights_only=True), usable as `curate score --model RUN/latest.pt` and `curate eval
-    RUN/latest.pt`). --resume continues exactly (a resumed uniform stream draws other batches).
+    RUN/latest.pt`). --resume continues exactly (a resumed uniform stream draws other batches). A loss or
+    weights turned NaN or infinite stop the run with an error, and no checkpoint of them is written.
 
     With --manifest (curate select's output), step t trains exactly the samples of the manifest's batch t:
     JEST chose them together. Select with --steps equal to this run's --steps for one batch per step;
     past the last batch they start over in a seeded order (a warning; the epoch is in metrics.jsonl).
     The manifest's batch size is the run's. --order shuffle trains its keys as a set instead, in random
-    batches. Streaming decodes a few batches ahead, reading only the shards they live in.
+    batches. Streaming decodes a few batches ahead, reading only the shards they live in. Data that holds
+    under 99% of the manifest's keys is refused (the wrong shards?) unless --allow-missing.
 
     With --online-jest (the paper's setting, reference cached): each step embeds a super-batch of
     B = b / (1 - F) with the model being trained, looks up the reference's embeddings in --ref, keeps b
@@ -112,6 +118,7 @@ def train_command(
             cache=cache,
             shuffle_buffer=shuffle_buffer,
             workers=workers,
+            allow_missing=allow_missing,
         ),
         out=output,
         model=model,
@@ -137,17 +144,24 @@ def train_command(
 
     with progress_bar(f"train {basename(output)}", unit="steps") as progress:
         summary = train(config, progress, warn)
+    for shard, why in summary.damaged.items():
+        warn(f"{shard} is damaged ({why}); trained without the samples it did not hold")
     if summary.missing_from_manifest:
         warn(
-            f"{summary.missing_from_manifest} manifest samples could not be decoded; "
-            "their batches trained without them"
+            f"{summary.missing_from_manifest} manifest samples were not in the data or could not be "
+            "decoded; their batches trained without them"
         )
     data_line = f"{summary.data_samples} samples in memory" if summary.data_samples else "streamed"
+    if summary.manifest_keys is not None:
+        data_line += f" ({summary.manifest_keys_found} of the manifest's {summary.manifest_keys} keys found)"
     missing = (
         f", {summary.missing_reference} without reference scores left out"
         if summary.missing_reference
         else ""
     )
+    if summary.skipped:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in summary.skipped.items())
+        missing += f", {sum(summary.skipped.values())} skipped ({reasons})"
     final_eval = ""
     if summary.evals:
         last = summary.evals[-1]["eval"]

@@ -45,9 +45,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.errors import CurateError, first_line
-from curate.fileio import atomic_open, basename, filesystem, join, local_path
+from curate.fileio import atomic_open, basename, filesystem, join, local_path, remove_stale_temporaries
 from curate.runtime import Progress
-from curate.select.manifest import SHARDS_METADATA_KEY, manifest_metadata, manifest_path, read_manifest
+from curate.select.manifest import (
+    SHARDS_METADATA_KEY,
+    manifest_metadata,
+    manifest_path,
+    read_manifest,
+    require_found,
+)
 from curate.shards import (
     SHARD_TABLE_SCHEMA,
     STATS_SUFFIX,
@@ -63,6 +69,7 @@ from curate.shards import (
     write_sizes,
 )
 from curate.shards.paths import shards_by_name
+from curate.shards.schema import image_extension
 
 EXPORT_FILE = "export.json"  # the plan's fingerprint, so a resume never mixes two exports in one folder
 MAX_SAMPLES_PER_SHARD = 10_000  # img2dataset's default
@@ -83,6 +90,7 @@ class ExportConfig:
     shards: str | None = None
     samples_per_shard: int | None = None  # default: default_samples_per_shard(manifest rows)
     command: str = ""
+    allow_missing: bool = False  # go on when under MIN_FOUND of the manifest's keys are in their shards
 
     def __post_init__(self) -> None:
         if self.samples_per_shard is not None and self.samples_per_shard < 1:
@@ -97,8 +105,11 @@ class ExportSummary:
     shards_written: int = 0
     shards_skipped: int = 0  # already complete from an earlier run
     source_shards_read: int = 0
-    missing: int = 0  # chosen samples not found in their source tar
+    missing: int = 0  # chosen samples not found in their source tar (occurrences)
     missing_examples: list[str] = field(default_factory=list)
+    keys_wanted: int = 0  # distinct (source shard, key) pairs this run looked for
+    keys_missing: int = 0  # of them, not found
+    verified: int = 0  # samples whose image matched the sha256 it was scored with
     damaged: list[tuple[str, str]] = field(default_factory=list)  # (source shard, why its tar ended early)
     # (source shard, why): its chosen samples' parquet rows were rebuilt from their .json members
     rebuilt: list[tuple[str, str]] = field(default_factory=list)
@@ -117,6 +128,7 @@ class _Planned(NamedTuple):
     key: str
     batch: int
     name: str
+    sha256: str | None  # of its image as scored; None in manifests from before it was recorded
 
 
 class _Slot(NamedTuple):
@@ -149,16 +161,20 @@ def export(manifest: str, out: str, config: ExportConfig, progress: Progress | N
     outputs = math.ceil(len(plan) / per_shard)
     summary = ExportSummary(folder=out, samples_per_shard=per_shard)
     _claim_folder(out, manifest, plan, per_shard, outputs, config.command)
+    remove_stale_temporaries(out)  # a killed run's half-written shards
 
     pending = [i for i in range(outputs) if not shard_done(out, i)]
     summary.shards_skipped = outputs - len(pending)
     wanted: dict[str, dict[str, list[_Slot]]] = {}  # source shard -> key -> its occurrences still to write
+    digests: dict[tuple[str, str], str | None] = {}  # (source shard, key) -> its image's sha256 as scored
     last_source: dict[int, str] = {}  # pending output shard -> the last source (in name order) it needs
     for i in pending:
         for position, row in enumerate(plan[i * per_shard : (i + 1) * per_shard]):
             slot = _Slot(i, position, row.name, row.batch)
             wanted.setdefault(row.source, {}).setdefault(row.key, []).append(slot)
+            digests[row.source, row.key] = row.sha256
             last_source[i] = max(last_source.get(i, row.source), row.source)
+    summary.keys_wanted = len(digests)
     ready_after: dict[str, list[int]] = {}
     for i, source in sorted(last_source.items()):
         ready_after.setdefault(source, []).append(i)
@@ -168,7 +184,11 @@ def export(manifest: str, out: str, config: ExportConfig, progress: Progress | N
         for name in sorted(wanted):
             source = _read_source(sources[name], set(wanted[name]), summary)
             summary.source_shards_read += 1
+            _verify(source, digests, summary)
             _spill_source(source, wanted[name], spills, summary)
+            # As soon as too many are missing for the rest to make up for it: nothing more is written.
+            found_at_most = summary.keys_wanted - summary.keys_missing
+            require_found(found_at_most, summary.keys_wanted, config.allow_missing, "export")
             del source  # one source shard's members in memory at a time
             for i in ready_after.get(name, []):
                 _write_output(out, i, _spill_path(spills, i), summary)
@@ -189,15 +209,16 @@ def _rows_of(output: int, per_shard: int, total: int) -> int:
 
 def _plan(manifest: str) -> list[_Planned]:
     """Every chosen sample in training order (batch, then the manifest's row order): the export's order."""
-    table = read_manifest(manifest, ["key", "shard", "batch"])
+    table = read_manifest(manifest, ["key", "shard", "batch", "sha256"])
     order = pa.array(np.argsort(table["batch"].to_numpy(), kind="stable"))
     table = table.take(order)
     keys = table["key"].to_pylist()
     for key in keys:
         if not key or "." in key or "/" in key or "\\" in key:
             raise CurateError(f"manifest key {key!r} cannot be a tar member name (no '.', '/' or '\\\\')")
-    sources, batches = table["shard"].to_pylist(), table["batch"].to_pylist()
-    return [_Planned(*row) for row in zip(sources, keys, batches, exported_names(keys), strict=True)]
+    sources, batches, digests = (table[c].to_pylist() for c in ("shard", "batch", "sha256"))
+    names = exported_names(keys)
+    return [_Planned(*row) for row in zip(sources, keys, batches, names, digests, strict=True)]
 
 
 def exported_names(keys: Sequence[str]) -> list[str]:
@@ -284,6 +305,23 @@ def _read_source(path: str, keys: set[str], summary: ExportSummary) -> _Source:
     summary.damaged.extend(stats.bad_shards)
     table, rows, unusable = _source_rows(path, members) if members else (None, {}, None)
     return _Source(basename(path), members, table, rows, unusable)
+
+
+def _verify(source: _Source, digests: dict[tuple[str, str], str | None], summary: ExportSummary) -> None:
+    """Check each found sample's image against the sha256 it was scored with: a source folder of another
+    crawl with the same shard and key names would otherwise be copied without a word."""
+    for key, members in source.members.items():
+        expected = digests[source.name, key]
+        if expected is None:
+            continue  # scored before curate recorded digests
+        extension = image_extension(members)
+        image = dict(members)[extension] if extension else b""
+        if hashlib.sha256(image).hexdigest() != expected:
+            raise CurateError(
+                f"source shard {source.name}: sample {key} is not the one that was scored (its image's "
+                "sha256 differs); do --shards (or select --shards) name the crawl that was scored?"
+            )
+        summary.verified += 1
 
 
 def _source_rows(path: str, members: dict) -> tuple[pa.Table | None, dict[str, int], str | None]:
@@ -393,6 +431,7 @@ def _spill_source(
             found.extend((slot, key) for slot in occurrences)
             continue
         summary.missing += len(occurrences)
+        summary.keys_missing += 1
         if len(summary.missing_examples) < 3:
             summary.missing_examples.append(f"{source.name}:{key}")
     found.sort(key=lambda entry: entry[0][:2])  # (output, position)

@@ -8,7 +8,11 @@ fsspec or refused in one line, never written somewhere else.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
+import re
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,11 +69,13 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
     """Open `path` for writing under a temporary name in the same folder; rename on success.
 
     The temporary name starts with a dot and ends in `.tmp` so that globs for `*.tar` or `*.parquet`
-    never see it. On error the temporary file is removed and the destination is left as it was.
+    never see it, and names its writer (`.{name}.{host}-{pid}-{random}.tmp`) so that a later run can tell
+    a killed writer's leftover from a live one's (`remove_stale_temporaries`). On error the temporary file
+    is removed and the destination is left as it was.
     """
     fs, fs_path = filesystem(path)
     folder, name = fs_path.rsplit("/", 1) if "/" in fs_path else (".", fs_path)
-    tmp = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = f"{folder}/.{name}.{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     try:
         with fs.open(tmp, mode) as handle:
             yield handle
@@ -81,6 +87,58 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError, OSError):
             fs.rm(tmp)
         raise
+
+
+@functools.cache
+def _host() -> str:
+    """This machine, in 6 hex digits: a pid means something only on the machine (and in the container, which
+    has a hostname of its own) that wrote it, and a shared folder may be written from several."""
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+
+
+_TEMPORARY = re.compile(r"\..+\.(?P<host>[0-9a-f]{6})-(?P<pid>[0-9]+)-[0-9a-f]{8}\.tmp")
+_OLD_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # before writers were named: `.{name}.{random}.tmp`
+
+
+def remove_stale_temporaries(*folders: str | os.PathLike) -> int:
+    """Remove from local `folders` the temporaries of `atomic_open` writers that are gone (a run killed
+    mid-write leaves one, hidden by its leading dot, that nothing else would ever remove); how many.
+
+    A temporary is stale when its writer's process, on this machine, no longer exists, or when it has the
+    old unnamed format. One of a live process, or of another machine (whose pids cannot be checked from
+    here), is kept. Call it when a command starts writing a folder; a folder that does not exist, or a
+    URL, is left alone.
+    """
+    removed = 0
+    for folder in folders:
+        if not is_local(folder):
+            continue
+        try:
+            entries = list(os.scandir(local_path(folder, "")))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            named = _TEMPORARY.fullmatch(entry.name)
+            if named:
+                if named["host"] != _host() or _alive(int(named["pid"])):
+                    continue
+            elif not _OLD_TEMPORARY.fullmatch(entry.name):
+                continue
+            if entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):  # another run removed it first
+                    os.remove(entry.path)
+                    removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process; a number no pid can be: keep it
+        pass
+    return True
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:

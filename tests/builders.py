@@ -70,6 +70,7 @@ def write_manifest_rows(
             "super_batch": pa.array(batches, pa.int64()),
             "chunk": pa.array([0] * n, pa.int32()),
             "score": pa.array([0.0] * n, pa.float32()),
+            "sha256": pa.nulls(n, pa.string()),
         },
         schema=MANIFEST_SCHEMA,
     )

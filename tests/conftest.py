@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
+import http.server
 import io
 import os
 import re
@@ -16,7 +18,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -104,3 +109,28 @@ def run_cli_subprocess(*args: str, cwd: str | None = None) -> subprocess.Complet
     return subprocess.run(
         [sys.executable, "-m", "curate_cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
     )
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    delay = 0.0  # seconds before each answer (a slow server keeps a download running)
+
+    def do_GET(self):
+        time.sleep(self.delay)
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def http_server(root: Path, delay: float = 0.0) -> Iterator[str]:
+    """Serve `root` on 127.0.0.1 (a free port) while the block runs; yields its base URL."""
+    handler = type("Handler", (_QuietHandler,), {"delay": delay})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

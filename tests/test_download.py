@@ -1,15 +1,12 @@
 """`curate download` against a real img2dataset run and a real HTTP server on 127.0.0.1."""
 
-import functools
-import http.server
 import io
 import json
-import threading
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_cli
+from conftest import http_server, run_cli
 from PIL import Image
 
 from curate.download import DownloadConfig, download, merge_retried, read_url_table, retry_failed
@@ -18,23 +15,13 @@ from curate.errors import CurateError
 from curate.shards import ReadStats, ShardRecord, iter_members, iter_samples, write_shard, write_shard_files
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def server(tmp_path):
     """Serve tmp_path/www on 127.0.0.1 (a free port) for the duration of one test."""
     root = tmp_path / "www"
     root.mkdir()
-    handler = functools.partial(QuietHandler, directory=str(root))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with http_server(root) as base:
+        yield root, base
 
 
 def put_image(root, name: str, colour, mode="RGB", fmt="PNG") -> None:

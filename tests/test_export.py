@@ -23,6 +23,7 @@ from curate.report.load import read_shard_columns, shard_tables
 from curate.score import ScoreConfig, score_shards
 from curate.select import SelectConfig, read_manifest, select
 from curate.shards import ReadStats, iter_members, iter_samples
+from curate.synth import SynthConfig, synthesize
 
 STEPS = 14  # 6 batches of 32 per pass over small_synth's 396 good samples: 3 passes, so keys repeat
 
@@ -214,16 +215,48 @@ def test_missing_samples_and_shards_are_reported(small_synth, tmp_path):
     )
     with pytest.raises(CurateError, match="pass --shards"):
         export(str(tmp_path / "m"), str(tmp_path / "a"), ExportConfig())
-    summary = export(str(tmp_path / "m"), str(tmp_path / "b"), ExportConfig(shards=web))
+    with pytest.raises(
+        CurateError, match="1 of the manifest's 3 keys are not in its shards .* --allow-missing"
+    ):
+        export(str(tmp_path / "m"), str(tmp_path / "b"), ExportConfig(shards=web))
+    summary = export(str(tmp_path / "m"), str(tmp_path / "b"), ExportConfig(shards=web, allow_missing=True))
     assert (
         summary.samples == 2 and summary.missing == 1 and summary.missing_examples == ["00000.tar:000009999"]
     )
+    assert (summary.keys_wanted, summary.keys_missing) == (3, 1)
 
     write_manifest(tmp_path / "gone", [("00007.tar", first[0])])
     with pytest.raises(CurateError, match="not in .*00007.tar"):
         export(str(tmp_path / "gone"), str(tmp_path / "c"), ExportConfig(shards=web))
     with pytest.raises(CurateError, match="no manifest"):
         export(str(tmp_path / "nothing"), str(tmp_path / "d"), ExportConfig(shards=web))
+
+
+def test_a_manifest_whose_keys_are_not_in_the_shards_writes_nothing(selected, small_synth, tmp_path):
+    """The probe's case: every key absent (another crawl, re-keyed) exported 16 empty shards with exit 0."""
+    keys = read_manifest(selected)["key"].to_pylist()
+    write_manifest_rows(
+        tmp_path / "m", [f"9{key}" for key in keys], read_manifest(selected)["shard"].to_pylist()
+    )
+    result = run_cli(
+        "export", str(tmp_path / "m"), "-o", str(tmp_path / "out"), "--shards", f"{small_synth}/web"
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"of the manifest's {len(set(keys))} keys are not in its shards" in result.stderr
+    assert not list((tmp_path / "out").glob("*.tar"))
+
+
+def test_another_crawl_with_the_same_names_is_refused_not_copied(selected, small_synth, tmp_path):
+    """Shard and key names are positions, not identities: a crawl synthesised with another seed has the same
+    ones. Export checks every image against the sha256 it was scored with."""
+    other = tmp_path / "other"
+    synthesize(SynthConfig(n=400, seed=8, samples_per_shard=100, eval_per_class=2), str(other), workers=1)
+    config = ExportConfig(shards=str(other / "web"))
+    with pytest.raises(CurateError, match="source shard 00000.tar: sample .* not the one that was scored"):
+        export(str(selected), str(tmp_path / "out"), config)
+    assert not list((tmp_path / "out").glob("*.tar"))
+    summary = export(str(selected), str(tmp_path / "right"), ExportConfig(shards=f"{small_synth}/web"))
+    assert summary.verified == summary.keys_wanted > 0  # the right crawl: every sample checked
 
 
 def test_export_from_the_command_line(selected, tmp_path):

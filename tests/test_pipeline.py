@@ -54,7 +54,7 @@ def test_the_example_pipeline_runs_end_to_end(tmp_path):
         assert ScoreMetadata.read(files[0]).model.endswith(".pt")
     for name in ("jest", "independent", "random", "learnability", "clipscore"):
         manifest = pq.read_table(out / "manifests" / name / "manifest.parquet")
-        assert manifest.column_names == ["key", "shard", "batch", "super_batch", "chunk", "score"]
+        assert manifest.column_names == ["key", "shard", "batch", "super_batch", "chunk", "score", "sha256"]
         # STEPS=4 batches of 16, one per learner step (300 eligible at most: 3 super-batches of 80 a pass)
         assert manifest["batch"].to_pylist() == [b for b in range(4) for _ in range(16)], name
         assert json.loads((out / "manifests" / name / "summary.json").read_text())

@@ -1,4 +1,6 @@
+import hashlib
 import io
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -15,6 +17,8 @@ from curate.errors import CurateError
 from curate.models import load_model, save_checkpoint
 from curate.score import OK, ScoreConfig, ScoreMetadata, embeddings_numpy, score_shards
 from curate.score.schema import read_scoring_cost
+from curate.shards import ReadStats, iter_members, iter_shard
+from curate.shards.schema import IMAGE_EXTENSIONS
 
 TINY = ScoreConfig(model="siglip-tiny", allow_random_init=True, workers=0, batch_size=64)
 
@@ -30,7 +34,16 @@ def test_score_files_have_the_design_schema_and_metadata(tmp_path, small_synth, 
     assert summary.shards_done == 4 and summary.ok + sum(summary.failed.values()) == 400
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"0000{i}.parquet" for i in range(4)]
     table = pq.read_table(tmp_path / "00000.parquet")
-    assert table.schema.names == ["key", "shard", "caption", "image_emb", "text_emb", "similarity", "status"]
+    # DESIGN.md's columns, then each image's digest (which export checks it copies)
+    columns = ["key", "shard", "caption", "image_emb", "text_emb", "similarity", "status", "sha256"]
+    assert table.schema.names == columns
+    images_in_tar = {
+        key: next(members[ext] for ext in IMAGE_EXTENSIONS if ext in members)
+        for key, members in iter_members(f"{small_synth}/web/00000.tar", ReadStats())
+    }
+    assert table.column("sha256").to_pylist() == [
+        hashlib.sha256(images_in_tar[key]).hexdigest() for key in table.column("key").to_pylist()
+    ]
     assert str(table.schema.field("image_emb").type) == "fixed_size_list<element: halffloat>[128]"
     meta = ScoreMetadata.read(tmp_path / "00000.parquet")
     assert (meta.model, meta.embed_dim, meta.image_size) == ("siglip-tiny", 128, 32)
@@ -82,7 +95,7 @@ def test_undecodable_images_become_rows_with_a_status_and_no_embedding(tmp_path,
     )
 
 
-def test_damaged_tars_and_empty_captions_are_reported_per_sample(tmp_path, tiny):
+def test_bad_samples_are_reported_per_sample_and_damaged_tars_are_not_scored(tmp_path, tiny):
     shards = tmp_path / "shards"
     shards.mkdir()
     buffer = io.BytesIO()
@@ -90,25 +103,78 @@ def test_damaged_tars_and_empty_captions_are_reported_per_sample(tmp_path, tiny)
     with tarfile.open(shards / "00000.tar", "w") as tar:
         image = buffer.getvalue()
         members = [("k1.png", image), ("k1.txt", b"a grey square"), ("k2.png", image), ("k2.txt", b"  ")]
-        for name, data in [*members, ("k3.txt", b"no image")]:
+        for name, data in [*members, ("k3.txt", b"no image"), ("sub/k4.png", image), ("sub/k4.txt", b"x")]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     whole = (shards / "00000.tar").read_bytes()
-    (shards / "00001.tar").write_bytes(
-        whole[: 2048 + 600]
-    )  # k1 (two 1 KiB members) whole, k2 cut in its image
+    (shards / "00001.tar").write_bytes(whole[: 2048 + 600])  # k1 (two 1 KiB members) whole, k2 cut
     summary = score_shards(str(shards), str(tmp_path / "scores"), TINY, model=tiny)
     first = pq.read_table(tmp_path / "scores/00000.parquet").to_pylist()
     assert [(r["key"], r["status"]) for r in first] == [
         ("k1", "ok"),
         ("k2", "empty_caption"),
         ("k3", "missing_image"),
+        ("sub/k4", "unsafe_key"),  # refused where it enters: export would write it outside its folder
     ]
-    second = pq.read_table(tmp_path / "scores/00001.parquet").to_pylist()
-    assert [(r["key"], r["status"]) for r in second] == [("k1", "ok"), ("k2", "truncated_tar")]
+    assert not (tmp_path / "scores/00001.parquet").exists()  # not done: a rerun retries it
     assert [shard for shard, _ in summary.damaged] == ["00001.tar"]
-    assert summary.ok == 2 and summary.failed == {"empty_caption": 1, "missing_image": 1, "truncated_tar": 1}
+    assert summary.ok == 1 and summary.failed == {"empty_caption": 1, "missing_image": 1, "unsafe_key": 1}
+    with pytest.raises(CurateError, match="1 shard.*00001.tar.*--keep-going"):
+        summary.refuse_damage()
+
+
+def _cut_inside_a_header(tar: Path, member: int) -> None:
+    """Cut `tar` 100 bytes into the header of its `member`-th member: tarfile then stops quietly, as if the
+    archive ended there."""
+    with tarfile.open(tar) as whole:
+        offset = whole.getmembers()[member].offset
+    tar.write_bytes(tar.read_bytes()[: offset + 100])
+
+
+def test_a_damaged_shard_fails_loudly_is_never_marked_done_and_is_retried(tmp_path, small_synth):
+    web = tmp_path / "web"
+    shutil.copytree(f"{small_synth}/web", web)
+    pristine = {name: (web / name).read_bytes() for name in ("00001.tar", "00002.tar", "00003.tar")}
+    _cut_inside_a_header(web / "00001.tar", 30)
+    (web / "00002.tar").write_bytes(b"")  # what a killed img2dataset leaves
+    (web / "00003.tar").write_bytes(b"not a tar " * 200)
+    args = ["score", str(web), "-o", str(tmp_path / "scores"), "--model", "siglip-tiny"]
+    args += ["--allow-random-init", "--workers", "0"]
+    result = run_cli(*args)
+    assert result.returncode == 1
+    assert "3 shard(s) could not be read whole" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        "00001.tar (no end-of-archive marker" in result.stderr and "00002.tar (empty file)" in result.stderr
+    )
+    assert "scored 1 shards, 3 damaged (not scored)" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "scores").iterdir()) == ["00000.parquet"]
+    assert run_cli(*args, "--keep-going").returncode == 0  # the same damage, accepted: still not scored
+    assert sorted(p.name for p in (tmp_path / "scores").iterdir()) == ["00000.parquet"]
+
+    for name, data in pristine.items():  # repaired: the rerun scores exactly those shards
+        (web / name).write_bytes(data)
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert "scored 3 shards, 1 already scored (skipped)" in result.stdout
+
+
+def test_a_tar_shorter_than_its_stats_counts_is_damaged(tmp_path, small_synth):
+    """A whole-looking tar (it ends properly) that holds fewer samples than its _stats.json counts."""
+    web = tmp_path / "web"
+    web.mkdir()
+    with (
+        tarfile.open(f"{small_synth}/web/00000.tar") as source,
+        tarfile.open(web / "00000.tar", "w") as short,
+    ):
+        for info in source.getmembers()[:30]:
+            short.addfile(info, source.extractfile(info))
+    shutil.copy(f"{small_synth}/web/00000_stats.json", web)
+    stats = ReadStats()
+    read = list(iter_shard(str(web / "00000.tar"), stats, check_images=False))
+    assert len(read) == 10  # 3 members per sample
+    assert stats.skipped == {"truncated_tar": 90}
+    assert stats.bad_shards == [("00000.tar", "holds 10 of the 100 samples its _stats.json counts")]
 
 
 def test_same_model_and_data_give_the_same_embeddings_and_resume_equals_one_run(tmp_path, small_synth, tiny):
@@ -138,6 +204,33 @@ def test_resuming_with_another_model_is_refused(tmp_path, small_synth, tiny):
     other = ScoreConfig(model="siglip-small", allow_random_init=True, workers=0)
     with pytest.raises(CurateError, match="holds scores by --model siglip-tiny"):
         score_shards(f"{small_synth}/web", str(tmp_path), other)
+
+
+def test_a_checkpoint_replaced_behind_the_same_path_is_refused(tmp_path, small_synth, tiny):
+    checkpoint = tmp_path / "latest.pt"
+    save_checkpoint(checkpoint, tiny.open_clip_name, tiny.config, tiny.module.state_dict(), step=1)
+    config = ScoreConfig(model=str(checkpoint), workers=0, batch_size=64)
+    score_shards(f"{small_synth}/web/00000.tar", str(tmp_path / "scores"), config)
+    weights = ScoreMetadata.read(tmp_path / "scores/00000.parquet").weights
+    assert weights == tiny.weights_fingerprint() and len(weights) == 64
+    other = load_model("siglip-tiny", allow_random_init=True, seed=1)
+    save_checkpoint(checkpoint, other.open_clip_name, other.config, other.module.state_dict(), step=1)
+    with pytest.raises(CurateError, match="other weights .* was the checkpoint replaced"):
+        score_shards(f"{small_synth}/web", str(tmp_path / "scores"), config)
+    assert sorted(p.name for p in (tmp_path / "scores").iterdir()) == ["00000.parquet"]  # nothing mixed in
+
+
+def test_a_model_that_embeds_nan_writes_failures_never_ok_rows(tmp_path, small_synth):
+    broken = load_model("siglip-tiny", allow_random_init=True)
+    with torch.no_grad():
+        broken.module.visual.proj.fill_(float("nan"))  # what a diverged checkpoint holds
+    summary = score_shards(f"{small_synth}/web/00000.tar", str(tmp_path), TINY, model=broken)
+    table = pq.read_table(tmp_path / "00000.parquet")
+    statuses = set(table.column("status").to_pylist())
+    assert "ok" not in statuses and "nonfinite_embedding" in statuses and summary.ok == 0
+    decodable = table.num_rows - table.column("status").to_pylist().count("undecodable_image")
+    assert summary.failed["nonfinite_embedding"] == decodable == 100
+    assert np.isfinite(embeddings_numpy(table["image_emb"]).astype(np.float32)).all()  # zeros, not NaN
 
 
 def test_a_trained_checkpoint_scores_from_the_command_line_with_workers(tmp_path, small_synth, tiny):

@@ -65,6 +65,7 @@ def test_super_batches_mix_shards_count_right_and_never_repeat_a_key(tmp_path):
     assert index.counts == {
         "seen": 300,
         "not_ok": {"undecodable_image": 3},
+        "nonfinite": 0,
         "where_filtered": 0,
         "duplicate_keys": 5,
         "eligible": 292,
@@ -317,11 +318,36 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     assert not (tmp_path / "m" / "manifest.parquet").exists()
 
 
+def test_rows_scored_ok_with_nan_embeddings_are_never_drawn(tmp_path):
+    """Score files written before score refused non-finite embeddings (or by hand) may hold them."""
+    scores = tmp_path / "scores"
+    planted_scores(scores, shards=2, per_shard=40)
+    rng = np.random.default_rng(1)
+    image = unit(rng.normal(size=(40, DIM)))
+    image[:7] = np.nan
+    keys = [f"9{r:04d}" for r in range(40)]
+    write_scores(scores, "00002.tar", keys, image, image.copy())
+    index = build_index(open_score_folder(scores))
+    assert index.counts["nonfinite"] == 7 and index.counts["eligible"] == 113
+    assert not set(keys[:7]) & set(index.key.to_pylist())
+    select(str(scores), str(tmp_path / "m"), SelectConfig(ratio=0.5, super_batch=40, chunks=2))
+    manifest = read_manifest(tmp_path / "m")
+    assert not set(keys[:7]) & set(manifest["key"].to_pylist())
+    assert np.isfinite(manifest["score"].to_numpy()).all()
+
+
 def test_select_from_the_command_line(tmp_path):
     scores = tmp_path / "scores"
     planted_scores(scores, shards=2, per_shard=40)
     out = tmp_path / "manifest"
     args = ["select", str(scores), "-o", str(out), "--ratio", "0.75", "--batch-size", "10", "--chunks", "2"]
+    nope = run_cli(*args, "--shards", str(tmp_path / "shards"))  # refused now, not at export time
+    assert nope.returncode == 1 and "no such file or folder" in nope.stderr and not out.exists()
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards/00000.tar").touch()
+    other_crawl = run_cli(*args, "--shards", str(tmp_path / "shards"))
+    assert other_crawl.returncode == 1 and "00001.tar" in other_crawl.stderr and not out.exists()
+    (tmp_path / "shards/00001.tar").touch()
     result = run_cli(*args, "--seed", "4", "--shards", str(tmp_path / "shards"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("\n") == 1 and result.stdout.startswith(

@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from curate.errors import CurateError
+from curate.validate import check
 
 # Columns img2dataset writes itself; everything else in a shard's parquet came from the input table.
 IMG2DATASET_COLUMNS = {
@@ -29,16 +30,24 @@ class DownloadConfig:
     extra_columns: tuple[str, ...] = ()
     timeout: int = 10
     retries: int = 0
+    # Fetch urls of any scheme urllib opens (file://, ftp://, data:), not only http and https: a url list
+    # from elsewhere could otherwise copy this machine's files into the shards.
+    allow_local_urls: bool = False
 
     def __post_init__(self) -> None:
         if self.resize_mode not in RESIZE_MODES:
             raise CurateError(f"--resize-mode must be {', '.join(RESIZE_MODES[:-1])} or {RESIZE_MODES[-1]}")
         if self.encode_format not in ENCODE_FORMATS:
             raise CurateError(f"--encode-format must be jpg, png or webp, got {self.encode_format!r}")
-        if min(self.image_size, self.processes, self.threads, self.samples_per_shard, self.timeout) < 1:
-            raise CurateError(
-                "--image-size, --processes, --threads, --samples-per-shard and --timeout must be >= 1"
-            )
+        for option, value in (
+            ("--image-size", self.image_size),
+            ("--processes", self.processes),
+            ("--threads", self.threads),
+            ("--samples-per-shard", self.samples_per_shard),
+            ("--timeout", self.timeout),
+        ):
+            check(value >= 1, option, "at least 1", value)
+        check(self.retries >= 0, "--retries", "0 or more", self.retries)
         reserved = set(self.extra_columns) & IMG2DATASET_COLUMNS
         if reserved:
             raise CurateError(
@@ -53,5 +62,6 @@ class DownloadSummary:
     count: int
     successes: int
     failures: Counter = field(default_factory=Counter)  # reason -> rows
+    skipped: Counter = field(default_factory=Counter)  # reason -> rows never fetched (unsupported_scheme)
     retried: int = 0  # rows tried again by --retry-failed
     recovered: int = 0  # of those, rows that now succeeded

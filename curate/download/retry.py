@@ -18,8 +18,9 @@ import pyarrow.parquet as pq
 
 from curate.download.config import IMG2DATASET_COLUMNS, DownloadConfig, DownloadSummary
 from curate.download.run import run_img2dataset, summarise
+from curate.download.urls import fetchable_rows
 from curate.errors import CurateError, first_line
-from curate.fileio import basename, local_path
+from curate.fileio import basename, local_path, remove_stale_temporaries
 from curate.runtime import Progress
 from curate.shards.paths import folder_files, shard_sibling
 from curate.shards.reader import ReadStats, iter_members
@@ -34,13 +35,19 @@ NEEDED_COLUMNS = ("key", "url", "caption", "status")
 def retry_failed(out: str, config: DownloadConfig, progress: Progress | None = None) -> DownloadSummary:
     """Download the failed rows of `out` again and merge the successes into their shards."""
     folder = local_path(out, "OUT")
+    remove_stale_temporaries(folder)  # a killed merge's half-written shards
     tables = folder_files(str(folder), ".parquet")
     if not tables:
         raise CurateError(f"no img2dataset shards (*.parquet) in {out} to retry")
     failed = [rows for rows in map(_failed_rows, tables) if rows.num_rows]
     if not failed:
         return summarise(folder)
-    retry_input = pa.concat_tables(failed, promote_options="default")
+    # A row of a download made with --allow-local-urls stays failed when retried without it.
+    retry_input, skipped = fetchable_rows(pa.concat_tables(failed, promote_options="default"), config)
+    if not retry_input.num_rows:
+        summary = summarise(folder)
+        summary.skipped = skipped
+        return summary
     extra = [c for c in retry_input.column_names if c not in ("url", "caption")]
     scratch = folder / "_retry"
     shutil.rmtree(scratch, ignore_errors=True)  # a killed earlier retry: start that part over
@@ -54,7 +61,7 @@ def retry_failed(out: str, config: DownloadConfig, progress: Progress | None = N
         shutil.rmtree(scratch, ignore_errors=True)
     write_sizes(str(folder))
     summary = summarise(folder)
-    summary.retried, summary.recovered = retry_input.num_rows, recovered
+    summary.retried, summary.recovered, summary.skipped = retry_input.num_rows, recovered, skipped
     return summary
 
 

@@ -7,22 +7,26 @@ rewrite of shards all work on files. The url table may be any fsspec URL; img2da
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing
 import os
 import re
+import signal
 import tempfile
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from multiprocessing import resource_tracker
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from curate.download.config import DownloadConfig, DownloadSummary
-from curate.download.urls import read_url_table
+from curate.download.urls import UNSUPPORTED_SCHEME, fetchable_rows, read_url_table
 from curate.errors import CurateError, first_line
-from curate.fileio import local_path
+from curate.fileio import local_path, remove_stale_temporaries
 from curate.runtime import Progress
 from curate.shards.paths import folder_files
 from curate.shards.schema import STATS_SUFFIX, SUCCESS
@@ -37,14 +41,22 @@ def download(
     Re-running resumes: img2dataset skips shards whose `_stats.json` exists.
     """
     folder = local_path(out, "OUT")
-    table = read_url_table(urls, config)
+    remove_stale_temporaries(folder)  # a killed run's half-written sizes.json
+    table, skipped = fetchable_rows(read_url_table(urls, config), config)
+    if skipped and not table.num_rows:
+        raise CurateError(
+            f"{urls}: no http or https urls to download ({skipped[UNSUPPORTED_SCHEME]} rows with another "
+            "scheme; --allow-local-urls fetches file:// and other urls too)"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="curate-download-") as scratch:
         normalised = os.path.join(scratch, "urls.parquet")
         pq.write_table(table, normalised)
         run_img2dataset(normalised, folder, config, list(config.extra_columns), table.num_rows, progress)
     write_sizes(str(folder))
-    return summarise(folder)
+    summary = summarise(folder)
+    summary.skipped = skipped
+    return summary
 
 
 def summarise(folder: Path) -> DownloadSummary:
@@ -101,7 +113,9 @@ def run_img2dataset(
     log = str(out / "download.log")
     shards = max(1, math.ceil(rows / config.samples_per_shard))
     child = multiprocessing.get_context("spawn").Process(target=_img2dataset_child, args=(kwargs, log))
-    child.start()
+    _start_resource_tracker(log)
+    with _sigint_ignored():  # inherited by the child and by img2dataset's worker processes
+        child.start()
     stop = threading.Event()
 
     def finished() -> int:
@@ -119,15 +133,56 @@ def run_img2dataset(
     finally:
         stop.set()
         watcher.join()
-        if child.is_alive():
-            child.terminate()
+        if child.is_alive():  # this process was interrupted (Ctrl-C) or failed: stop the whole download
+            _kill_tree(child)
     if progress:
         progress(finished(), shards)
     if child.exitcode != 0:
         raise CurateError(f"img2dataset failed (exit {child.exitcode}): {_last_line(log)}; full log in {log}")
 
 
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT while the img2dataset child starts, so that it and the pools it starts inherit that.
+    A terminal's Ctrl-C reaches every process of the group: img2dataset's child would die of it and leave
+    its pool workers behind, orphaned, holding our stdout and stderr open. This way only this process is
+    interrupted, and it stops the child's whole process tree (`_kill_tree`). A Ctrl-C within the few
+    milliseconds of the start itself is lost (press it again)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _kill_tree(child: multiprocessing.process.BaseProcess) -> None:
+    """Kill the img2dataset child and every process it started (it leads a process group of its own)."""
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:  # killed before it made its group: it has started no process yet
+        child.kill()
+    child.join()
+
+
+def _start_resource_tracker(log: str) -> None:
+    """Start multiprocessing's resource tracker (one per process tree, started by the first spawn) with
+    the log as its stderr. It outlives img2dataset's process pools, and when a run is stopped (Ctrl-C)
+    it warns about their leaked semaphores as it exits: lines for the log, not after our last line."""
+    saved = os.dup(2)
+    try:
+        with open(log, "ab") as handle:
+            os.dup2(handle.fileno(), 2)
+            resource_tracker.ensure_running()  # a no-op if this process already started one
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _img2dataset_child(kwargs: dict, log: str) -> None:
+    os.setpgrp()  # a group of its own, with every process img2dataset starts: `_kill_tree` stops them all
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home at import
     with open(log, "ab") as handle:
         os.dup2(handle.fileno(), 1)

@@ -1,7 +1,15 @@
 """The user's url table: parquet, csv, tsv or jsonl, local or any fsspec URL, renamed to img2dataset's
-`url` and `caption` columns (img2dataset itself then reads a local copy of it)."""
+`url` and `caption` columns (img2dataset itself then reads a local copy of it).
+
+img2dataset fetches with urllib, which opens file://, ftp:// and data: urls as readily as http ones, so a
+url list from elsewhere could copy this machine's files into the shards. Only http and https rows are
+handed to it unless --allow-local-urls; the others are left out before the download (img2dataset numbers
+the rows it is given, so the keys count only those) and counted as `unsupported_scheme`.
+"""
 
 from __future__ import annotations
+
+from collections import Counter
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -44,3 +52,26 @@ def read_url_table(path: str, config: DownloadConfig) -> pa.Table:
         ["url", "caption", *config.extra_columns]
     )
     return table.set_column(1, "caption", pc.cast(table["caption"], pa.string()))
+
+
+UNSUPPORTED_SCHEME = "unsupported_scheme"
+FETCHED = "^https?://"  # what img2dataset may fetch without --allow-local-urls (case-insensitive)
+
+
+def fetchable_rows(table: pa.Table, config: DownloadConfig) -> tuple[pa.Table, Counter]:
+    """The rows of a normalised url table that img2dataset may fetch, and the others counted by reason.
+
+    A url that does not start with http:// or https:// (file:///etc/passwd, ftp://..., " file://...",
+    which urllib strips) is left out unless `config.allow_local_urls`. A missing url stays: img2dataset
+    reports it as the failure it is. http redirects cannot lead to file:// (urllib refuses them).
+    """
+    if config.allow_local_urls:
+        return table, Counter()
+    try:
+        urls = pc.cast(table["url"], pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise CurateError(f"the url column holds no text: {first_line(error)}") from None
+    keep = pc.fill_null(pc.match_substring_regex(urls, FETCHED, ignore_case=True), True)
+    kept = table.filter(keep)
+    dropped = table.num_rows - kept.num_rows
+    return kept, Counter({UNSUPPORTED_SCHEME: dropped} if dropped else {})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import hashlib
 import json
 import logging
 import tempfile
@@ -38,6 +39,7 @@ class ImageTextModel:
     checkpoint: str = ""
     checkpoint_step: int | None = None
     _forward_flops: float | None = field(default=None, repr=False)
+    _fingerprint: str | None = field(default=None, repr=False)
 
     @property
     def image_size(self) -> int:
@@ -79,7 +81,20 @@ class ImageTextModel:
             "curate.version": __version__,
             "curate.checkpoint": self.checkpoint,
             "curate.checkpoint_step": "" if self.checkpoint_step is None else str(self.checkpoint_step),
+            "curate.weights": self.weights_fingerprint(),
         }
+
+    def weights_fingerprint(self) -> str:
+        """sha256 of every tensor of the state dict (name, dtype, shape and bytes), computed once: what
+        tells two models apart when their path or name is the same (a checkpoint replaced in place).
+        A model is fingerprinted before it is used, so a model trained after that must not ask again."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self.module.state_dict().items()):
+                digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+                digest.update(tensor.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
     def forward_flops(self) -> float:
         """FLOPs of one sample through both towers, counted by torch's FlopCounterMode on a batch of two at

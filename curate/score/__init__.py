@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from curate.fileio import basename, local_path
+from curate.fileio import basename, local_path, remove_stale_temporaries
 from curate.models import ImageTextModel, load_model
 from curate.runtime import Progress, resolve_device, resolve_precision
 from curate.score.config import ScoreConfig, ScoreSummary
@@ -62,6 +62,7 @@ def score_shards(
     loading `config.model`.
     """
     folder = local_path(out, "--output")
+    remove_stale_temporaries(folder)  # a killed run's half-written score files
     paths = expand_shards(shards)
     summary = ScoreSummary()
     pending = [p for p in paths if config.overwrite or not score_file(folder, basename(p)).exists()]

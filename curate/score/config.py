@@ -42,7 +42,7 @@ class ScoreSummary:
     shards_skipped: int = 0
     ok: int = 0
     failed: Counter = field(default_factory=Counter)  # status -> samples
-    damaged: list[tuple[str, str]] = field(default_factory=list)  # (shard, why its tar ended early)
+    damaged: list[tuple[str, str]] = field(default_factory=list)  # (shard, why): read, but not whole
     seconds: float = 0.0  # scoring only: model loading and worker start-up are in startup_seconds
     startup_seconds: float = 0.0
     device: str = ""
@@ -54,6 +54,17 @@ class ScoreSummary:
     @property
     def samples_per_second(self) -> float:
         return self.samples / self.seconds if self.seconds else 0.0
+
+    def refuse_damage(self) -> None:
+        """A damaged shard is not scored (it gets no file, so a rerun retries it): unless the user keeps
+        going past it, that is a failed run."""
+        if self.damaged:
+            named = ", ".join(f"{shard} ({why})" for shard, why in self.damaged[:3])
+            more = f" and {len(self.damaged) - 3} more" if len(self.damaged) > 3 else ""
+            raise CurateError(
+                f"{len(self.damaged)} shard(s) could not be read whole and were not scored: {named}{more}; "
+                "repair or re-download them and rerun (only they are scored), or pass --keep-going"
+            )
 
     def add(self, other: ScoreSummary) -> None:
         """Count another worker's shards into this summary."""

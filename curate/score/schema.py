@@ -6,12 +6,14 @@
 | image_emb, text_emb | fixed_size_list<float16>[D] | L2-normalised embeddings (zeros if not ok) |
 | similarity          | float32 | cosine(image_emb, text_emb), the classic "CLIP score"   |
 | status              | string  | "ok", or why the sample could not be scored             |
+| sha256              | string  | hex digest of the image bytes in the tar (`export` checks it) |
 
 File metadata `curate.*` holds the model's name, tag, t (logit_scale, not log t), b, embed_dim, image size and
 the curate version: selection rebuilds the reference's pair losses from these alone. It also holds what
 scoring the file cost (`curate.flops`, `curate.seconds`) and, when the model was a checkpoint, its absolute
-path and steps (`curate.checkpoint`, `curate.checkpoint_step`): the links a learner's cost follows upstream. A
-folder holds the scores of one model: `open_score_folder` checks it, and every stage that reads scores goes
+path and steps (`curate.checkpoint`, `curate.checkpoint_step`): the links a learner's cost follows upstream,
+and the sha256 of its weights (`curate.weights`). A folder holds the scores of one model (one set of
+weights): `open_score_folder` checks it, and every stage that reads scores goes
 through it. Score folders are local (`local_path`): DuckDB's index pass and the memory-mapped reads need
 files.
 """
@@ -30,7 +32,10 @@ from curate.errors import CurateError, first_line
 from curate.fileio import atomic_open, local_path
 from curate.shards.schema import OK
 
+NONFINITE = "nonfinite_embedding"  # the status of a row the model embedded as NaN or infinity
+
 __all__ = [
+    "NONFINITE",
     "OK",
     "METADATA_KEYS",
     "ScoreFolder",
@@ -71,6 +76,7 @@ def score_schema(embed_dim: int, metadata: dict[str, str] | None = None) -> pa.S
             pa.field("text_emb", embedding),
             pa.field("similarity", pa.float32()),
             pa.field("status", pa.string()),
+            pa.field("sha256", pa.string()),
         ]
     )
     return schema.with_metadata(metadata) if metadata else schema
@@ -117,11 +123,18 @@ class ScoreMetadata:
     embed_dim: int
     image_size: int
     version: str
+    weights: str = ""  # sha256 of the model's state dict ("" in files written before it was recorded)
 
     @property
     def identity(self) -> tuple:
         """What must agree for two files to hold one model's scores (the version may differ)."""
         return self.model, self.pretrained, self.logit_scale, self.logit_bias, self.embed_dim
+
+    def same_model(self, other: ScoreMetadata) -> bool:
+        """One model: the same identity and, where both files know them, the same weights (so a
+        checkpoint replaced behind the same path is a different model)."""
+        known = self.weights and other.weights
+        return self.identity == other.identity and (not known or self.weights == other.weights)
 
     @classmethod
     def from_strings(cls, meta: dict[str, str], source: str) -> ScoreMetadata:
@@ -139,6 +152,7 @@ class ScoreMetadata:
                 embed_dim=int(meta["curate.embed_dim"]),
                 image_size=int(meta["curate.image_size"]),
                 version=meta["curate.version"],
+                weights=meta.get("curate.weights", ""),
             )
         except ValueError as error:
             raise CurateError(f"{source}: malformed curate metadata ({first_line(error)})") from None
@@ -231,9 +245,11 @@ def write_score_file(
     text_emb: np.ndarray,
     similarity: np.ndarray,
     metadata: dict[str, str],
+    sha256: list[str | None] | None = None,
 ) -> None:
     """Write one shard's score file atomically. Embedding rows of samples whose status is not ok are
-    ignored (stored as zeros, their similarity as null), so callers may pass anything there."""
+    ignored (stored as zeros, their similarity as null), so callers may pass anything there. `sha256`:
+    each row's image digest (null where unknown)."""
     valid = pc.equal(pa.array(status, pa.string()), OK).to_numpy(zero_copy_only=False)
     schema = score_schema(image_emb.shape[1], metadata)
     table = pa.table(
@@ -245,6 +261,7 @@ def write_score_file(
             "text_emb": embeddings_array(text_emb, valid),
             "similarity": pa.array(np.asarray(similarity, np.float32), pa.float32(), mask=~valid),
             "status": pa.array(status, pa.string()),
+            "sha256": pa.array(sha256 if sha256 is not None else [None] * len(keys), pa.string()),
         },
         schema=schema,
     )
@@ -302,9 +319,10 @@ def open_score_folder(path: str | Path, role: str = "scores") -> ScoreFolder:
         raise CurateError(f"{role} folder {path} holds no score files (*.parquet, written by curate score)")
     metadata = ScoreMetadata.read(files[0])
     for other in files[1:]:
-        if ScoreMetadata.read(other).identity != metadata.identity:
+        if not ScoreMetadata.read(other).same_model(metadata):
             raise CurateError(
-                f"{other} was scored by another model than {files[0]}; keep one model per folder"
+                f"{other} was scored by another model than {files[0]} (other weights, t, b or D); keep one "
+                "model per folder"
             )
     return ScoreFolder(str(folder), files, metadata)
 
@@ -320,10 +338,13 @@ def check_same_model(
         return
     existing = open_score_folder(folder, "score folder").metadata
     asked = (model, pretrained or "")
-    if (existing.model, existing.pretrained) != asked or (
-        metadata is not None and ScoreMetadata.from_strings(metadata, model).identity != existing.identity
-    ):
+    if (existing.model, existing.pretrained) != asked:
         raise CurateError(
             f"{folder} holds scores by --model {existing.model} --pretrained '{existing.pretrained}'; "
             "score into another folder or pass --overwrite"
+        )
+    if metadata is not None and not ScoreMetadata.from_strings(metadata, model).same_model(existing):
+        raise CurateError(
+            f"{folder} holds scores by --model {existing.model} with other weights (or t, b, D) than it has "
+            "now: was the checkpoint replaced? Score into another folder or pass --overwrite"
         )

@@ -15,7 +15,7 @@ import torch
 from curate.models import ImageTextModel
 from curate.runtime import autocast
 from curate.score.config import ScoreSummary
-from curate.score.schema import OK, cost_metadata, score_file, write_score_file
+from curate.score.schema import NONFINITE, OK, cost_metadata, score_file, write_score_file
 from curate.shards.batches import ShardBatch
 
 
@@ -50,10 +50,15 @@ def score_batches(
             seen += len(batch.keys)
             if batch.last:
                 parts = open_shards.pop(batch.shard)
-                now = time.perf_counter()
-                cost = cost_metadata(per_sample * sum(len(b.images) for b, _ in parts), now - mark)
-                mark = now
-                _write(out, batch.shard, parts, model.embed_dim, {**metadata, **cost}, summary)
+                if batch.damage:
+                    # Not done: no file, so the next run retries the shard (once it is repaired). The time
+                    # spent on it is counted in the next file written.
+                    summary.damaged.append((batch.shard, batch.damage))
+                else:
+                    now = time.perf_counter()
+                    cost = cost_metadata(per_sample * sum(len(b.images) for b, _ in parts), now - mark)
+                    mark = now
+                    _write(out, batch.shard, parts, model.embed_dim, {**metadata, **cost}, summary)
             if progress:
                 progress(seen)
 
@@ -72,18 +77,17 @@ def _embed(model: ImageTextModel, batch: ShardBatch, device: torch.device, preci
 def _write(
     out: Path, shard: str, parts: list, dim: int, metadata: dict[str, str], summary: ScoreSummary
 ) -> None:
-    keys, captions, status = [], [], []
+    keys, captions, status, sha256 = [], [], [], []
     image_parts, text_parts, similarity_parts = [], [], []
     for batch, embedded in parts:
         keys += batch.keys
         captions += batch.captions
         status += batch.status
+        sha256 += batch.sha256
         if embedded is not None:
             image_parts.append(embedded[0])
             text_parts.append(embedded[1])
             similarity_parts.append(embedded[2])
-        if batch.damage:
-            summary.damaged.append((shard, batch.damage))
     valid = np.array([s == OK for s in status], dtype=bool)
     image_emb = np.zeros((len(keys), dim), np.float16)
     text_emb = np.zeros((len(keys), dim), np.float16)
@@ -92,8 +96,13 @@ def _write(
         image_emb[valid] = torch.cat(image_parts).cpu().numpy()
         text_emb[valid] = torch.cat(text_parts).cpu().numpy()
         similarity[valid] = torch.cat(similarity_parts).float().cpu().numpy()
+    # A diverged model embeds NaN: such a row is a failure, so no later stage ever draws it.
+    finite = np.isfinite(image_emb).all(1) & np.isfinite(text_emb).all(1) & np.isfinite(similarity)
+    for row in np.flatnonzero(valid & ~finite):
+        status[row] = NONFINITE
+    valid &= finite
     path = score_file(out, shard)
-    write_score_file(path, shard, keys, captions, status, image_emb, text_emb, similarity, metadata)
+    write_score_file(path, shard, keys, captions, status, image_emb, text_emb, similarity, metadata, sha256)
     summary.shards_done += 1
     summary.ok += int(valid.sum())
     summary.failed.update(s for s in status if s != OK)

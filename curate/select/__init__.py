@@ -15,9 +15,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curate.errors import CurateError
-from curate.fileio import local_path
+from curate.fileio import is_local, local_path, remove_stale_temporaries
 from curate.runtime import Progress, resolve_device
 from curate.score.schema import ScoreFolder, open_score_folder
 from curate.select.config import GLOBAL_METHODS, NEEDS_LEARNER, SelectConfig, super_batch_for
@@ -40,6 +41,7 @@ from curate.select.ray_backend import ray_selector
 from curate.select.summary import SelectSummary, describe_counts, summary_json
 from curate.select.superbatch import SelectedBatch, select_super_batch
 from curate.select.window import SuperBatch, iter_passes, iter_super_batches
+from curate.shards.paths import expand_shards, shards_by_name
 
 __all__ = [
     "GLOBAL_METHODS",
@@ -76,6 +78,7 @@ def select(
     """
     start = time.perf_counter()
     folder = local_path(out, "--output")
+    remove_stale_temporaries(folder)  # a killed run's half-written manifest
     reference = open_score_folder(scores, "scores")
     learner = open_score_folder(config.learner, "learner") if config.uses_learner else None
     if config.learner and not config.uses_learner and warn:
@@ -94,6 +97,11 @@ def select(
             warn(f"{counts[name]} {message}")
     if not len(index):
         raise CurateError(f"no sample is left to select from in {scores} ({describe_counts(counts)})")
+    # Recorded for export: a local folder that does not hold the scored shards is refused now (a URL is
+    # recorded as given; its filesystem may be reachable only where export runs).
+    if config.shards and is_local(config.shards):
+        needed = pc.unique(index.shard.dictionary).to_pylist()
+        shards_by_name(expand_shards(config.shards), needed, f"--shards {config.shards}")
 
     summary = SelectSummary(counts=counts)
     if config.is_global:

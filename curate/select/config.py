@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from curate.backends.ray_cluster import RayConfig, check_backend
 from curate.errors import CurateError
 from curate.jest import CRITERIA, METHODS, selection_size
+from curate.validate import check
 
 NEEDS_LEARNER = ("learnability", "hard")
 # Offline filters over the whole crawl (select/global_filter.py), beside the per-super-batch METHODS.
@@ -76,6 +77,7 @@ class SelectConfig:
             raise CurateError(f"--temperature must be positive and finite, got {self.temperature}")
         if self.seed < 0:
             raise CurateError(f"--seed must be 0 or more, got {self.seed}")
+        check(self.chunks >= 1, "--chunks", "at least 1", self.chunks)
         if self.window < 1:
             raise CurateError(f"window must be at least 1 super-batch, got {self.window}")
         if self.steps is not None and self.passes is not None:

@@ -187,6 +187,7 @@ def _rows(index: SampleIndex, positions: np.ndarray, batch: np.ndarray, scores: 
             "super_batch": pa.array(np.full(n, -1, np.int64)),  # a global filter draws from no super-batch
             "chunk": pa.array(np.zeros(n, np.int32)),
             "score": pa.array(scores[positions]),
+            "sha256": index.sha256.take(taken),
         },
         schema=MANIFEST_SCHEMA,
     )

@@ -1,9 +1,11 @@
 """The index pass of `curate select`: which scored samples may enter a super-batch.
 
 One DuckDB pass over the small columns of every score file (no embedding column is read unless `--where`
-names one) keeps the samples that may enter: status ok, the `--where` predicate true, the first occurrence
-of each key, and, with a learner, a key the learner scored ok. It holds O(N) small columns (key, shard,
-file and row ids): tens of bytes per sample, fine for tens of millions, not for billions.
+names one) keeps the samples that may enter: status ok with a finite similarity, the `--where` predicate
+true, the first occurrence of each key, and, with a learner, a key the learner scored ok and finite. It
+holds O(N) small columns (key, shard, image digest, file and row ids): about a hundred bytes per sample,
+fine for tens of millions, not for billions. The predicate runs where it can read the score files and no
+other file (`_sandbox`): a url list or a shared script cannot make `--where` read this machine's files.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from curate.errors import CurateError, first_line
 from curate.score.schema import OK, ScoreFolder
@@ -22,16 +25,19 @@ from curate.score.schema import OK, ScoreFolder
 # The reference's rows, each with whether it passes the filters. Materialised once, so the predicate
 # (which may read embeddings) is evaluated in a single scan.
 REFERENCE_ROWS = """CREATE TEMP TABLE ref AS
-SELECT key, shard, status, f.file_id AS file, file_row_number AS row,
-       coalesce(status = '{ok}' AND {predicate}, false) AS passed
-FROM read_parquet({files}, filename = true, file_row_number = true) AS s
+SELECT key, shard, {sha256} AS sha256, status, f.file_id AS file, file_row_number AS row,
+       coalesce(isfinite(similarity), false) AS finite,
+       coalesce(status = '{ok}' AND isfinite(similarity) AND {predicate}, false) AS passed
+FROM read_parquet({files}, filename = true, file_row_number = true, union_by_name = true) AS s
 JOIN ref_files AS f ON f.path = s.filename"""
-COUNT_BY_STATUS = "SELECT status, count(*), count(*) FILTER (passed) FROM ref GROUP BY status ORDER BY status"
+COUNT_BY_STATUS = """SELECT status, count(*), count(*) FILTER (passed), count(*) FILTER (NOT finite)
+FROM ref GROUP BY status ORDER BY status"""
 # Duplicate keys: the first occurrence in (file, row) order is kept.
-FIRST_OF_EACH_KEY = """CREATE TEMP TABLE kept AS SELECT key, shard, file, row FROM ref WHERE passed
+FIRST_OF_EACH_KEY = """CREATE TEMP TABLE kept AS SELECT key, shard, sha256, file, row FROM ref WHERE passed
 QUALIFY row_number() OVER (PARTITION BY key ORDER BY file, row) = 1"""
 LEARNER_ROWS = """CREATE TEMP TABLE learner AS
-SELECT key, f.file_id AS learner_file, file_row_number AS learner_row, status = '{ok}' AS ok
+SELECT key, f.file_id AS learner_file, file_row_number AS learner_row,
+       coalesce(status = '{ok}' AND isfinite(similarity), false) AS ok
 FROM read_parquet({files}, filename = true, file_row_number = true) AS s
 JOIN learner_files AS f ON f.path = s.filename
 QUALIFY row_number() OVER (PARTITION BY key ORDER BY learner_file, learner_row) = 1"""
@@ -43,6 +49,7 @@ class SampleIndex:
 
     key: pa.Array
     shard: pa.Array
+    sha256: pa.Array  # hex digest of each image as scored (null in score files written before curate 0.x)
     file: np.ndarray  # int32 id into the reference folder's files
     row: np.ndarray  # int64 row in that file
     learner_file: np.ndarray | None = None
@@ -62,19 +69,30 @@ def build_index(
     so two copies of one sample can never share a super-batch (nor both reach the exported shards).
     """
     predicate = f"({where})" if where and where.strip() else "true"
+    files = reference.files + (learner.files if learner else ())
     with (
         tempfile.TemporaryDirectory(prefix="curate-select-") as spill,
-        # A large join or sort spills to `spill`, not into the working folder.
-        contextlib.closing(duckdb.connect(config={"temp_directory": spill})) as con,
+        contextlib.closing(_sandbox(files, spill)) as con,
     ):
         try:
             con.register("ref_files", _file_table(reference.files))
-            con.execute(REFERENCE_ROWS.format(ok=OK, predicate=predicate, files=_sql_list(reference.files)))
+            con.execute(
+                REFERENCE_ROWS.format(
+                    ok=OK,
+                    predicate=predicate,
+                    files=_sql_list(reference.files),
+                    sha256="sha256" if _has_column(reference.files, "sha256") else "NULL::VARCHAR",
+                )
+            )
         except duckdb.Error as error:
-            raise CurateError(f"--where {where!r}: {first_line(error)}") from None
+            denied = isinstance(error, duckdb.PermissionException)
+            scope = " (--where may read the score files only)" if denied else ""
+            raise CurateError(f"--where {where!r}: {first_line(error)}{scope}") from None
         by_status = con.sql(COUNT_BY_STATUS).fetchall()
-        statuses = {status: n for status, n, _ in by_status}
-        passed = sum(p for _, _, p in by_status)
+        statuses = {status: n for status, n, _, _ in by_status}
+        passed = sum(p for _, _, p, _ in by_status)
+        # ok rows whose embeddings are NaN or infinite (scored before score refused them): never drawn
+        nonfinite = sum(bad for status, _, _, bad in by_status if status == OK)
         con.execute(FIRST_OF_EACH_KEY)
         unique = con.sql("SELECT count(*) FROM kept").fetchall()[0][0]
         seen = sum(statuses.values())
@@ -82,11 +100,14 @@ def build_index(
         counts = {
             "seen": seen,
             "not_ok": dict(sorted((str(s), n) for s, n in statuses.items() if s != OK)),
-            "where_filtered": ok - passed,
+            "nonfinite": nonfinite,
+            "where_filtered": ok - nonfinite - passed,
             "duplicate_keys": passed - unique,
         }
         if learner is None:
-            table = con.sql("SELECT key, shard, file, row FROM kept ORDER BY file, row").to_arrow_table()
+            table = con.sql(
+                "SELECT key, shard, sha256, file, row FROM kept ORDER BY file, row"
+            ).to_arrow_table()
         else:
             con.register("learner_files", _file_table(learner.files))
             con.execute(LEARNER_ROWS.format(ok=OK, files=_sql_list(learner.files)))
@@ -97,13 +118,14 @@ def build_index(
             counts["learner_missing"] = missing
             counts["learner_not_ok"] = not_ok
             table = con.sql(
-                "SELECT key, shard, file, row, learner_file, learner_row FROM joined WHERE ok "
+                "SELECT key, shard, sha256, file, row, learner_file, learner_row FROM joined WHERE ok "
                 "ORDER BY file, row"
             ).to_arrow_table()
     counts["eligible"] = table.num_rows
     index = SampleIndex(
         key=table["key"].combine_chunks(),
         shard=table["shard"].combine_chunks().dictionary_encode(),  # a few distinct names, N rows
+        sha256=table["sha256"].combine_chunks(),
         file=table["file"].to_numpy().astype(np.int32),
         row=table["row"].to_numpy().astype(np.int64),
         counts=counts,
@@ -112,6 +134,22 @@ def build_index(
         index.learner_file = table["learner_file"].to_numpy().astype(np.int32)
         index.learner_row = table["learner_row"].to_numpy().astype(np.int64)
     return index
+
+
+def _sandbox(files: tuple[str, ...], spill: str) -> duckdb.DuckDBPyConnection:
+    """A connection for SQL that pastes in the user's --where: it reads `files` (the score files) and
+    spills a large join or sort to `spill` (not the working folder), and nothing else: no other file on
+    this machine, no network, no extension; `curate query` is the SQL console with full access."""
+    con = duckdb.connect(config={"temp_directory": spill})
+    con.execute(f"SET allowed_paths = {_sql_list(files)}")
+    con.execute(f"SET allowed_directories = {_sql_list((spill,))}")
+    con.execute("SET enable_external_access = false")  # for good: DuckDB refuses to turn it back on
+    return con
+
+
+def _has_column(files: tuple[str, ...], name: str) -> bool:
+    """Whether any of `files` has column `name` (score files gained `sha256` after their first release)."""
+    return any(name in pq.read_schema(path).names for path in files)
 
 
 def _file_table(files: tuple[str, ...]) -> pa.Table:

@@ -5,13 +5,14 @@
 | super_batch  | int64   | index of the super-batch it was drawn from (-1: a global filter)     |
 | chunk        | int32   | which of the N chunks selected it (0 = first)                        |
 | score        | float32 | its conditional criterion score when it was drawn                    |
+| sha256       | string  | hex digest of its image as scored, which `export` checks it copies   |
 
 Rows are in training order: batch by batch, and within one in the order the sampler drew them. A JEST (or
 per-super-batch baseline) selection draws one batch from each super-batch, so there `batch` equals
 `super_batch`; clipscore and negclip keep a global top share of the crawl and cut their batches from a seeded
 shuffle of it, so there `super_batch` is -1. A selection of several passes (`select --steps`) may repeat a
 key in different batches, never within one. Manifests written before the `batch` column existed (one pass)
-read as if it equalled `super_batch`.
+read as if it equalled `super_batch`, and those from before `sha256` with nulls there.
 The file's key/value metadata (`curate.*`) repeats the selection parameters and, when known, where the
 source shards live (`curate.shards`), which `curate export` uses when it is not given `--shards`, and the
 score folders it read (`curate.scores`, `curate.learner_scores`), which a learner's cost follows upstream.
@@ -50,6 +51,7 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("super_batch", pa.int64()),
         pa.field("chunk", pa.int32()),
         pa.field("score", pa.float32()),
+        pa.field("sha256", pa.string()),
     ]
 )
 
@@ -146,26 +148,31 @@ def read_manifest(manifest: str | Path, columns: list[str] | None = None) -> pa.
     """The manifest's rows, checked against MANIFEST_SCHEMA."""
     path = manifest_path(manifest)
     try:
-        names = pq.read_schema(path).names
-        if "batch" in names or (columns is not None and "batch" not in columns):
-            table = pq.read_table(path, columns=columns)
-        else:
-            table = _with_batch(pq.read_table(path), columns)
+        present = set(pq.read_schema(path).names)
+        wanted = columns if columns is not None else MANIFEST_SCHEMA.names
+        reading = [c for c in wanted if c in present]
+        if "batch" in wanted and "batch" not in present and "super_batch" in present:
+            reading.append("super_batch")  # what a manifest from before `batch` has instead
+        table = _upgraded(pq.read_table(path, columns=list(dict.fromkeys(reading))), present)
+        table = table.select([c for c in wanted if c in table.column_names])
     except (OSError, pa.ArrowInvalid) as error:
         raise CurateError(f"cannot read manifest {path}: {first_line(error)}") from None
     expected = MANIFEST_SCHEMA if columns is None else pa.schema([MANIFEST_SCHEMA.field(c) for c in columns])
     if not table.schema.remove_metadata().equals(expected):
-        raise CurateError(f"{path} is not a curate manifest (columns {table.schema.names})")
+        raise CurateError(f"{path} is not a curate manifest (columns {sorted(present)})")
     return table
 
 
-def _with_batch(table: pa.Table, columns: list[str] | None) -> pa.Table:
-    """A one-pass manifest from before the `batch` column: its batches are its super-batches, in order."""
-    if "super_batch" not in table.column_names:
+def _upgraded(table: pa.Table, present: set[str]) -> pa.Table:
+    """A manifest of an earlier curate, in today's columns: one from before `batch` (one pass) has its
+    super-batches as batches, one from before `sha256` has no digests to check."""
+    if "super_batch" not in present:
         return table  # not a manifest: the schema check says so
-    order = [n for n in MANIFEST_SCHEMA.names if n in table.column_names or n == "batch"]
-    table = table.append_column("batch", table["super_batch"]).select(order)
-    return table.select(columns) if columns is not None else table
+    if "batch" not in present and "super_batch" in table.column_names:
+        table = table.append_column("batch", table["super_batch"])
+    if "sha256" not in present:
+        table = table.append_column("sha256", pa.nulls(table.num_rows, pa.string()))
+    return table
 
 
 def count_unique_keys(manifest: str | Path) -> int:
@@ -173,6 +180,22 @@ def count_unique_keys(manifest: str | Path) -> int:
     path = manifest_path(manifest)
     with contextlib.closing(duckdb.connect()) as con:
         return con.execute("SELECT count(DISTINCT key) FROM read_parquet(?)", [str(path)]).fetchone()[0]
+
+
+MIN_FOUND = 0.99  # share of a manifest's distinct keys that must be found in the shards it names
+
+
+def require_found(found: int, wanted: int, allow_missing: bool, stage: str) -> None:
+    """Refuse to go on when fewer than MIN_FOUND of a manifest's `wanted` distinct keys were `found` in
+    its shards (the wrong --shards, a crawl re-downloaded under other keys), unless `allow_missing`:
+    `export` and `train --manifest` would otherwise write or train on a fraction of it with exit 0."""
+    if allow_missing or wanted == 0 or found >= MIN_FOUND * wanted:
+        return
+    missing = wanted - found  # a count so far is a lower bound: already too many
+    raise CurateError(
+        f"{stage}: {missing} of the manifest's {wanted} keys are not in its shards ({missing / wanted:.1%}; "
+        f"at most {1 - MIN_FOUND:.0%} may be); check --shards, or pass --allow-missing"
+    )
 
 
 def manifest_metadata(manifest: str | Path) -> dict[str, str]:

@@ -151,7 +151,7 @@ def describe_counts(counts: dict) -> str:
     parts = [f"{counts['seen']} rows"]
     if counts["not_ok"]:
         parts.append(f"{sum(counts['not_ok'].values())} not ok")
-    for name in ("where_filtered", "duplicate_keys", "learner_missing", "learner_not_ok"):
+    for name in ("nonfinite", "where_filtered", "duplicate_keys", "learner_missing", "learner_not_ok"):
         if counts.get(name):
             parts.append(f"{counts[name]} {name.replace('_', ' ')}")
     return ", ".join(parts)

@@ -89,6 +89,7 @@ def select_super_batch(
             "super_batch": pa.array(np.full(len(selection), batch.index, np.int64)),
             "chunk": pa.array(selection.chunk.cpu().numpy().astype(np.int32)),
             "score": pa.array(selection.score.float().cpu().numpy().astype(np.float32)),
+            "sha256": batch.sha256.take(indices),
         },
         schema=MANIFEST_SCHEMA,
     )

@@ -38,6 +38,7 @@ class SuperBatch:
     index: int
     key: pa.Array
     shard: pa.Array
+    sha256: pa.Array
     reference: Embeddings
     learner: Embeddings | None
     position: np.ndarray  # int64: each sample's row in the SampleIndex (what a global filter scores)
@@ -110,6 +111,7 @@ def _super_batch(number: int, part: Part, index: SampleIndex) -> SuperBatch:
         number,
         index.key.take(positions),
         index.shard.take(positions),
+        index.sha256.take(positions),
         Embeddings(part["ref_image"], part["ref_text"]),
         learner,
         part["position"],

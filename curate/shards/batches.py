@@ -6,6 +6,7 @@ its last batch says so: `score` writes a shard's file the moment it is complete.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -25,10 +26,12 @@ class ShardBatch:
     captions: list[str]
     status: list[str]  # one per key; "ok" rows have an image and tokens, in order
     metas: list[dict]  # each sample's .json metadata ({} for rows that could not be read)
+    sha256: list[str | None]  # hex digest of each row's image bytes (None where the tar held none)
     images: torch.Tensor  # (n_ok, C, H, W)
     tokens: torch.Tensor  # (n_ok, context_length)
     last: bool  # the shard's final batch
-    damage: str = ""  # why the shard's tar ended early, if it did
+    damage: str = ""  # why the shard could not be read whole, if it could not (on its last batch)
+    unread: int = 0  # samples its _stats.json counts that the damaged tar did not hold (on its last batch)
 
 
 class ShardBatches(IterableDataset):
@@ -55,27 +58,34 @@ class ShardBatches(IterableDataset):
     def _shard(self, path: str) -> Iterator[ShardBatch]:
         shard = basename(path)
         stats = ReadStats()
-        rows: list[tuple[str, str, str, torch.Tensor | None, dict]] = []
+        rows: list[tuple[str, str, str, torch.Tensor | None, dict, str | None]] = []
+
+        truncated_rows = 0
 
         def skipped(key: str, reason: str) -> None:
+            nonlocal truncated_rows
+            truncated_rows += reason == "truncated_tar"
             if self.keep is None or key in self.keep:
-                rows.append((key, "", reason, None, {}))
+                rows.append((key, "", reason, None, {}, None))
 
         for sample in iter_shard(path, stats, check_images=False, on_skip=skipped):
             if self.keep is not None and sample.key not in self.keep:
                 continue
+            digest = hashlib.sha256(sample.image).hexdigest()  # what `export` checks it copies
             try:
                 pixels = self.preprocess(decode_rgb(sample.image))  # grayscale and palette images too
-                rows.append((sample.key, sample.caption, OK, pixels, sample.meta))
+                rows.append((sample.key, sample.caption, OK, pixels, sample.meta, digest))
             except Exception:  # PIL raises many types for bad bytes; the row says why, the run goes on
-                rows.append((sample.key, sample.caption, "undecodable_image", None, sample.meta))
+                rows.append((sample.key, sample.caption, "undecodable_image", None, sample.meta, digest))
             if len(rows) >= self.batch_size:
                 yield self._batch(shard, rows, last=False)
                 rows = []
         damage = "; ".join(why for _, why in stats.bad_shards)
-        yield self._batch(shard, rows, last=True, damage=damage)
+        # The rows hold the half-read sample of a damaged tar; the stats also count those never reached.
+        unread = stats.skipped["truncated_tar"] - truncated_rows
+        yield self._batch(shard, rows, last=True, damage=damage, unread=unread)
 
-    def _batch(self, shard: str, rows: list, last: bool, damage: str = "") -> ShardBatch:
+    def _batch(self, shard: str, rows: list, last: bool, damage: str = "", unread: int = 0) -> ShardBatch:
         ok = [row for row in rows if row[3] is not None]
         images = torch.stack([row[3] for row in ok]) if ok else torch.zeros(0)
         tokens = self.tokenizer([row[1] for row in ok]) if ok else torch.zeros(0, dtype=torch.long)
@@ -85,10 +95,12 @@ class ShardBatches(IterableDataset):
             captions=[row[1] for row in rows],
             status=[row[2] for row in rows],
             metas=[row[4] for row in rows],
+            sha256=[row[5] for row in rows],
             images=images,
             tokens=tokens,
             last=last,
             damage=damage,
+            unread=unread,
         )
 
 

@@ -67,18 +67,21 @@ def _expand_one(pattern: str, extension: str) -> list[str]:
     raise CurateError(f"no such file or folder: {pattern}")
 
 
+def expected_samples(path: str) -> int | None:
+    """How many samples the shard's `_stats.json` says its tar holds (`successes`), or None without one."""
+    fs, stats_path = filesystem(shard_sibling(path, STATS_SUFFIX))
+    try:
+        with fs.open(stats_path, "r") as handle:
+            return int(json.load(handle)["successes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def count_samples(paths: Sequence[str]) -> int | None:
     """Samples in these shards according to their `_stats.json` (img2dataset and curate write one per
     shard), or None when any is missing: a progress bar's total, never a correctness input."""
-    total = 0
-    for path in paths:
-        fs, stats_path = filesystem(shard_sibling(path, STATS_SUFFIX))
-        try:
-            with fs.open(stats_path, "r") as handle:
-                total += int(json.load(handle)["successes"])
-        except (OSError, ValueError, KeyError):
-            return None
-    return total
+    counts = [expected_samples(path) for path in paths]
+    return None if None in counts else sum(counts)
 
 
 def shards_by_name(paths: Sequence[str], needed: Sequence[str], where: str) -> dict[str, str]:

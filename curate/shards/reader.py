@@ -16,11 +16,13 @@ from typing import IO
 from curate.errors import first_line
 from curate.fileio import basename, filesystem
 from curate.shards.images import image_decodes
-from curate.shards.paths import expand_shards
+from curate.shards.paths import expand_shards, expected_samples
 from curate.shards.schema import (
     CAPTION_EXTENSION,
-    IMAGE_EXTENSIONS,
     METADATA_EXTENSION,
+    STATS_SUFFIX,
+    image_extension,
+    is_safe_key,
     split_member_name,
 )
 
@@ -141,9 +143,18 @@ def iter_shard(
     path: str, stats: ReadStats, check_images: bool = True, on_skip: SkipCallback | None = None
 ) -> Iterator[Sample]:
     """The samples of one shard; `on_skip(key, reason)` hears of each one skipped, for callers that keep
-    a row per sample (like `score`)."""
+    a row per sample (like `score`).
+
+    A shard whose `_stats.json` counts more samples than its tar held is damaged even when the tar itself
+    looks whole (a tar rewritten short, a stats file of another download): the difference is counted as
+    `truncated_tar` (replacing the one half-read sample `iter_members` counts) and the shard recorded in
+    `stats.bad_shards`.
+    """
     shard = basename(path)
+    damaged_before, truncated_before = len(stats.bad_shards), stats.skipped["truncated_tar"]
+    read = 0
     for key, members in iter_members(path, stats, on_skip):
+        read += 1
         sample, reason = _to_sample(key, members, shard, check_images)
         if sample is None:
             stats.skipped[reason] += 1
@@ -152,12 +163,20 @@ def iter_shard(
             continue
         stats.samples += 1
         yield sample
+    expected = expected_samples(path)
+    if expected is None or read >= expected:
+        return
+    stats.skipped["truncated_tar"] = truncated_before + expected - read
+    if len(stats.bad_shards) == damaged_before:
+        stats.bad_shards.append((shard, f"holds {read} of the {expected} samples its {STATS_SUFFIX} counts"))
 
 
 def _to_sample(key: str, members: dict[str, bytes], shard: str, check_images: bool):
     if any("." in extension for extension in members):
         return None, "dotted_key"  # "a.b.jpg": webdataset would read key "a", so the pair is ambiguous
-    image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in members), None)
+    if not is_safe_key(key):
+        return None, "unsafe_key"  # "dir/x.jpg", "../x.jpg": export would write outside its folder
+    image_ext = image_extension(members)
     if image_ext is None:
         return None, "missing_image"
     if CAPTION_EXTENSION not in members:

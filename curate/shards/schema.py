@@ -51,6 +51,20 @@ def split_member_name(name: str) -> tuple[str, str]:
     return key, extension.lower() if dot else ""
 
 
+def image_extension(members: dict[str, bytes] | list[tuple[str, bytes]]) -> str | None:
+    """The extension of a sample's image among its members (the first of IMAGE_EXTENSIONS present): the
+    member that `score` hashes and `export` checks."""
+    present = {extension for extension, _ in members} if isinstance(members, list) else members
+    return next((extension for extension in IMAGE_EXTENSIONS if extension in present), None)
+
+
+def is_safe_key(key: str) -> bool:
+    """A key that names one file in one folder: not empty, no path separator, no `.` or `..`. Webdataset
+    allows `dir/key`, but curate writes keys back as member names, so such keys are refused where they
+    enter (the readers count them as `unsafe_key`)."""
+    return bool(key) and "/" not in key and "\\" not in key and key not in (".", "..")
+
+
 def member_name(key: str, extension: str) -> str:
     """The tar member name of `key`'s `extension` (the inverse of `split_member_name`)."""
     return f"{key}.{extension}" if extension else key

@@ -14,11 +14,12 @@ import pyarrow as pa
 
 from curate.errors import CurateError
 from curate.evaluate.evalset import write_eval_set
-from curate.fileio import atomic_open, filesystem, join
+from curate.fileio import atomic_open, filesystem, join, remove_stale_temporaries
 from curate.shards import ShardRecord, sample_key, shard_done, write_shard, write_sizes
 from curate.synth.plan import NoiseRates, PlannedSample, plan
 from curate.synth.scenes import render
 from curate.synth.vocabulary import ZEROSHOT_TEMPLATES, class_names
+from curate.validate import check, fraction, non_negative
 
 EXTRA_FIELDS = (
     pa.field("noise", pa.string()),
@@ -48,8 +49,11 @@ class SynthConfig:
             raise CurateError(f"--n must be at least 1, got {self.n}")
         if not 8 <= self.image_size <= 1024:
             raise CurateError(f"--image-size must be between 8 and 1024, got {self.image_size}")
-        if not 0.0 <= self.curated_fraction <= 10.0:
-            raise CurateError(f"--curated-fraction must be between 0 and 10, got {self.curated_fraction}")
+        check(self.seed >= 0, "--seed", "0 or more", self.seed)
+        # A share of --n: the curated set is the small clean one a reference trains on (0: none).
+        check(fraction(self.curated_fraction), "--curated-fraction", "in [0, 1]", self.curated_fraction)
+        check(self.eval_per_class >= 1, "--eval-per-class", "at least 1", self.eval_per_class)
+        check(non_negative(self.zipf), "--zipf", "a finite number >= 0 (0: uniform)", self.zipf)
         if self.samples_per_shard < 1:
             raise CurateError(f"--samples-per-shard must be at least 1, got {self.samples_per_shard}")
         if self.image_format not in ("jpg", "png", "webp"):
@@ -74,7 +78,9 @@ def synthesize(
 
     `progress(done, total)` is called as samples are written.
     """
+    check(workers >= 0, "--workers", "0 or more", workers)  # 0 or 1: render in this process
     _claim(out, config)
+    remove_stale_temporaries(out, *(join(out, split) for split in ("web", "curated", "eval")))
     planned = plan(
         n=config.n,
         seed=config.seed,

@@ -14,6 +14,7 @@ from curate.errors import CurateError
 from curate.synth.captions import describe, describe_partially, junk
 from curate.synth.scenes import Scene
 from curate.synth.vocabulary import BACKGROUND_TONES, BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES
+from curate.validate import check, fraction
 
 NOISE_KINDS = ("none", "misaligned", "junk", "partial", "duplicate", "corrupt")
 
@@ -30,8 +31,11 @@ class NoiseRates:
 
     def __post_init__(self) -> None:
         rates = self.as_dict()
-        if any(not 0.0 <= rate <= 1.0 for rate in rates.values()) or sum(rates.values()) > 1.0:
-            raise CurateError(f"noise rates must lie in [0, 1] and sum to at most 1, got {rates}")
+        for kind, rate in rates.items():
+            check(fraction(rate), f"--{kind}", "in [0, 1]", rate)
+        if sum(rates.values()) > 1.0:
+            options = ", ".join(f"--{kind}" for kind in rates)
+            raise CurateError(f"noise rates ({options}) must sum to at most 1, got {rates}")
 
     def as_dict(self) -> dict[str, float]:
         return {kind: getattr(self, kind) for kind in NOISE_KINDS[1:]}

@@ -15,6 +15,8 @@ from typing import Any
 from curate.errors import CurateError
 from curate.jest import CRITERIA, selection_size
 from curate.runtime import PRECISIONS
+from curate.validate import check as _check
+from curate.validate import positive as _positive
 
 CACHES = ("auto", "memory", "stream")
 ORDERS = ("batches", "shuffle")
@@ -29,15 +31,6 @@ def trajectory(default: Any = MISSING, **kwargs: Any) -> Any:
 def operational(default: Any = MISSING, **kwargs: Any) -> Any:
     """A setting of this session only (logging, evaluation, device): --resume may change it."""
     return field(default=default, metadata={"trajectory": False}, **kwargs)
-
-
-def _check(ok: bool, option: str, rule: str, value: object) -> None:
-    if not ok:
-        raise CurateError(f"{option} must be {rule}, got {value}")
-
-
-def _positive(value: float) -> bool:
-    return math.isfinite(value) and value > 0  # False for nan and inf: `nan > 0` alone is False too
 
 
 @dataclass(frozen=True)
@@ -72,6 +65,8 @@ class DataConfig:
     # the memory cache's order depends on neither.
     shuffle_buffer: int = operational(10_000)  # samples, when streaming
     workers: int = operational(2)  # DataLoader processes decoding images
+    # Train on a manifest of which the data holds under 99% of the keys (else refused: the wrong shards).
+    allow_missing: bool = operational(False)
 
     def __post_init__(self) -> None:
         if not self.paths:

@@ -10,24 +10,32 @@ resume, because the plan is a function of the step.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import tarfile
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from curate.errors import CurateError
-from curate.fileio import local_path
+from curate.fileio import filesystem, local_path
 from curate.models import ImageTextModel
 from curate.runtime import Progress
-from curate.select.manifest import read_manifest
-from curate.shards.batches import ShardBatches, already_batched, single_threaded_worker
-from curate.shards.paths import count_samples, shards_by_name
-from curate.shards.schema import OK
+from curate.select.manifest import read_manifest, require_found
+from curate.shards.batches import ShardBatch, ShardBatches, already_batched, single_threaded_worker
+from curate.shards.paths import count_samples, shard_sibling, shards_by_name
+from curate.shards.schema import OK, SUCCESS, split_member_name
 from curate.train.config import TrainConfig
 from curate.train.order import BatchPlan
+
+logger = logging.getLogger(__name__)
 
 
 def load_plan(manifest: str, seed: int) -> BatchPlan:
@@ -44,12 +52,17 @@ def make_data(
     start_step: int,
     progress: Progress | None = None,
     plan: BatchPlan | None = None,
-) -> tuple[TrainData, int]:
-    """The run's data, and how many of its samples were left out for want of a reference score.
+    report: DecodeReport | None = None,
+) -> tuple[TrainData, int, tuple[int, int] | None]:
+    """The run's data, how many of its samples were left out for want of a reference score, and, with a
+    manifest, how many of its distinct keys the data holds, of how many.
 
     `referenced` (online JEST) holds the keys that have one: the others cannot be scored, so they are never
     drawn. `plan` (a manifest's batches) fixes what each step trains. Memory or stream as --cache says
-    (auto: memory when the decoded set fits in a quarter of RAM).
+    (auto: memory when the decoded set fits in a quarter of RAM). A manifest of which the data holds under
+    99% is refused (`require_found`: the wrong shards) unless --allow-missing: in memory once decoded, when
+    streaming by the shards' tables before any decoding. `report` hears of the samples skipped and the
+    shards damaged as they are decoded (in this process: not by a plain stream's workers, which log them).
     """
     settings = config.data
     memory = settings.cache == "memory" or (
@@ -57,27 +70,43 @@ def make_data(
     )
     if plan is not None:
         if memory:
-            keep = frozenset(plan.keys)
-            cache = load_memory_data(
-                paths, model.preprocess, model.tokenizer, keep, settings.workers, config.seed, progress
-            )
-            return PlannedMemoryData(cache, plan), 0
+            keys = frozenset(plan.keys)
+            cache, found = _load_manifest_samples(config, paths, model, keys, progress, report)
+            return PlannedMemoryData(cache, plan), 0, found
         by_name = shards_by_name(paths, plan.shards, "the training data")
+        found = _listed(frozenset(plan.keys), list(by_name.values()), settings.allow_missing)
         steps = range(start_step, config.steps)
-        return PlannedStreamData(plan, by_name, model.preprocess, model.tokenizer, steps, settings.workers), 0
-    keep = _manifest_keys(settings.manifest) if settings.manifest else None
-    if memory:
-        data = load_memory_data(
-            paths, model.preprocess, model.tokenizer, keep, settings.workers, config.seed, progress
+        stream = PlannedStreamData(
+            plan, by_name, model.preprocess, model.tokenizer, steps, settings.workers, report
         )
+        return stream, 0, found
+    manifest = _manifest_keys(settings.manifest) if settings.manifest else None
+    found = None
+    if memory:
+        if manifest is not None:
+            data, found = _load_manifest_samples(config, paths, model, manifest, progress, report)
+        else:
+            data = load_memory_data(
+                paths,
+                model.preprocess,
+                model.tokenizer,
+                None,
+                settings.workers,
+                config.seed,
+                progress,
+                report,
+            )
         if referenced is None:
-            return data, 0
+            return data, 0, found
         kept = data.only(referenced)
         if not len(kept):
             raise CurateError(
                 "no training sample has a reference score: do --ref and the data hold the same keys?"
             )
-        return kept, len(data) - len(kept)
+        return kept, len(data) - len(kept), found
+    keep = manifest
+    if manifest is not None:
+        found = _listed(manifest, paths, settings.allow_missing)
     if referenced is not None:
         # A stream cannot count what it skips without reading it all first: decode only referenced keys.
         keep = frozenset(referenced) if keep is None else keep & frozenset(referenced)
@@ -91,12 +120,97 @@ def make_data(
         config.super_batch,
         settings.workers,
     )
-    return stream, 0
+    return stream, 0, found
 
 
 def _manifest_keys(manifest: str) -> frozenset[str]:
     table = read_manifest(local_path(manifest, "--manifest"), ["key"])  # schema-checked: one-line errors
     return frozenset(table.column("key").to_pylist())
+
+
+def _found(found: int, wanted: int, allow_missing: bool) -> tuple[int, int]:
+    require_found(found, wanted, allow_missing, "train --manifest")
+    return found, wanted
+
+
+def _listed(manifest: frozenset[str], shards: list[str], allow_missing: bool) -> tuple[int, int]:
+    """How many of the manifest's keys the shards hold, by their tables, refused below MIN_FOUND unless
+    --allow-missing: a stream meets the keys a batch at a time, a whole pass later, so it counts up front."""
+    return _found(len(manifest & keys_in_shards(shards)), len(manifest), allow_missing)
+
+
+def _load_manifest_samples(
+    config: TrainConfig,
+    paths: list[str],
+    model: ImageTextModel,
+    manifest: frozenset[str],
+    progress: Progress | None,
+    report: DecodeReport | None,
+) -> tuple[MemoryData, tuple[int, int]]:
+    """The manifest's samples decoded into memory, and how many of its keys the tars held (decodable or
+    not), refused below MIN_FOUND unless --allow-missing."""
+    settings, read = config.data, set()
+    try:
+        data = load_memory_data(
+            paths,
+            model.preprocess,
+            model.tokenizer,
+            manifest,
+            settings.workers,
+            config.seed,
+            progress,
+            report,
+            read,
+        )
+    except CurateError:  # nothing decoded: the wrong shards, if so few of the manifest's keys were there
+        _found(len(read), len(manifest), settings.allow_missing)
+        raise
+    return data, _found(len(read), len(manifest), settings.allow_missing)
+
+
+def keys_in_shards(paths: list[str]) -> set[str]:
+    """Every key the shards' tars hold, without reading an image: from each shard's parquet (img2dataset's
+    table of its rows: the `success` ones are in the tar), else from the tar's member names."""
+    keys: set[str] = set()
+    for path in paths:
+        fs, table_path = filesystem(shard_sibling(path, ".parquet"))
+        try:
+            with fs.open(table_path, "rb") as handle:
+                names = pq.read_schema(handle).names
+                table = pq.read_table(handle, columns=[c for c in ("key", "status") if c in names])
+            if "status" in names:
+                table = table.filter(pc.equal(table["status"], SUCCESS))
+            keys.update(table["key"].to_pylist())
+        except (OSError, KeyError, pa.ArrowException):  # no table, or not img2dataset's: list the tar
+            keys.update(_tar_keys(path))
+    return keys
+
+
+def _tar_keys(path: str) -> set[str]:
+    """The keys of a tar's members (read as a stream, as the decoder reads it; damage ends the list)."""
+    fs, tar_path = filesystem(path)
+    keys: set[str] = set()
+    try:
+        with fs.open(tar_path, "rb", compression="infer") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+            keys.update(split_member_name(info.name)[0] for info in tar if info.isfile())
+    except (tarfile.TarError, EOFError, OSError, ValueError):
+        pass  # what was listed before the damage stands, as the decoder keeps what it read
+    return keys
+
+
+@dataclass
+class DecodeReport:
+    """What decoding the training data met: samples skipped by reason, and the shards that could not be
+    read whole (a damaged tar's unread samples count as `truncated_tar`)."""
+
+    skipped: Counter = field(default_factory=Counter)
+    damaged: dict[str, str] = field(default_factory=dict)  # shard -> why
+
+    def add(self, batch: ShardBatch) -> None:
+        self.skipped.update(status for status in batch.status if status != OK)
+        if batch.damage and batch.shard not in self.damaged:  # a plan reads a shard once per group
+            self.damaged[batch.shard] = batch.damage
+            self.skipped["truncated_tar"] += batch.unread
 
 
 @dataclass
@@ -163,7 +277,11 @@ def load_memory_data(
     workers: int,
     seed: int,
     progress: Progress | None = None,
+    report: DecodeReport | None = None,
+    read: set[str] | None = None,
 ) -> MemoryData:
+    """The samples of `paths` (only `keep`'s keys, when given) decoded into memory; `read` collects every
+    key the tars held, decodable or not, and `report` what could not be decoded."""
     loader = DataLoader(
         ShardBatches(paths, preprocess, tokenizer, batch_size=512, keep=keep),
         batch_size=None,
@@ -180,6 +298,10 @@ def load_memory_data(
             tokens.append(batch.tokens)
             keys += [batch.keys[i] for i in ok]
         seen += len(batch.keys)
+        if read is not None:
+            read.update(batch.keys)
+        if report is not None:
+            report.add(batch)
         if progress:
             progress(seen, total)
     if not keys:
@@ -214,6 +336,10 @@ class StreamingSamples(IterableDataset):
             random.Random(f"{self.seed}/{worker}/{epoch}").shuffle(order)
             decoded = ShardBatches(order, self.preprocess, self.tokenizer, batch_size=64, keep=self.keep)
             for batch in decoded:
+                if batch.damage and epoch == 0:  # a worker has no way back to the summary but the log
+                    logger.warning(
+                        "%s is damaged (%s): trained without its unread samples", batch.shard, batch.damage
+                    )
                 ok = [i for i, status in enumerate(batch.status) if status == OK]
                 for row, i in enumerate(ok):
                     sample = {
@@ -259,7 +385,7 @@ class PlannedMemoryData:
     def __init__(self, cache: MemoryData, plan: BatchPlan):
         self.cache, self.plan = cache, plan
         self._row = {key: row for row, key in enumerate(cache.keys)}
-        self.missing = len(set(plan.keys) - self._row.keys())  # manifest keys that did not decode
+        self.missing = len(set(plan.keys) - self._row.keys())  # manifest keys absent or undecodable
 
     def __len__(self) -> int:
         return len(self.cache)
@@ -303,8 +429,17 @@ class PlannedStreamData:
     LOOKAHEAD_SAMPLES samples), plus what the DataLoader's workers prefetch of the next group.
     """
 
-    def __init__(self, plan: BatchPlan, paths, preprocess, tokenizer, steps: range, workers: int):
-        self.plan = plan
+    def __init__(
+        self,
+        plan: BatchPlan,
+        paths,
+        preprocess,
+        tokenizer,
+        steps: range,
+        workers: int,
+        report: DecodeReport | None = None,
+    ):
+        self.plan, self.report = plan, report
         self.missing = 0  # manifest rows that were not found or did not decode, counted as they come
         per_group = max(1, min(LOOKAHEAD_BATCHES, LOOKAHEAD_SAMPLES // max(1, plan.batch_size)))
         self._groups = [steps[i : i + per_group] for i in range(0, len(steps), per_group)]
@@ -355,6 +490,8 @@ class PlannedStreamData:
             if batch is None:
                 done += 1
                 continue
+            if self.report is not None:
+                self.report.add(batch)
             ok = [i for i, status in enumerate(batch.status) if status == OK]
             for row, i in enumerate(ok):
                 samples[batch.keys[i]] = (batch.images[row].half(), batch.tokens[row])

@@ -11,18 +11,26 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from open_clip.loss import SigLipLoss
 
 from curate.errors import CurateError
-from curate.fileio import local_path
+from curate.fileio import local_path, remove_stale_temporaries
 from curate.models import ImageTextModel, load_model
 from curate.runtime import StatusProgress, autocast, resolve_device, resolve_precision
 from curate.shards.paths import expand_shards
 from curate.train.checkpoint import resume, save
 from curate.train.config import OptimConfig, TrainConfig
-from curate.train.data import MemoryData, PlannedMemoryData, PlannedStreamData, load_plan, make_data
+from curate.train.data import (
+    DecodeReport,
+    MemoryData,
+    PlannedMemoryData,
+    PlannedStreamData,
+    load_plan,
+    make_data,
+)
 from curate.train.online import Window, choose, load_reference
 from curate.train.run import (
     CHECKPOINTS_DIR,
@@ -51,7 +59,15 @@ class TrainSummary:
     # without, when streaming) and how many batches the manifest holds
     missing_from_manifest: int = 0
     manifest_batches: int | None = None
+    # with a manifest: how many of its distinct keys the data holds, of how many (checked against
+    # MIN_FOUND unless --allow-missing)
+    manifest_keys_found: int | None = None
+    manifest_keys: int | None = None
     evals: list[EvalRecord] = field(default_factory=list)
+    # what decoding met (not counted by a plain stream's workers, which log it): samples skipped by
+    # reason, and shards that could not be read whole, with why
+    skipped: dict[str, int] = field(default_factory=dict)
+    damaged: dict[str, str] = field(default_factory=dict)
 
     @property
     def samples_per_second(self) -> float:
@@ -90,10 +106,12 @@ def train(
     # so it needs none). Disabled, the scaler passes everything through unchanged.
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     (run / CHECKPOINTS_DIR).mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run, run / CHECKPOINTS_DIR)  # what a killed run was writing
 
     # ---------------------------------------------------------------- resume
     resumed = resume(run, config) if config.resume else None  # refuses another run before any decoding
     start_step = resumed.step if resumed else 0
+    saved_step = start_step if resumed else None  # the last checkpoint written, for a diverged run's error
     batches = resumed.batches if resumed else BatchLog()
     if not resumed:
         write_config(run, config, model.config)
@@ -103,7 +121,8 @@ def train(
 
     # ---------------------------------------------------------------- data
     bank = load_reference(config.online.ref, device) if config.online else None
-    data, missing = make_data(
+    decoding = DecodeReport()
+    data, missing, found = make_data(
         config,
         paths,
         model,
@@ -111,6 +130,7 @@ def train(
         start_step,
         progress=(lambda done, total: progress(done, total, "decoding")) if progress else None,
         plan=plan,
+        report=decoding,
     )
     evaluator = _evaluator(config, model, device, precision)
     forward_flops = model.forward_flops()
@@ -168,7 +188,13 @@ def train(
             saving = (config.save_every and done % config.save_every == 0) or done == config.steps
             # A log line at every checkpoint too: a score file of a checkpoint finds its cost there.
             if done % config.log_every == 0 or saving:
-                last_loss = float(torch.stack(losses).mean())  # the one host sync of a log window
+                window_losses = torch.stack(losses)
+                last_loss = float(window_losses.mean())  # the one host sync of a log window
+                # A NaN or infinite loss makes the mean so; then (only then) find its step. Checked here,
+                # not every step, so that the device never waits for the host.
+                if not math.isfinite(last_loss):
+                    first = done - len(losses) + 1 + int((~window_losses.isfinite()).nonzero()[0])
+                    raise _diverged(run, f"the loss is not finite at step {first}", saved_step)
                 batches.resolve()  # online JEST's chosen rows come over at the same sync
                 record: LogRecord = {
                     "step": done,
@@ -200,7 +226,12 @@ def train(
 
             # -------------------------------------------------------- checkpoint
             if saving:
+                # The loss was finite up to here, but the last update may not have been (a non-finite
+                # gradient under fp32 or bf16): one reduction per save, never a checkpoint of NaNs.
+                if not _finite(model, optimizer):
+                    raise _diverged(run, f"the weights are not finite after step {done}", saved_step)
                 save(run, done, model, optimizer, scaler, config, batches, seconds())
+                saved_step = done
     return TrainSummary(
         run=str(run),
         steps=config.steps,
@@ -213,11 +244,37 @@ def train(
         missing_reference=missing,
         missing_from_manifest=data.missing if isinstance(data, PlannedMemoryData | PlannedStreamData) else 0,
         manifest_batches=len(plan) if plan is not None else None,
+        manifest_keys_found=found[0] if found else None,
+        manifest_keys=found[1] if found else None,
         evals=evals,
+        skipped=dict(sorted(decoding.skipped.items())),
+        damaged=decoding.damaged,
     )
 
 
 # -------------------------------------------------------------------- helpers
+
+
+def _finite(model: ImageTextModel, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every weight and every AdamW moment is finite: what a checkpoint would hold (one sync)."""
+    tensors = [t for t in model.module.state_dict().values() if t.is_floating_point()]
+    device = tensors[0].device
+    for state in optimizer.state.values():
+        # AdamW's moments; its step counters stay on the CPU (and cannot be stacked with CUDA results)
+        tensors += [
+            t for t in state.values() if torch.is_tensor(t) and t.is_floating_point() and t.device == device
+        ]
+    return bool(torch.stack([t.isfinite().all() for t in tensors]).all())
+
+
+def _diverged(run: Path, what: str, saved_step: int | None) -> CurateError:
+    """The one-line error of a run whose loss or weights became NaN or infinite: nothing of it is saved."""
+    kept = (
+        f"{run / LATEST_FILE} holds the last good checkpoint, step {saved_step}"
+        if saved_step is not None
+        else "no checkpoint was saved"
+    )
+    return CurateError(f"training diverged: {what}; {kept}. Train again with a lower --lr (or more --warmup)")
 
 
 def _learning_rate(step: int, optim: OptimConfig, steps: int) -> float:
