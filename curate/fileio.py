@@ -8,6 +8,7 @@ fsspec or refused in one line, never written somewhere else.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import os
@@ -83,10 +84,17 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
             os.replace(tmp, fs_path)  # atomic on POSIX, unlike fs.mv which may copy
         else:
             fs.mv(tmp, fs_path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError, OSError):
             fs.rm(tmp)
+        if isinstance(error, OSError) and error.errno in _OUT_OF_SPACE and error.filename is None:
+            # A write or close that fails for space says which file it was writing: the one-line error
+            # would otherwise be a bare "File too large".
+            raise OSError(error.errno, f"{error.strerror} (is the disk full?)", path) from None
         raise
+
+
+_OUT_OF_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 @functools.cache

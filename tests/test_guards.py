@@ -1,7 +1,9 @@
 """Nothing lost silently (issue 17): a diverged run, a manifest mostly absent from the data, the hidden
 temporaries of killed writers."""
 
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -199,3 +201,23 @@ def test_training_counts_a_shard_cut_inside_a_header(tmp_path, small_synth):
     assert result.returncode == 0, result.stderr
     assert "warning: 00001.tar is damaged (no end-of-archive marker (truncated))" in result.stderr
     assert "skipped (" in result.stdout and "truncated_tar 91" in result.stdout
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_file(tmp_path, small_synth):
+    """A full disk, made real by a file size limit on the training process (writes past 1 MB fail with
+    EFBIG, as they would with ENOSPC): torch reported it as a RuntimeError, printed as a traceback."""
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write, do not kill the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    run = tmp_path / "run"
+    args = ["train", f"{small_synth}/web", "-o", str(run), "--steps", "1", "--batch-size", "16"]
+    args += ["--workers", "0", "--cache", "memory"]
+    result = subprocess.run(
+        [sys.executable, "-m", "curate_cli", *args], capture_output=True, text=True, preexec_fn=limited
+    )
+    assert result.returncode == 1
+    error = one_line_error(result.stderr)
+    assert error.endswith("checkpoints/step_1.pt: File too large (is the disk full?)")
+    assert not list(run.glob("**/*.pt")) and not list(run.glob("**/.*.tmp"))  # nothing half-written

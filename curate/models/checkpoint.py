@@ -7,6 +7,7 @@ machine that never registered that config.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,18 @@ def save_checkpoint(
         "state_dict": state_dict,
     }
     payload.update(extra)
-    with atomic_open(str(path), "wb") as handle:
-        torch.save(payload, handle)
+    try:
+        with atomic_open(str(path), "wb") as handle:
+            torch.save(payload, handle)
+    except RuntimeError as error:
+        # torch's zip writer reports a failed write (a full disk, a file size limit) as a RuntimeError
+        # ("[enforce fail at inline_container.cc...] PytorchStreamWriter failed writing file ..."), not
+        # an OSError: make it the error it is.
+        if "inline_container" not in str(error):
+            raise
+        raise OSError(
+            errno.EIO, f"write failed, is the disk full? ({first_line(error)})", str(path)
+        ) from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
