@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import run_cli
 
 from curate.errors import CurateError
@@ -79,3 +80,65 @@ def test_models_command_lists_the_builtins():
     assert (
         "siglip-tiny" in result.stdout and "siglip-small" in result.stdout and "--pretrained" in result.stdout
     )
+
+
+# ---------------------------------------------------------------------------------- low resolution
+
+
+@pytest.mark.parametrize("name", sorted(BUILTINS))
+def test_low_resolution_encodes_fewer_tokens_and_full_resolution_is_open_clips_forward(name):
+    model = load_model(name, allow_random_init=True)
+    size, patch = model.image_size, model.module.visual.patch_size[0]
+    images = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        full = model.encode_images(images, size)
+        assert torch.equal(full, F.normalize(model.module.encode_image(images).float(), dim=-1))
+        low = model.encode_images(images, size // 2)
+    assert low.shape == full.shape and torch.allclose(low.norm(dim=-1), torch.ones(3))
+    assert not torch.allclose(low, full, atol=1e-3)
+    # A quarter of the image tokens: the image tower costs about a quarter (the text tower is unchanged).
+    assert model.forward_flops(size // 2) < model.forward_flops()
+    tokens = []
+    hook = model.module.visual.transformer.register_forward_hook(lambda m, i, o: tokens.append(o.shape[1]))
+    with torch.no_grad():
+        model.encode_images(images, size // 2)
+    hook.remove()
+    assert tokens == [(size // 2 // patch) ** 2 + 1]
+
+
+def test_a_stock_open_clip_vit_encodes_at_low_resolution_and_caches_its_grid():
+    model = load_model("ViT-B-32", allow_random_init=True)  # built from open_clip's config, no weights
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        low = model.encode_images(images, 128)  # a 4×4 grid instead of 7×7
+        cache = model._low_resolution._cache
+        (key,) = cache
+        grid = cache[key][1]
+        again = model.encode_images(images, 128)
+        assert cache[key][1] is grid  # the interpolated grid is made once
+    assert low.shape == (2, 512) and torch.equal(low, again)
+    table = model.module.visual.positional_embedding
+    assert grid.shape == (17, table.shape[1]) and torch.equal(grid[0], table[0])  # the class token's own
+    with torch.no_grad():
+        table.add_(1.0)  # what an optimizer step does: the cache follows the weights
+        model.encode_images(images, 128)
+    assert cache[key][1] is not grid
+    assert isinstance(model.module.visual._parameters["positional_embedding"], torch.nn.Parameter)
+
+
+def test_low_resolution_trains_the_full_grid():
+    model = load_model("siglip-tiny", allow_random_init=True)
+    model.module.train()
+    model.encode_images(torch.randn(2, 3, 32, 32), 16).sum().backward()
+    assert model.module.visual.positional_embedding.grad.abs().sum() > 0
+
+
+def test_a_tower_that_cannot_change_resolution_says_so_in_one_line():
+    tiny = load_model("siglip-tiny", allow_random_init=True)
+    with pytest.raises(CurateError, match="multiple of its patch size 4 between 4 and its image size 32"):
+        tiny.check_resolution(18)
+    with pytest.raises(CurateError, match="image size 32"):
+        tiny.check_resolution(64)
+    resnet = load_model("RN50", allow_random_init=True)
+    with pytest.raises(CurateError, match="RN50: its image tower is not an open_clip ViT"):
+        resnet.encode_images(torch.randn(1, 3, 224, 224), 112)

@@ -19,6 +19,7 @@ from curate import __version__
 from curate.errors import CurateError, first_line
 from curate.models.builtin import BUILTINS, register_builtins
 from curate.models.checkpoint import load_checkpoint
+from curate.models.resolution import LowResolution, check_resolution
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
@@ -38,8 +39,9 @@ class ImageTextModel:
     # Score files record both, so a learner's cost can follow them back to the run that made the model.
     checkpoint: str = ""
     checkpoint_step: int | None = None
-    _forward_flops: float | None = field(default=None, repr=False)
+    _forward_flops: dict[int | None, float] = field(default_factory=dict, repr=False)
     _fingerprint: str | None = field(default=None, repr=False)
+    _low_resolution: LowResolution | None = field(default=None, repr=False)
 
     @property
     def image_size(self) -> int:
@@ -59,12 +61,41 @@ class ImageTextModel:
         bias = getattr(self.module, "logit_bias", None)
         return float(bias.detach()) if bias is not None else 0.0
 
-    def encode(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encode_images(images), self.encode_texts(tokens)
+    def encode(
+        self, images: torch.Tensor, tokens: torch.Tensor, resolution: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encode_images(images, resolution), self.encode_texts(tokens)
 
     # Normalised in fp32 whatever autocast produced: unit norm must hold before the float16 round trip.
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.module.encode_image(images).float(), dim=-1)
+    def encode_images(self, images: torch.Tensor, resolution: int | None = None) -> torch.Tensor:
+        """`resolution`: encode on a smaller token grid (Flexi-JEST; ViTs only, see resolution.py);
+        None or the model's own size is open_clip's forward, unchanged."""
+        if resolution is None or (resolution == self.image_size and images.shape[-1] == resolution):
+            return F.normalize(self.module.encode_image(images).float(), dim=-1)
+        if self._low_resolution is None:
+            self._low_resolution = LowResolution(self.module, self.name)
+        return F.normalize(self._low_resolution.encode(images, resolution).float(), dim=-1)
+
+    def check_resolution(self, resolution: int) -> int:
+        """`resolution` if this model can encode images at it, else a one-line error naming the model."""
+        return check_resolution(self.module, self.name, resolution)
+
+    def preprocess_at(self, resolution: int) -> Callable:
+        """The model's own eval transform (resize, crop, normalise), but to `resolution` pixels."""
+        import open_clip
+
+        self.check_resolution(resolution)
+        if resolution == self.image_size:
+            return self.preprocess
+        cfg = open_clip.get_model_preprocess_cfg(self.module)
+        return open_clip.image_transform(
+            resolution,
+            is_train=False,
+            mean=cfg.get("mean"),
+            std=cfg.get("std"),
+            resize_mode=cfg.get("resize_mode"),
+            interpolation=cfg.get("interpolation"),
+        )
 
     def encode_texts(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.module.encode_text(tokens).float(), dim=-1)
@@ -96,20 +127,21 @@ class ImageTextModel:
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
-    def forward_flops(self) -> float:
+    def forward_flops(self, resolution: int | None = None) -> float:
         """FLOPs of one sample through both towers, counted by torch's FlopCounterMode on a batch of two at
-        the model's image size (once per model). Training counts 3× this per trained sample (forward and
-        backward), scoring 1×: the one unit every cost in curate is counted in."""
-        if self._forward_flops is None:
+        the model's image size, or at `resolution` (once per size). Training counts 3× this per trained
+        sample (forward and backward), scoring 1×: the one unit every cost in curate is counted in."""
+        size = resolution or self.image_size
+        if size not in self._forward_flops:
             from torch.utils.flop_counter import FlopCounterMode
 
             device = next(self.module.parameters()).device
-            images = torch.zeros(2, 3, self.image_size, self.image_size, device=device)
+            images = torch.zeros(2, 3, size, size, device=device)
             tokens = self.tokenizer(["a photo", "a photo"]).to(device)
             with FlopCounterMode(display=False) as counter, torch.no_grad():
-                self.encode(images, tokens)
-            self._forward_flops = counter.get_total_flops() / 2
-        return self._forward_flops
+                self.encode(images, tokens, size)
+            self._forward_flops[size] = counter.get_total_flops() / 2
+        return self._forward_flops[size]
 
 
 def load_model(
