@@ -114,6 +114,23 @@ def test_a_worker_killed_mid_shard_is_replaced_and_the_output_is_unchanged(
     assert same_scores(tmp_path / "scores", local_scores)
 
 
+def test_ray_scores_at_a_lower_resolution_like_the_local_backend(
+    tmp_path, small_synth, checkpoint, ray_address
+):
+    shard = f"{small_synth}/web/00000.tar"
+    low = dataclasses.replace(on_ray(checkpoint, workers=1), resolution=16)  # siglip-tiny: 32 px, patch 4
+    # Checked by the worker once it has the model, before any shard: the user's error, in one line.
+    with pytest.raises(CurateError, match="--resolution 18: .* multiple of its patch size 4"):
+        score_shards(shard, str(tmp_path / "bad"), dataclasses.replace(low, resolution=18))
+    assert not (tmp_path / "bad").exists()
+    score_shards(shard, str(tmp_path / "ray"), low)
+    local = dataclasses.replace(low, backend="local", ray=RayConfig(), workers=0)
+    score_shards(shard, str(tmp_path / "local"), local)
+    ours, theirs = comparable(tmp_path / "ray/00000.parquet"), comparable(tmp_path / "local/00000.parquet")
+    assert ours.equals(theirs, check_metadata=True)
+    assert ours.schema.metadata[b"curate.resolution"] == b"16"
+
+
 @pytest.mark.parametrize("method", ["jest", "independent"])
 def test_ray_select_writes_the_local_manifest_byte_for_byte(tmp_path, local_scores, ray_address, method):
     # window=2: the 396 samples make three shuffle windows, so super-batches span files and windows

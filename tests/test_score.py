@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import io
 import shutil
@@ -16,8 +17,8 @@ from PIL import Image
 from curate.errors import CurateError
 from curate.models import load_model, save_checkpoint
 from curate.score import OK, ScoreConfig, ScoreMetadata, embeddings_numpy, score_shards
-from curate.score.schema import read_scoring_cost
-from curate.shards import ReadStats, iter_members, iter_shard
+from curate.score.schema import comparable, open_score_folder, read_scoring_cost
+from curate.shards import ReadStats, iter_members, iter_samples, iter_shard
 from curate.shards.schema import IMAGE_EXTENSIONS
 
 TINY = ScoreConfig(model="siglip-tiny", allow_random_init=True, workers=0, batch_size=64)
@@ -340,3 +341,100 @@ def test_decoding_workers_start_under_the_spawn_method(tmp_path, small_synth):
     assert pq.read_table(tmp_path / "scores/00000.parquet").equals(
         pq.read_table(tmp_path / "here/00000.parquet")
     )
+
+
+# ------------------------------------------------------------------------- low resolution (Flexi-JEST)
+
+LOW = dataclasses.replace(TINY, resolution=16)  # siglip-tiny is 32 px, patch 4: a quarter of the tokens
+
+
+def test_scoring_at_a_lower_resolution_records_it_and_counts_its_flops(tmp_path, small_synth, tiny):
+    shard = f"{small_synth}/web/00000.tar"
+    score_shards(shard, str(tmp_path / "full"), TINY, model=tiny)
+    summary = score_shards(shard, str(tmp_path / "low"), LOW, model=tiny)
+    low, full = pq.read_table(tmp_path / "low/00000.parquet"), pq.read_table(tmp_path / "full/00000.parquet")
+    assert ScoreMetadata.read(tmp_path / "low/00000.parquet").resolution == 16
+    assert ScoreMetadata.read(tmp_path / "full/00000.parquet").resolution == 32  # always recorded
+    assert ScoreMetadata.read(tmp_path / "low/00000.parquet").image_size == 32  # the model's, unchanged
+    ok_rows = low.column("status").to_pylist().count(OK)
+    assert ok_rows == summary.ok > 0 and 0 < tiny.forward_flops(16) < tiny.forward_flops()
+    flops = float(low.schema.metadata[b"curate.flops"])
+    assert flops == pytest.approx(ok_rows * tiny.forward_flops(16))
+
+    ok = np.array([s == OK for s in low.column("status").to_pylist()])
+    images = embeddings_numpy(low["image_emb"])[ok].astype(np.float32)
+    assert np.allclose(np.linalg.norm(images, axis=1), 1.0, atol=2e-3)
+    assert np.abs(images - embeddings_numpy(full["image_emb"])[ok].astype(np.float32)).max() > 0.05
+    # Only the image tower sees the resolution: the text embeddings are the full run's, bit for bit.
+    assert np.array_equal(embeddings_numpy(low["text_emb"]), embeddings_numpy(full["text_emb"]))
+    # The slow twin: one sample decoded at 16 px by the model's own transform, encoded alone.
+    sample = next(iter_samples(shard, ReadStats()))
+    pixels = tiny.preprocess_at(16)(Image.open(io.BytesIO(sample.image)).convert("RGB"))
+    assert pixels.shape == (3, 16, 16)
+    with torch.no_grad():
+        alone = tiny.encode_images(pixels[None], 16)[0].numpy()
+    row = low.column("key").to_pylist().index(sample.key)
+    assert np.allclose(embeddings_numpy(low["image_emb"])[row].astype(np.float32), alone, atol=2e-3)
+
+    # --resolution at the model's own size is the full-resolution run, metadata and all.
+    score_shards(shard, str(tmp_path / "own"), dataclasses.replace(TINY, resolution=32), model=tiny)
+    own, baseline = comparable(tmp_path / "own/00000.parquet"), comparable(tmp_path / "full/00000.parquet")
+    assert own.equals(baseline, check_metadata=True)
+
+
+def test_low_resolution_from_the_command_line_and_bad_resolutions_in_one_line(tmp_path, small_synth, tiny):
+    shard = f"{small_synth}/web/00000.tar"
+    args = ["score", shard, "--model", "siglip-tiny", "--allow-random-init"]
+    # Decoded in a worker process at 16 px: the same file as the in-process run of the library.
+    result = run_cli(*args, "-o", str(tmp_path / "cli"), "--workers", "1", "--batch-size", "64",
+                     "--resolution", "16")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    score_shards(shard, str(tmp_path / "library"), LOW, model=tiny)
+    assert comparable(tmp_path / "cli/00000.parquet").equals(
+        comparable(tmp_path / "library/00000.parquet"), check_metadata=True
+    )
+    for model, resolution, fragment in [
+        ("siglip-tiny", "18", "--resolution 18: siglip-tiny needs a multiple of its patch size 4 between 4"),
+        ("siglip-tiny", "64", "between 4 and its image size 32"),  # no upsampling past the model's size
+        ("siglip-tiny", "0", "--resolution must be a positive number of pixels, got 0"),
+        ("RN50", "112", "RN50: its image tower is not an open_clip ViT"),  # ~3 s to build, random weights
+    ]:
+        bad = ["score", shard, "-o", str(tmp_path / "bad"), "--model", model, "--allow-random-init"]
+        result = run_cli(*bad, "--workers", "0", "--resolution", resolution)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.count("\n") == 1 and fragment in result.stderr, result.stderr
+        assert not (tmp_path / "bad").exists()  # refused before anything was written
+
+
+def test_a_folder_holds_one_resolution_on_resume_and_for_select(tmp_path, small_synth, tiny):
+    web, low = f"{small_synth}/web", tmp_path / "low"
+    score_shards(f"{web}/00000.tar", str(low), LOW, model=tiny)
+    # Resume at another resolution (the model's own, here) is refused, before the model is even loaded.
+    with pytest.raises(CurateError, match="holds scores encoded at 16 px, this run encodes at 32 px"):
+        score_shards(web, str(low), TINY)
+    with pytest.raises(CurateError, match="encoded at 16 px, this run encodes at 8 px"):
+        score_shards(web, str(low), dataclasses.replace(TINY, resolution=8), model=tiny)
+    assert sorted(p.name for p in low.iterdir()) == ["00000.parquet"]  # nothing mixed in
+    summary = score_shards(f"{web}/{{00000..00001}}.tar", str(low), LOW, model=tiny)  # same: resumes
+    assert (summary.shards_skipped, summary.shards_done) == (1, 1)
+    assert open_score_folder(low).metadata.resolution == 16
+
+    # A full-resolution file copied in: every reader refuses the folder, select included, in one line.
+    score_shards(f"{web}/00002.tar", str(tmp_path / "full"), TINY, model=tiny)
+    shutil.copy(tmp_path / "full/00002.parquet", low)
+    with pytest.raises(CurateError, match=r"00002.parquet was scored at 32 px but .*00000.parquet at 16 px"):
+        open_score_folder(low)
+    result = run_cli("select", str(low), "-o", str(tmp_path / "manifest"), "--ratio", "0.5")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "keep one resolution per folder" in result.stderr and not (tmp_path / "manifest").exists()
+
+    # A file from before curate recorded the resolution was scored at the model's own size.
+    table = pq.read_table(tmp_path / "full/00002.parquet")
+    old = {k: v for k, v in table.schema.metadata.items() if k != b"curate.resolution"}
+    pq.write_table(table.replace_schema_metadata(old), tmp_path / "full/00003.parquet")
+    assert ScoreMetadata.read(tmp_path / "full/00003.parquet").resolution == 0
+    assert open_score_folder(tmp_path / "full").metadata.encoded_at == 32  # it joins the 32 px file
+    resumed = score_shards(f"{web}/00002.tar", str(tmp_path / "full"), TINY, model=tiny)  # at full size
+    assert resumed.shards_skipped == 1
+    with pytest.raises(CurateError, match="encoded at 32 px, this run encodes at 16 px"):
+        score_shards(web, str(tmp_path / "full"), LOW, model=tiny)

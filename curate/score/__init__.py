@@ -28,7 +28,7 @@ from curate.score.schema import (
     score_schema,
     write_score_file,
 )
-from curate.score.unit import score_batches
+from curate.score.unit import encoding_resolution, score_batches, score_metadata
 from curate.shards.batches import ShardBatches, already_batched, single_threaded_worker
 from curate.shards.paths import count_samples, expand_shards
 
@@ -68,7 +68,7 @@ def score_shards(
     pending = [p for p in paths if config.overwrite or not score_file(folder, basename(p)).exists()]
     summary.shards_skipped = len(paths) - len(pending)
     if not config.overwrite:
-        check_same_model(folder, config.model, config.pretrained)
+        check_same_model(folder, config.model, config.pretrained, resolution=config.resolution)
     if not pending:
         return summary
     if config.backend == "ray":
@@ -95,11 +95,14 @@ def _score_locally(
     summary.device = f"{device.type} {precision}"
     if model is None:
         model = load_model(config.model, config.pretrained, device, config.allow_random_init, config.seed)
+    resolution = encoding_resolution(model, config.resolution)
     if not config.overwrite:
-        check_same_model(folder, config.model, config.pretrained, model.metadata())
+        check_same_model(folder, config.model, config.pretrained, score_metadata(model, resolution))
     folder.mkdir(parents=True, exist_ok=True)
+    # The workers resize straight to `resolution`: at a lower one they decode, crop and copy less too.
+    preprocess = model.preprocess_at(resolution)
     loader = DataLoader(
-        ShardBatches(pending, model.preprocess, model.tokenizer, config.batch_size),
+        ShardBatches(pending, preprocess, model.tokenizer, config.batch_size),
         batch_size=None,  # the dataset batches within shards itself
         num_workers=min(config.workers, len(pending)),
         worker_init_fn=single_threaded_worker,
@@ -118,5 +121,6 @@ def _score_locally(
         summary,
         progress and (lambda seen: progress(seen, total)),
         started=start,
+        resolution=resolution,
     )
     summary.seconds = time.perf_counter() - scoring

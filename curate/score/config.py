@@ -21,6 +21,9 @@ class ScoreConfig:
     overwrite: bool = False
     allow_random_init: bool = False
     seed: int = 0  # draws a random-init model's weights, so two runs of one command agree
+    # Pixels the images are encoded at (Flexi-JEST's low-resolution scoring; ViTs only): None is the
+    # model's own size. Whether the model can encode at it is checked once the model is loaded.
+    resolution: int | None = None
     backend: str = "local"
     ray: RayConfig = field(default_factory=RayConfig)
 
@@ -31,6 +34,8 @@ class ScoreConfig:
             raise CurateError(f"--workers must be 0 or more, got {self.workers}")
         if self.seed < 0:
             raise CurateError(f"--seed must be 0 or more, got {self.seed}")
+        if self.resolution is not None and self.resolution < 1:
+            raise CurateError(f"--resolution must be a positive number of pixels, got {self.resolution}")
         if self.precision not in PRECISIONS:
             raise CurateError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         check_backend(self.backend, self.ray)

@@ -25,7 +25,7 @@ from curate.models import ImageTextModel, load_model
 from curate.runtime import Progress, resolve_device, resolve_precision
 from curate.score.config import ScoreConfig, ScoreSummary
 from curate.score.schema import check_same_model
-from curate.score.unit import score_batches
+from curate.score.unit import encoding_resolution, score_batches, score_metadata
 from curate.shards.batches import ShardBatches
 from curate.shards.paths import count_samples
 
@@ -46,13 +46,16 @@ class ShardScorer:
         Not in __init__: Ray reports an exception there as a dead actor with a traceback, not as the error.
         """
         model = self._load()
-        return f"{self.device.type} {self.precision}", model.metadata()
+        resolution = encoding_resolution(model, self.config.resolution)  # a bad one fails here, once
+        return f"{self.device.type} {self.precision}", score_metadata(model, resolution)
 
     def score(self, path: str) -> ScoreSummary:
         summary = ScoreSummary()
         started = time.perf_counter()  # the first shard's cost includes loading the model
         model = self._load()
-        batches = ShardBatches([path], model.preprocess, model.tokenizer, self.config.batch_size)
+        resolution = encoding_resolution(model, self.config.resolution)
+        preprocess = model.preprocess_at(resolution)  # as the local backend's workers: the same pixels
+        batches = ShardBatches([path], preprocess, model.tokenizer, self.config.batch_size)
         # Decoded in this process: parallelism comes from more actors, not from processes inside one.
         # The progress hook is the test-only exit (a no-op unless its variable is set): after a batch, so
         # the worker dies mid-shard.
@@ -65,6 +68,7 @@ class ShardScorer:
             summary,
             lambda _: exit_once_for_tests(),
             started=started,
+            resolution=resolution,
         )
         return summary
 

@@ -9,12 +9,13 @@
 | sha256              | string  | hex digest of the image bytes in the tar (`export` checks it) |
 
 File metadata `curate.*` holds the model's name, tag, t (logit_scale, not log t), b, embed_dim, image size and
-the curate version: selection rebuilds the reference's pair losses from these alone. It also holds what
-scoring the file cost (`curate.flops`, `curate.seconds`) and, when the model was a checkpoint, its absolute
-path and steps (`curate.checkpoint`, `curate.checkpoint_step`): the links a learner's cost follows upstream,
-and the sha256 of its weights (`curate.weights`). A folder holds the scores of one model (one set of
-weights): `open_score_folder` checks it, and every stage that reads scores goes
-through it. Score folders are local (`local_path`): DuckDB's index pass and the memory-mapped reads need
+the curate version: selection rebuilds the reference's pair losses from these alone; and the pixels the
+images were encoded at (`curate.resolution`, below the image size for low-resolution scoring). It also
+holds what scoring the file cost (`curate.flops`, `curate.seconds`) and, when the model was a checkpoint,
+its absolute path and steps (`curate.checkpoint`, `curate.checkpoint_step`): the links a learner's cost
+follows upstream, and the sha256 of its weights (`curate.weights`). A folder holds the scores of one model
+(one set of weights) at one resolution: `open_score_folder` checks it, and every stage that reads scores
+goes through it. Score folders are local (`local_path`): DuckDB's index pass and the memory-mapped reads need
 files.
 """
 
@@ -124,6 +125,13 @@ class ScoreMetadata:
     image_size: int
     version: str
     weights: str = ""  # sha256 of the model's state dict ("" in files written before it was recorded)
+    resolution: int = 0  # pixels the images were encoded at (0: not recorded, a file from before it was)
+
+    @property
+    def encoded_at(self) -> int:
+        """The pixels the images were encoded at: a file that does not record it was scored before curate
+        could encode below the model's own size, so at that size."""
+        return self.resolution or self.image_size
 
     @property
     def identity(self) -> tuple:
@@ -153,6 +161,7 @@ class ScoreMetadata:
                 image_size=int(meta["curate.image_size"]),
                 version=meta["curate.version"],
                 weights=meta.get("curate.weights", ""),
+                resolution=int(meta.get("curate.resolution", 0)),
             )
         except ValueError as error:
             raise CurateError(f"{source}: malformed curate metadata ({first_line(error)})") from None
@@ -162,8 +171,10 @@ class ScoreMetadata:
         return cls.from_strings(_file_metadata(path), str(path))
 
     def as_strings(self) -> dict[str, str]:
-        """The file metadata a score file carries (the inverse of `from_strings`)."""
-        return {f"curate.{k}": repr(v) if isinstance(v, float) else str(v) for k, v in asdict(self).items()}
+        """The file metadata a score file carries (the inverse of `from_strings`: an unrecorded resolution
+        stays unwritten)."""
+        fields = {k: v for k, v in asdict(self).items() if k != "resolution" or v}
+        return {f"curate.{k}": repr(v) if isinstance(v, float) else str(v) for k, v in fields.items()}
 
 
 def _file_metadata(path: str | Path) -> dict[str, str]:
@@ -310,7 +321,8 @@ class ScoreFolder:
 
 
 def open_score_folder(path: str | Path, role: str = "scores") -> ScoreFolder:
-    """Find the score files of `path` and check they all come from one model."""
+    """Find the score files of `path` and check they all come from one model at one resolution (pair losses
+    of embeddings encoded at two sizes are not one model's, and selection would mix them silently)."""
     folder = local_path(path, role)
     if not folder.is_dir():
         raise CurateError(f"{role} folder {path} does not exist (write one with curate score)")
@@ -324,16 +336,26 @@ def open_score_folder(path: str | Path, role: str = "scores") -> ScoreFolder:
                 f"{other} was scored by another model than {files[0]} (other weights, t, b or D); keep one "
                 "model per folder"
             )
+        if (pixels := ScoreMetadata.read(other).encoded_at) != metadata.encoded_at:
+            raise CurateError(
+                f"{other} was scored at {pixels} px but {files[0]} at {metadata.encoded_at} px "
+                "(curate score --resolution); keep one resolution per folder"
+            )
     return ScoreFolder(str(folder), files, metadata)
 
 
 def check_same_model(
-    folder: str | Path, model: str, pretrained: str | None, metadata: dict[str, str] | None = None
+    folder: str | Path,
+    model: str,
+    pretrained: str | None,
+    metadata: dict[str, str] | None = None,
+    resolution: int | None = None,
 ) -> None:
-    """Refuse to add a model's score files to a folder that holds another model's: one folder, one model
-    (what `open_score_folder` checks when reading). By name and tag before the model is loaded (so a rerun
-    with another --model is refused even when nothing is left to score), and by the loaded model's full
-    identity (t, b, D too) once its `metadata` is known."""
+    """Refuse to add a model's score files to a folder that holds another model's, or the same model's at
+    another resolution: one folder, one model at one size (what `open_score_folder` checks when reading).
+    By name, tag and `resolution` (None: the model's own size) before the model is loaded (so a rerun with
+    another --model or --resolution is refused even when nothing is left to score), and by the loaded
+    model's full identity (t, b, D and the pixels encoded too) once its `metadata` is known."""
     if not any(local_path(folder, "score folder").glob("*.parquet")):
         return
     existing = open_score_folder(folder, "score folder").metadata
@@ -343,8 +365,16 @@ def check_same_model(
             f"{folder} holds scores by --model {existing.model} --pretrained '{existing.pretrained}'; "
             "score into another folder or pass --overwrite"
         )
-    if metadata is not None and not ScoreMetadata.from_strings(metadata, model).same_model(existing):
+    loaded = ScoreMetadata.from_strings(metadata, model) if metadata is not None else None
+    if loaded is not None and not loaded.same_model(existing):
         raise CurateError(
             f"{folder} holds scores by --model {existing.model} with other weights (or t, b, D) than it has "
             "now: was the checkpoint replaced? Score into another folder or pass --overwrite"
+        )
+    # Before loading, the model's own size is the folder's image size: it is the same model (checked above).
+    pixels = loaded.encoded_at if loaded is not None else resolution or existing.image_size
+    if pixels != existing.encoded_at:
+        raise CurateError(
+            f"{folder} holds scores encoded at {existing.encoded_at} px, this run encodes at {pixels} px "
+            "(--resolution); score into another folder or pass --overwrite"
         )

@@ -28,6 +28,7 @@ def score_batches(
     summary: ScoreSummary,
     progress: Callable[[int], None] | None = None,
     started: float | None = None,
+    resolution: int | None = None,
 ) -> None:
     """Embed `batches` and write each shard's score file as its last batch arrives.
 
@@ -37,16 +38,20 @@ def score_batches(
     Each file records what it cost (`curate.flops`, `curate.seconds`): one forward per embedded sample, and
     the wall time since the previous file was written, the first counted from `started` (a
     `time.perf_counter()` taken before the model was loaded), so the files of a run add up to all of it.
+
+    `resolution`: encode the images at that many pixels (None: the model's own size); batches decoded
+    with `model.preprocess_at(resolution)` arrive at that size already, so the tower resizes nothing.
     """
-    metadata = model.metadata()
-    per_sample = model.forward_flops()
+    resolution = encoding_resolution(model, resolution)
+    metadata = score_metadata(model, resolution)
+    per_sample = model.forward_flops(resolution)
     open_shards: dict[str, list] = {}
     seen = 0
     mark = time.perf_counter() if started is None else started
     with torch.no_grad():
         for batch in batches:
             parts = open_shards.setdefault(batch.shard, [])
-            parts.append((batch, _embed(model, batch, device, precision)))
+            parts.append((batch, _embed(model, batch, device, precision, resolution)))
             seen += len(batch.keys)
             if batch.last:
                 parts = open_shards.pop(batch.shard)
@@ -63,12 +68,26 @@ def score_batches(
                 progress(seen)
 
 
-def _embed(model: ImageTextModel, batch: ShardBatch, device: torch.device, precision: str):
+def encoding_resolution(model: ImageTextModel, resolution: int | None) -> int:
+    """The pixels `model` encodes images at in this run: `resolution` if it can (else a one-line error
+    naming the model), its own image size when None."""
+    return model.image_size if resolution is None else model.check_resolution(resolution)
+
+
+def score_metadata(model: ImageTextModel, resolution: int) -> dict[str, str]:
+    """A score file's model metadata: the model's own, and the pixels its images were encoded at (always
+    written, so a folder's files say which resolution they share even when it is the model's own)."""
+    return {**model.metadata(), "curate.resolution": str(resolution)}
+
+
+def _embed(model: ImageTextModel, batch: ShardBatch, device: torch.device, precision: str, resolution: int):
     if not len(batch.images):
         return None
     with autocast(precision, device):
         images, texts = model.encode(
-            batch.images.to(device, non_blocking=True), batch.tokens.to(device, non_blocking=True)
+            batch.images.to(device, non_blocking=True),
+            batch.tokens.to(device, non_blocking=True),
+            resolution,
         )
     # Stay on the device: the shard is copied to the host once, when it is written (one sync per shard).
     return images.half(), texts.half(), (images * texts).sum(-1)
