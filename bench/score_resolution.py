@@ -39,16 +39,6 @@ def end_to_end_rate(shards: str, out: str, config: ScoreConfig, model: ImageText
     return summary.samples / (time.perf_counter() - start)
 
 
-def image_flops(model: ImageTextModel, resolution: int, device: torch.device) -> float:
-    """FLOPs of one image through the image tower alone at `resolution` (a batch of two, halved)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    images = torch.zeros(2, 3, resolution, resolution, device=device)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model.encode_images(images, resolution)
-    return counter.get_total_flops() / 2
-
-
 def forward_rate(model: ImageTextModel, shard: str, resolution: int, args, device, precision: str) -> float:
     """Samples/s of both towers alone on one shard decoded beforehand at `resolution`."""
     preprocess = model.preprocess_at(resolution)
@@ -133,7 +123,7 @@ def main() -> None:
     print(f"{args.model} on {device.type} ({precision}), batch {args.batch_size}, {args.n} samples, "
           f"{args.workers} decode workers, {threads} torch threads, {args.runs} alternating runs each, "
           f"1-min load {load:.1f} on {os.cpu_count()} cores")  # fmt: skip
-    image = {size: image_flops(model, size, device) for size in (full, low)}
+    image = {size: model.image_flops(size) for size in (full, low)}
     header = f"{'resolution':<12}{'tokens':>8}{'image GFLOPs':>14}{'both GFLOPs':>13}{'forward only/s':>16}"
     print(f"{header}{'curate score/s (median)':>25}{'min-max':>12}")
     for size in (full, low):

@@ -74,6 +74,19 @@ def train_command(
     chunks: Annotated[int, typer.Option(help="Online JEST chunks N.")] = 16,
     criterion: Annotated[str, typer.Option(help="learnability, easy or hard.")] = "learnability",
     temperature: Annotated[float, typer.Option(help="Sampling temperature τ.")] = 1.0,
+    score_resolution: Annotated[
+        int | None,
+        typer.Option(
+            metavar="R", help="Online JEST: the learner scores each super-batch at R px (ViTs; Flexi-JEST)."
+        ),
+    ] = None,
+    multi_resolution: Annotated[
+        int | None,
+        typer.Option(
+            metavar="R",
+            help="Train a random half of each batch at R px, the rest at full size (ViTs).",
+        ),
+    ] = None,
 ) -> None:
     """Train a SigLIP model (open_clip classes, SigLipLoss) on shards, a manifest's batches, or online JEST.
 
@@ -97,11 +110,19 @@ def train_command(
     with JEST, and trains on them; metrics.jsonl logs the learnability (mean over the b x b pairs) of the
     chosen vs a random batch and the time spent scoring vs training; batches.parquet names what was chosen.
 
+    Flexi-JEST (ViT image towers): --score-resolution R has the learner score each super-batch at R px
+    (fewer image tokens, position embeddings interpolated); --multi-resolution R trains a random half of
+    every batch at R and the rest at full size, in one SigLIP loss. Evaluation stays at full size, and the
+    FLOPs in metrics.jsonl count each part at its own size.
+
     \b
     example: curate train data/curated -o runs/reference --steps 600 --eval data/eval
              curate train data/web -o runs/jest --manifest manifests/jest --steps 600
              curate train data/web -o runs/jest --online-jest --ref scores/ --ratio 0.8
+             curate train data/web -o runs/flexi --online-jest --ref scores/ --score-resolution 16 \\
+                 --multi-resolution 16
     """
+    from curate.errors import CurateError
     from curate.fileio import absolute, basename
     from curate.train import DataConfig, OnlineJestConfig, OptimConfig, TrainConfig, train
 
@@ -109,7 +130,9 @@ def train_command(
     online = None
     if online_jest:
         ref = absolute(ref) if ref else None
-        online = OnlineJestConfig(ref, ratio, chunks, criterion, temperature)
+        online = OnlineJestConfig(ref, ratio, chunks, criterion, temperature, score_resolution)
+    elif score_resolution is not None:
+        raise CurateError("--score-resolution needs --online-jest (only online JEST scores super-batches)")
     config = TrainConfig(
         data=DataConfig(
             paths=tuple(absolute(path) for path in data),
@@ -128,6 +151,7 @@ def train_command(
         seed=seed,
         optim=OptimConfig(lr=lr, warmup=warmup, wd=wd, beta2=beta2, grad_clip=grad_clip),
         online=online,
+        multi_resolution=multi_resolution,
         eval=eval_set,
         eval_every=eval_every,
         save_every=save_every,

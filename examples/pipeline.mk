@@ -92,8 +92,18 @@ $(OUT)/runs/jest-set/.done: $(OUT)/manifests/jest/manifest.parquet
 $(OUT)/runs/online/.done: $(OUT)/scores/reference/.done
 	$(TRAIN) $(OUT)/data/web --steps $(STEPS) --online-jest --ref $(OUT)/scores/reference --ratio $(RATIO) \
 		&& touch $@
+# Flexi-JEST: online JEST that scores each super-batch at FLEXI_RES px (a quarter of the tokens) and trains
+# each batch half at full and half at FLEXI_RES, for FLEXI_STEPS: the steps whose total FLOPs equal online
+# JEST's STEPS. For siglip-tiny at 32 -> 16 px one forward costs r = 0.479 of a full one (the text tower is
+# not reduced), so a flexi step costs 3(1 + r)/2 + 5r = 4.61 forwards per trained sample against online's
+# 3 + 5 = 8: FLEXI_STEPS = 200 x 8 / 4.61 = 347.
+FLEXI_RES ?= 16
+FLEXI_STEPS ?= 347
+$(OUT)/runs/flexi/.done: $(OUT)/scores/reference/.done
+	$(TRAIN) $(OUT)/data/web --steps $(FLEXI_STEPS) --online-jest --ref $(OUT)/scores/reference \
+		--ratio $(RATIO) --score-resolution $(FLEXI_RES) --multi-resolution $(FLEXI_RES) && touch $@
 # The longest runs first: under make -j they start as soon as their inputs exist.
-learners: $(foreach run,$(filter online uniform-%x,$(LEARNERS)) $(LEARNERS),$(OUT)/runs/$(run)/.done) \
+learners: $(foreach run,$(filter online flexi uniform-%x,$(LEARNERS)) $(LEARNERS),$(OUT)/runs/$(run)/.done) \
 	$(OUT)/curated/sizes.json
 
 # 6. Every learner and the reference on the eval set, and the comparison page; its last lines, the headline:

@@ -35,6 +35,7 @@ LEARNERS = (
     "jest-set",
     "learnability",
     "online",
+    "flexi",
 )
 LABELS = {
     "uniform": "uniform (IID, whole crawl)",
@@ -48,6 +49,7 @@ LABELS = {
     "jest-set": "offline JEST, easy (shuffled set)",
     "learnability": "offline JEST, learnability (batches)",
     "online": "online JEST, learnability",
+    "flexi": "Flexi online JEST (score and half of training at half size), compute-matched to online",
 }
 JEST = "jest"
 
@@ -159,6 +161,18 @@ def main(outs: list[Path]) -> None:
                 reach = j.reach(u.final())
                 share = f"{reach[1] / u.cost.total.flops:.2f}× its total FLOPs" if reach else "not reached"
                 print(f"  seed {seed}: JEST reaches {longer}'s final {u.final():.3f}: {share}")
+    if "online" in runs and "flexi" in runs:
+        print("\nFlexi online JEST against online JEST, everything counted:")
+        for seed, (o, f) in enumerate(zip(runs["online"], runs["flexi"], strict=True)):
+            budget = o.cost.total.flops
+            reach = f.reach(o.final())
+            when = f"does not reach online's {o.final():.3f}"
+            if reach:
+                when = f"reaches it at step {reach[0]}, after {reach[1] / budget:.2f}× online's total FLOPs"
+            print(
+                f"  seed {seed}: flexi {f.final():.3f} with {f.cost.total.flops / budget:.2f}× online's "
+                f"total FLOPs, online {o.final():.3f}; flexi {when}"
+            )
     reference = [Learner(out / "runs" / "reference") for out in outs]
     scoring = [next(p for p in r.cost.upstream if p.kind == "scoring") for r in runs.get(JEST, [])]
     own = [r.cost.own.cost for r in reference]

@@ -388,3 +388,158 @@ def test_command_line(tmp_path, small_synth):
         failed = run_cli(*args, *extra)
         assert failed.returncode == 1, failed.stderr
         assert failed.stderr.count("\n") == 1 and fragment in failed.stderr, failed.stderr
+
+
+# ---------------------------------------------------------------------------------- Flexi-JEST (issue 14)
+# siglip-tiny is a 32 px ViT with patch 4: R = 16 is a quarter of its image tokens.
+
+
+class EncodeLog:
+    """Every image encoding of the model, as (in evaluation, resolution, images, with gradient)."""
+
+    def __init__(self, monkeypatch):
+        import curate.evaluate
+        from curate.models import ImageTextModel
+
+        self.calls: list[tuple[bool, int | None, int, bool]] = []
+        self._evaluating = False
+        encode_images, evaluate = ImageTextModel.encode_images, curate.evaluate.evaluate
+
+        def recording(model, images, resolution=None):
+            self.calls.append((self._evaluating, resolution, len(images), torch.is_grad_enabled()))
+            return encode_images(model, images, resolution)
+
+        def evaluating(*args, **kwargs):
+            self._evaluating = True
+            try:
+                return evaluate(*args, **kwargs)
+            finally:
+                self._evaluating = False
+
+        monkeypatch.setattr(ImageTextModel, "encode_images", recording)
+        monkeypatch.setattr(curate.evaluate, "evaluate", evaluating)  # the trainer imports it when it runs
+
+    def training(self) -> list[tuple[int | None, int, bool]]:
+        """(resolution, images, with gradient) of the steps' encodings, less forward_flops' (of 2)."""
+        return [call[1:] for call in self.calls if not call[0] and call[2] > 2]
+
+    def evaluation(self) -> set[int | None]:
+        return {resolution for evaluating, resolution, _, _ in self.calls if evaluating}
+
+
+def tiny_flops(resolution: int | None = None) -> float:
+    from curate.models import load_model
+
+    return load_model("siglip-tiny", allow_random_init=True).forward_flops(resolution)
+
+
+def test_online_jest_scores_at_the_score_resolution_and_counts_its_flops(tmp_path, small_synth, monkeypatch):
+    reference = tmp_path / "reference"
+    oracle_reference(small_synth, reference)
+    log = EncodeLog(monkeypatch)
+    online = OnlineJestConfig(ref=str(reference), ratio=0.75, chunks=4, score_resolution=16)
+    run = tmp_path / "run"
+    summary = train(fast(f"{small_synth}/web", run, steps=3, online=online, eval=f"{small_synth}/eval"))
+    assert summary.samples == 3 * 32 and math.isfinite(summary.final_loss)
+    # Each step: the super-batch B = 128 scored at 16 px without gradient, the chosen 32 trained at 32 px.
+    assert log.training() == [(16, 128, False), (None, 32, True)] * 3
+    assert log.evaluation() == {None}  # evaluation never sees the resolution
+    assert summary.evals[-1]["eval"]["images"] == 128
+    step_flops = 3 * 32 * tiny_flops() + 128 * tiny_flops(16)
+    assert [m["flops"] for m in logs(run)] == pytest.approx([step_flops * s for s in (1, 2, 3)], rel=1e-12)
+    assert tiny_flops(16) < 0.7 * tiny_flops()  # the text tower is not reduced: 0.62, not a quarter
+    assert read_config(run).online.score_resolution == 16
+
+
+def test_multi_resolution_trains_half_at_low_resolution_and_resumes_exactly(
+    tmp_path, small_synth, monkeypatch
+):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    config = fast(f"{small_synth}/web", resumed, steps=4, save_every=2, multi_resolution=16)
+    log = EncodeLog(monkeypatch)
+    train(replace(config, out=str(whole)))
+    # One loss over a random half at 32 px and the other at 16 px, both with gradient.
+    assert log.training() == [(None, 16, True), (16, 16, True)] * 4
+    step_flops = 3 * (16 * tiny_flops() + 16 * tiny_flops(16))
+    assert [m["flops"] for m in logs(whole)] == pytest.approx(
+        [step_flops * s for s in range(1, 5)], rel=1e-12
+    )
+    assert all(math.isfinite(m["loss"]) for m in logs(whole))
+
+    # The split is drawn from (seed, step): killed after a checkpoint and resumed, the run ends the same.
+    with pytest.raises(Killed):
+        train(config, progress=kill_at(3))
+    with pytest.raises(CurateError, match=r"\(multi_resolution\): not the same run"):
+        train(replace(config, resume=True, multi_resolution=None))
+    train(replace(config, resume=True))
+    assert_same_run(whole, resumed)
+
+
+def resnet_checkpoint(path: Path) -> Path:
+    """A checkpoint of a tiny CLIP whose image tower is a ResNet: it cannot encode at another size."""
+    import open_clip
+
+    from curate.models import save_checkpoint
+
+    name = "curate-test-resnet"
+    config = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8},
+        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+    (path.parent / "configs").mkdir()
+    (path.parent / "configs" / f"{name}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(str(path.parent / "configs"))
+    save_checkpoint(path, name, config, open_clip.create_model(name).state_dict())
+    return path
+
+
+def test_a_resolution_the_model_cannot_take_is_one_line_before_any_decoding(
+    tmp_path, small_synth, monkeypatch
+):
+    decoded = []
+    monkeypatch.setattr("curate.train.loop.make_data", lambda *args, **kwargs: decoded.append(args))
+    resnet = str(resnet_checkpoint(tmp_path / "resnet.pt"))
+    jest = ["--online-jest", "--ref", str(tmp_path / "scores")]  # checked before the reference is read
+    for number, (extra, fragment) in enumerate(
+        [
+            (
+                ["--multi-resolution", "15"],
+                "--multi-resolution 15: siglip-tiny needs a multiple of its patch size 4",
+            ),
+            (["--multi-resolution", "64"], "--multi-resolution 64: siglip-tiny needs a multiple"),
+            (["--multi-resolution", "0"], "--multi-resolution must be a whole number of pixels"),
+            ([*jest, "--score-resolution", "6"], "--score-resolution 6: siglip-tiny needs a multiple"),
+            ([*jest, "--score-resolution", "-16"], "--score-resolution must be a whole number of pixels"),
+            (["--score-resolution", "16"], "--score-resolution needs --online-jest"),
+            (["--model", resnet, "--multi-resolution", "16"], "--multi-resolution 16: " + resnet),
+            (["--model", resnet, *jest, "--score-resolution", "16"], "is not an open_clip ViT"),
+        ]
+    ):
+        run = tmp_path / f"run-{number}"
+        failed = run_cli("train", f"{small_synth}/web", "-o", str(run), "--batch-size", "16", *extra)
+        assert failed.returncode == 1, failed.stderr
+        assert failed.stderr.count("\n") == 1 and fragment in failed.stderr, failed.stderr
+        assert not (run / "config.json").exists()
+    assert decoded == []
+
+
+def test_the_resolutions_are_validated_trajectory_settings():
+    data = DataConfig(("shards",))
+    for make, option in [
+        (lambda: TrainConfig(data, "run", multi_resolution=0), "--multi-resolution"),
+        (lambda: TrainConfig(data, "run", multi_resolution=16.0), "--multi-resolution"),
+        (lambda: TrainConfig(data, "run", multi_resolution=16, batch_size=1), "2 or more"),
+        (lambda: OnlineJestConfig(ref="s", score_resolution=-4), "--score-resolution"),
+    ]:
+        with pytest.raises(CurateError, match=option) as error:
+            make()
+        assert "\n" not in str(error.value)
+    base = TrainConfig(data, "run", online=OnlineJestConfig(ref="scores"))
+    flexi = replace(base, multi_resolution=16, online=OnlineJestConfig(ref="scores", score_resolution=16))
+    assert trajectory_changes(base, flexi) == ["online.score_resolution", "multi_resolution"]
+    assert TrainConfig.from_dict(flexi.as_dict()) == flexi
+    # A config.json written before these settings existed reads as full resolution.
+    old = base.as_dict()
+    del old["multi_resolution"], old["online"]["score_resolution"]
+    assert TrainConfig.from_dict(old) == base

@@ -86,10 +86,14 @@ class OnlineJestConfig:
     chunks: int = trajectory(16)  # N
     criterion: str = trajectory("learnability")
     temperature: float = trajectory(1.0)  # τ
+    # Flexi-JEST: the learner embeds each super-batch at this many pixels (None: the model's own size).
+    # Here, not beside --multi-resolution: it only means something where a super-batch is scored.
+    score_resolution: int | None = trajectory(None)
 
     def __post_init__(self) -> None:
         if not self.ref:
             raise CurateError("--online-jest needs --ref SCORES (the reference model's scores)")
+        _check_pixels(self.score_resolution, "--score-resolution")
         _check(math.isfinite(self.ratio) and 0 <= self.ratio < 1, "--ratio", "in [0, 1)", self.ratio)
         _check(self.chunks >= 1, "--chunks", "at least 1", self.chunks)
         _check(self.criterion in CRITERIA, "--criterion", " or ".join(CRITERIA), repr(self.criterion))
@@ -113,6 +117,11 @@ class TrainConfig:
     seed: int = trajectory(0)  # model init and data order
     optim: OptimConfig = trajectory(default_factory=OptimConfig)
     online: OnlineJestConfig | None = trajectory(None)  # None: train on every batch as drawn
+    # Flexi-JEST: each step trains a random half of its batch at this many pixels, the other half at the
+    # model's own size (None: all of it at its own size). Top-level, beside batch_size, not in `optim`: it
+    # changes what a step's forward computes (and costs), with or without online JEST; the optimizer and
+    # its schedule are untouched.
+    multi_resolution: int | None = trajectory(None)
     eval: str | None = operational(None)  # an eval set (clip_benchmark layout)
     eval_every: int = operational(0)  # 0: only at the end
     save_every: int = operational(0)  # 0: only at the end
@@ -142,6 +151,9 @@ class TrainConfig:
         _check(self.eval_every >= 0, "--eval-every", "0 or more", self.eval_every)
         _check(self.save_every >= 0, "--save-every", "0 or more", self.save_every)
         _check(self.precision in PRECISIONS, "--precision", ", ".join(PRECISIONS), repr(self.precision))
+        _check_pixels(self.multi_resolution, "--multi-resolution")
+        if self.multi_resolution is not None and self.batch_size is not None:
+            _check(self.batch_size >= 2, "--batch-size", "2 or more with --multi-resolution", self.batch_size)
         if self.eval_every and not self.eval:
             raise CurateError("--eval-every needs --eval EVALSET")
         if self.online:
@@ -175,6 +187,13 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> TrainConfig:
         """The inverse of `as_dict` (config.json, a checkpoint's `train_config`); unknown keys are errors."""
         return _build(cls, values, "train")
+
+
+def _check_pixels(value: int | None, option: str) -> None:
+    """None (the model's own size) or a whole number of pixels; whether the model can encode at it is
+    checked once it is loaded (`ImageTextModel.check_resolution`)."""
+    ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+    _check(ok, option, "a whole number of pixels, at least 1", value)
 
 
 def _build(cls: type, values: object, where: str) -> Any:

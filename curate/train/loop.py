@@ -2,7 +2,8 @@
 
 Sections: setup → resume → data → steps (online JEST, loss, update, log) → eval → checkpoint. The run
 folder's files are defined in run.py, checkpoints and resume in checkpoint.py, the data in data.py and
-online JEST in online.py.
+online JEST in online.py; one update (`train_step`, with Flexi-JEST's multi-resolution split) is a helper
+so that bench/online_jest_step.py times the loop's own step.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def train(
     torch.manual_seed(config.seed)
     paths = expand_shards(list(config.data.paths))
     model = load_model(config.model, config.pretrained, device, allow_random_init=True, seed=config.seed)
+    _check_resolutions(model, config)  # a non-ViT or a size it cannot take: one line, before any decoding
     optimizer = _optimizer(model, config.optim)
     # fp16 autocast needs its loss scaled up, or small gradients underflow to zero (bf16 has fp32's range,
     # so it needs none). Disabled, the scaler passes everything through unchanged.
@@ -132,10 +134,8 @@ def train(
         plan=plan,
         report=decoding,
     )
-    evaluator = _evaluator(config, model, device, precision)
-    forward_flops = model.forward_flops()
-    # Compute per step: forward + backward ≈ 3 forwards on the b trained, plus one forward on the B scored.
-    step_flops = 3 * forward_flops * config.batch_size + (forward_flops * config.super_batch if bank else 0)
+    evaluator = _evaluator(config, model, device, precision)  # always at the model's own size
+    step_flops = flops_per_step(model, config)
 
     # ---------------------------------------------------------------- steps
     if resumed:  # now, not earlier: setup draws from torch's RNG, as it did before the checkpoint was written
@@ -168,20 +168,9 @@ def train(
                 batches.add(step, batch.keys)
                 images, tokens = batch.images, batch.tokens
             window.start("train")
-            model.module.train()
-            with autocast(precision, device):
-                image_features, text_features = model.encode(images, tokens)
-                loss = loss_fn(
-                    image_features, text_features, model.module.logit_scale.exp(), model.module.logit_bias
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            torch.nn.utils.clip_grad_norm_(model.module.parameters(), config.optim.grad_clip)
-            scaler.step(optimizer)  # fp16: skipped if a gradient overflowed (the scale then backs off)
-            scaler.update()
+            loss = train_step(model, optimizer, scaler, loss_fn, images, tokens, config, step, precision)
             window.stop()
-            losses.append(loss.detach())
+            losses.append(loss)
             samples += len(tokens)
             done = step + 1
 
@@ -253,6 +242,83 @@ def train(
 
 
 # -------------------------------------------------------------------- helpers
+
+# XORed into a step's seed for the multi-resolution split, so that its draw is not online JEST's stream
+# (seeded by the same (seed, step), unchanged so that earlier online runs resume as they were).
+_SPLIT_STREAM = 1 << 62
+
+
+def train_step(
+    model: ImageTextModel,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    loss_fn: SigLipLoss,
+    images: torch.Tensor,
+    tokens: torch.Tensor,
+    config: TrainConfig,
+    step: int,
+    precision: str,
+) -> torch.Tensor:
+    """One AdamW update on the pairs (images, tokens), already on the device. Returns the loss, still on
+    the device: reading it here would sync every step.
+
+    With --multi-resolution R, a random half of the batch is encoded at R and the rest at the model's own
+    size, and both go into one SigLIP loss (every pair is still a negative of every other). The split is
+    drawn from a generator seeded by (seed, step) alone, so a resumed run draws the same split.
+    """
+    model.module.train()
+    with autocast(precision, images.device):
+        if config.multi_resolution is None:
+            image_features, text_features = model.encode(images, tokens)
+        else:
+            seed = (config.seed * 1_000_003 + step) ^ _SPLIT_STREAM
+            generator = torch.Generator(device=images.device).manual_seed(seed)
+            order = torch.randperm(len(tokens), generator=generator, device=images.device)
+            full, low = order.split([len(order) - len(order) // 2, len(order) // 2])
+            # Features in the split's order (full half first): the texts are gathered the same way, so
+            # pair i is still image i with caption i, and SigLIP's loss is the same in any order.
+            image_features = torch.cat(
+                [model.encode_images(images[full]), model.encode_images(images[low], config.multi_resolution)]
+            )
+            text_features = model.encode_texts(tokens[order])
+        loss = loss_fn(image_features, text_features, model.module.logit_scale.exp(), model.module.logit_bias)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    torch.nn.utils.clip_grad_norm_(model.module.parameters(), config.optim.grad_clip)
+    scaler.step(optimizer)  # fp16: skipped if a gradient overflowed (the scale then backs off)
+    scaler.update()
+    return loss.detach()
+
+
+def flops_per_step(model: ImageTextModel, config: TrainConfig) -> float:
+    """The FLOPs of one step: forward + backward ≈ 3 forwards on the b trained (with --multi-resolution,
+    b/2 of them at R), plus one forward on the B scored by online JEST (at --score-resolution if set).
+    F(R) counts the text tower too, which a lower image resolution does not shrink."""
+    low = config.batch_size // 2 if config.multi_resolution is not None else 0
+    trained = (config.batch_size - low) * model.forward_flops()
+    if low:
+        trained += low * model.forward_flops(config.multi_resolution)
+    scored = config.super_batch * model.forward_flops(config.online.score_resolution) if config.online else 0
+    return 3 * trained + scored
+
+
+def _check_resolutions(model: ImageTextModel, config: TrainConfig) -> None:
+    """Whether the model can encode at --score-resolution and --multi-resolution (a ViT, a multiple of its
+    patch size, at most its own size), else one line naming the option."""
+    settings = {
+        "--score-resolution": config.online.score_resolution if config.online else None,
+        "--multi-resolution": config.multi_resolution,
+    }
+    for option, resolution in settings.items():
+        if resolution is None:
+            continue
+        try:
+            model.check_resolution(resolution)
+        except CurateError as error:
+            # The model's message names a generic --resolution; name the option this command was given.
+            reason = str(error).removeprefix(f"--resolution {resolution}: ")
+            raise CurateError(f"{option} {resolution}: {reason}") from None
 
 
 def _finite(model: ImageTextModel, optimizer: torch.optim.Optimizer) -> bool:

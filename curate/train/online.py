@@ -60,9 +60,11 @@ def choose(
     generator: torch.Generator,
     precision: str,
 ) -> Choice:
-    """Keep b of the super-batch `batch` (on the training device); the rows stay on the device too."""
+    """Keep b of the super-batch `batch` (on the training device); the rows stay on the device too.
+    With `config.score_resolution` the learner embeds it at that size (Flexi-JEST): fewer image tokens
+    for the same choice of keys, the reference's cached embeddings unchanged."""
     with autocast(precision, batch.images.device):
-        images, texts = model.encode(batch.images, batch.tokens)
+        images, texts = model.encode(batch.images, batch.tokens, config.score_resolution)
     # The 0-d parameters keep t and b on the device: reading them as floats would sync every step.
     learner = PairEmbeddings(images, texts, model.module.logit_scale.exp(), _bias(model))
     reference = bank.embeddings(batch.keys)

@@ -74,7 +74,9 @@ class _LogFields(TypedDict):
     samples_per_s: float  # since this session's first step (decoding excluded)
     logit_scale: float  # t
     logit_bias: float  # b
-    flops: float  # cumulative training FLOPs (online JEST: with the learner's scoring forwards)
+    # cumulative training FLOPs (online JEST: with the learner's scoring forwards), each forward counted at
+    # the resolution it ran at (--multi-resolution, --score-resolution)
+    flops: float
     # cumulative wall seconds of the run, across resumes: loading, decoding and steps; evaluation left out
     seconds: float
 
