@@ -88,6 +88,7 @@ BAD_NUMBERS = [
     ((*SCORE, "--batch-size", "0"), "--batch-size"),
     ((*SCORE, "--workers", "-1"), "--workers"),
     ((*SCORE, "--seed", "-1"), "--seed"),
+    ((*SCORE, "--backend", "ray", "--gpus-per-worker", "nan"), "--gpus-per-worker"),
     ((*DOWNLOAD, "--retries", "-1"), "--retries"),
     ((*DOWNLOAD, "--timeout", "0"), "--timeout"),
     ((*DOWNLOAD, "--threads", "0"), "--threads"),

@@ -17,6 +17,7 @@ from types import ModuleType
 
 from curate.backends import BACKENDS
 from curate.errors import CurateError, first_line
+from curate.validate import check, non_negative
 
 CONNECT_TIMEOUT_S = 5.0  # ray.init retries an unreachable GCS for minutes; a TCP probe fails in seconds
 MAX_RESTARTS = 3  # a worker process lost mid-shard is restarted (and its shard retried) this often
@@ -32,8 +33,12 @@ class RayConfig:
     workers_per_node: int | None = None  # None: GPUs / gpus_per_worker with GPUs, else 1
 
     def __post_init__(self) -> None:
-        if self.gpus_per_worker < 0:
-            raise CurateError(f"--gpus-per-worker must be 0 or more, got {self.gpus_per_worker}")
+        check(
+            non_negative(self.gpus_per_worker),
+            "--gpus-per-worker",
+            "a finite number >= 0",
+            self.gpus_per_worker,
+        )
         if self.workers_per_node is not None and self.workers_per_node < 1:
             raise CurateError(f"--workers-per-node must be at least 1, got {self.workers_per_node}")
 
