@@ -11,6 +11,10 @@
 #    (bench/score_throughput.py)
 # 4. curate train --device auto (bf16 autocast) of siglip-tiny and of ViT-B-16: samples/s and model TFLOP/s
 #    from metrics.jsonl, then curate score and curate select on CUDA with the tiny run's checkpoint.
+# 5. Flexi-JEST's two ratios for ViT-B-16, 224 -> 112 px, bf16: curate score --resolution against full
+#    resolution (bench/score_resolution.py), and an online JEST step at F = 0.8 scoring (and half-training)
+#    at 112 px against a plain step (bench/online_jest_step.py). Not in the default list: run with
+#    SECTIONS="5" (or "1 2 3 4 5") when there is time for it.
 # Installs nothing over the network: with a folder .whl/ of wheels (what a machine without a registry
 # needs: open_clip_torch, ftfy, wcwidth, duckdb, braceexpand), they go to a private --target folder first.
 set -uo pipefail
@@ -93,5 +97,12 @@ EOF
     --workers 8 --device auto 2>&1 | tail -1
   timeout 200 $CURATE select "$WORK/scores" -o "$WORK/manifest" --ratio 0.8 --batch-size 512 \
     --device auto 2>&1 | tail -1; } | keep
+fi
+if want 5; then
+section "5. Flexi-JEST, ViT-B-16 224 -> 112 px (bf16): low-resolution scoring and online JEST step cost"
+timeout 300 $PY bench/score_resolution.py --model ViT-B-16 --resolution 112 --device cuda --n 8192 --workers 12 \
+  --batch-size 512 --runs 3 2>&1 | grep -v Warning | keep
+timeout 300 $PY bench/online_jest_step.py --model ViT-B-16 --resolution 112 --device cuda --batch-size 256 \
+  --runs 3 --steps 3 2>&1 | grep -v Warning | keep
 fi
 echo; echo "report: $REPORT"
