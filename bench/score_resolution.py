@@ -15,7 +15,6 @@ tower gets fewer tokens, while the text tower, JPEG decoding and tokenizing cost
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import tempfile
@@ -24,12 +23,11 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+from score_throughput import model_only_rate  # noqa: E402  (bench/ is the script's folder: on sys.path)
 
 from curate.models import ImageTextModel, load_model  # noqa: E402
-from curate.runtime import autocast, resolve_device, resolve_precision  # noqa: E402
+from curate.runtime import resolve_device, resolve_precision  # noqa: E402
 from curate.score import ScoreConfig, score_shards  # noqa: E402
-from curate.shards import ReadStats, iter_samples  # noqa: E402
 from curate.synth import SynthConfig, synthesize  # noqa: E402
 
 
@@ -37,26 +35,6 @@ def end_to_end_rate(shards: str, out: str, config: ScoreConfig, model: ImageText
     start = time.perf_counter()
     summary = score_shards(shards, out, config, model=model)
     return summary.samples / (time.perf_counter() - start)
-
-
-def forward_rate(model: ImageTextModel, shard: str, resolution: int, args, device, precision: str) -> float:
-    """Samples/s of both towers alone on one shard decoded beforehand at `resolution`."""
-    preprocess = model.preprocess_at(resolution)
-    samples = list(iter_samples(shard, ReadStats()))
-    images = torch.stack([preprocess(Image.open(io.BytesIO(s.image)).convert("RGB")) for s in samples])
-    tokens = model.tokenizer([s.caption for s in samples])
-    size = args.batch_size
-    batches = [(images[i : i + size], tokens[i : i + size]) for i in range(0, len(samples), size)]
-    with torch.no_grad(), autocast(precision, device):
-        model.encode(batches[0][0].to(device), batches[0][1].to(device), resolution)  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for image_batch, token_batch in batches:
-            model.encode(image_batch.to(device), token_batch.to(device), resolution)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return len(samples) / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -114,7 +92,7 @@ def main() -> None:
             for size in (full, low):
                 rates[size].append(end_to_end_rate(f"{data}/web", f"{scratch}/{size}", configs[size], model))
         forward = {
-            size: forward_rate(model, f"{data}/web/00000.tar", size, args, device, precision)
+            size: model_only_rate(model, f"{data}/web/00000.tar", args.batch_size, device, precision, size)
             for size in (full, low)
         }
 

@@ -28,20 +28,24 @@ from curate.shards import ReadStats, iter_samples  # noqa: E402
 from curate.synth import SynthConfig, synthesize  # noqa: E402
 
 
-def model_only_rate(model, shards: str, batch_size: int, device, precision: str) -> float:
+def model_only_rate(
+    model, shards: str, batch_size: int, device, precision: str, resolution: int | None = None
+) -> float:
+    """Samples/s of both towers alone on `shards` decoded beforehand (at `resolution`, if given)."""
+    preprocess = model.preprocess if resolution is None else model.preprocess_at(resolution)
     samples = list(iter_samples(shards, ReadStats()))
-    images = torch.stack([model.preprocess(Image.open(io.BytesIO(s.image)).convert("RGB")) for s in samples])
+    images = torch.stack([preprocess(Image.open(io.BytesIO(s.image)).convert("RGB")) for s in samples])
     tokens = model.tokenizer([s.caption for s in samples])
     batches = [
         (images[i : i + batch_size], tokens[i : i + batch_size]) for i in range(0, len(samples), batch_size)
     ]
     with torch.no_grad(), autocast(precision, device):
-        model.encode(batches[0][0].to(device), batches[0][1].to(device))  # warm-up
+        model.encode(batches[0][0].to(device), batches[0][1].to(device), resolution)  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         for image_batch, token_batch in batches:
-            model.encode(image_batch.to(device), token_batch.to(device))
+            model.encode(image_batch.to(device), token_batch.to(device), resolution)
         if device.type == "cuda":
             torch.cuda.synchronize()
     return len(samples) / (time.perf_counter() - start)
