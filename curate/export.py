@@ -69,7 +69,7 @@ from curate.shards import (
     write_sizes,
 )
 from curate.shards.paths import shards_by_name
-from curate.shards.schema import image_extension
+from curate.shards.schema import image_extension, is_safe_key
 
 EXPORT_FILE = "export.json"  # the plan's fingerprint, so a resume never mixes two exports in one folder
 MAX_SAMPLES_PER_SHARD = 10_000  # img2dataset's default
@@ -214,7 +214,7 @@ def _plan(manifest: str) -> list[_Planned]:
     table = table.take(order)
     keys = table["key"].to_pylist()
     for key in keys:
-        if not key or "." in key or "/" in key or "\\" in key:
+        if "." in key or not is_safe_key(key):  # what the shard readers refuse as dotted_key or unsafe_key
             raise CurateError(f"manifest key {key!r} cannot be a tar member name (no '.', '/' or '\\\\')")
     sources, batches, digests = (table[c].to_pylist() for c in ("shard", "batch", "sha256"))
     names = exported_names(keys)
@@ -314,8 +314,9 @@ def _verify(source: _Source, digests: dict[tuple[str, str], str | None], summary
         expected = digests[source.name, key]
         if expected is None:
             continue  # scored before curate recorded digests
-        extension = image_extension(members)
-        image = dict(members)[extension] if extension else b""
+        group = dict(members)
+        extension = image_extension(group)
+        image = group[extension] if extension else b""
         if hashlib.sha256(image).hexdigest() != expected:
             raise CurateError(
                 f"source shard {source.name}: sample {key} is not the one that was scored (its image's "

@@ -39,7 +39,7 @@ class ImageTextModel:
     # Score files record both, so a learner's cost can follow them back to the run that made the model.
     checkpoint: str = ""
     checkpoint_step: int | None = None
-    _forward_flops: dict[int | None, float] = field(default_factory=dict, repr=False)
+    _forward_flops: dict[int, float] = field(default_factory=dict, repr=False)  # image size -> FLOPs
     _fingerprint: str | None = field(default=None, repr=False)
     _low_resolution: LowResolution | None = field(default=None, repr=False)
 
@@ -76,9 +76,9 @@ class ImageTextModel:
             self._low_resolution = LowResolution(self.module, self.name)
         return F.normalize(self._low_resolution.encode(images, resolution).float(), dim=-1)
 
-    def check_resolution(self, resolution: int) -> int:
+    def check_resolution(self, resolution: int, option: str = "--resolution") -> int:
         """`resolution` if this model can encode images at it, else a one-line error naming the model."""
-        return check_resolution(self.module, self.name, resolution)
+        return check_resolution(self.module, self.name, resolution, option)
 
     def preprocess_at(self, resolution: int) -> Callable:
         """The model's own eval transform (resize, crop, normalise), but to `resolution` pixels."""

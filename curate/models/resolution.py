@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from curate.errors import CurateError
 
 
-def vit_tower(module: torch.nn.Module, model_name: str) -> torch.nn.Module:
-    """The image tower of `module` if it is an open_clip ViT with a class token, else a one-line error."""
+def vit_tower(module: torch.nn.Module, model_name: str, asked: str = "") -> torch.nn.Module:
+    """The image tower of `module` if it is an open_clip ViT with a class token, else a one-line error
+    (after `asked`, the setting that needed one, when given)."""
     visual = getattr(module, "visual", None)
     grid = getattr(visual, "grid_size", None)
     position = getattr(visual, "positional_embedding", None)
@@ -36,20 +37,22 @@ def vit_tower(module: torch.nn.Module, model_name: str) -> torch.nn.Module:
         or position.shape[0] != grid[0] * grid[1] + 1
     ):
         raise CurateError(
-            f"{model_name}: its image tower is not an open_clip ViT (with a class token and a position "
-            "grid), so it cannot encode at another resolution"
+            f"{asked}{model_name}: its image tower is not an open_clip ViT (with a class token and a "
+            "position grid), so it cannot encode at another resolution"
         )
     return visual
 
 
-def check_resolution(module: torch.nn.Module, model_name: str, resolution: int) -> int:
+def check_resolution(
+    module: torch.nn.Module, model_name: str, resolution: int, option: str = "--resolution"
+) -> int:
     """`resolution` if the model's ViT can encode at it (a multiple of the patch size, at most its own
-    size), else a one-line error."""
-    visual = vit_tower(module, model_name)
+    size), else a one-line error naming `option`, the setting it came from."""
+    visual = vit_tower(module, model_name, f"{option} {resolution}: ")
     patch, size = visual.patch_size[0], visual.image_size[0]
     if resolution % patch or not patch <= resolution <= size:
         raise CurateError(
-            f"--resolution {resolution}: {model_name} needs a multiple of its patch size {patch} between "
+            f"{option} {resolution}: {model_name} needs a multiple of its patch size {patch} between "
             f"{patch} and its image size {size}"
         )
     return resolution

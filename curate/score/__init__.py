@@ -102,7 +102,7 @@ def _score_locally(
     # The workers resize straight to `resolution`: at a lower one they decode, crop and copy less too.
     preprocess = model.preprocess_at(resolution)
     loader = DataLoader(
-        ShardBatches(pending, preprocess, model.tokenizer, config.batch_size),
+        ShardBatches(pending, preprocess, model.tokenizer, config.batch_size, digests=True),
         batch_size=None,  # the dataset batches within shards itself
         num_workers=min(config.workers, len(pending)),
         worker_init_fn=single_threaded_worker,

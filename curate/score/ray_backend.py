@@ -55,7 +55,7 @@ class ShardScorer:
         model = self._load()
         resolution = encoding_resolution(model, self.config.resolution)
         preprocess = model.preprocess_at(resolution)  # as the local backend's workers: the same pixels
-        batches = ShardBatches([path], preprocess, model.tokenizer, self.config.batch_size)
+        batches = ShardBatches([path], preprocess, model.tokenizer, self.config.batch_size, digests=True)
         # Decoded in this process: parallelism comes from more actors, not from processes inside one.
         # The progress hook is the test-only exit (a no-op unless its variable is set): after a batch, so
         # the worker dies mid-shard.

@@ -49,7 +49,7 @@ class SampleIndex:
 
     key: pa.Array
     shard: pa.Array
-    sha256: pa.Array  # hex digest of each image as scored (null in score files written before curate 0.x)
+    sha256: pa.Array  # hex digest of each image as scored (null from score files older than the column)
     file: np.ndarray  # int32 id into the reference folder's files
     row: np.ndarray  # int64 row in that file
     learner_file: np.ndarray | None = None

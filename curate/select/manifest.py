@@ -194,7 +194,8 @@ def require_found(found: int, wanted: int, allow_missing: bool, stage: str) -> N
     missing = wanted - found  # a count so far is a lower bound: already too many
     raise CurateError(
         f"{stage}: {missing} of the manifest's {wanted} keys are not in its shards ({missing / wanted:.1%}; "
-        f"at most {1 - MIN_FOUND:.0%} may be); check --shards, or pass --allow-missing"
+        f"at most {1 - MIN_FOUND:.0%} may be): are they the shards it was selected from? --allow-missing "
+        "goes on"
     )
 
 

@@ -26,7 +26,7 @@ class ShardBatch:
     captions: list[str]
     status: list[str]  # one per key; "ok" rows have an image and tokens, in order
     metas: list[dict]  # each sample's .json metadata ({} for rows that could not be read)
-    sha256: list[str | None]  # hex digest of each row's image bytes (None where the tar held none)
+    sha256: list[str | None]  # hex digest of each row's image bytes, with `digests` (else None)
     images: torch.Tensor  # (n_ok, C, H, W)
     tokens: torch.Tensor  # (n_ok, context_length)
     last: bool  # the shard's final batch
@@ -42,9 +42,11 @@ class ShardBatches(IterableDataset):
         tokenizer: Callable,
         batch_size: int,
         keep: frozenset[str] | None = None,
+        digests: bool = False,
     ):
         self.paths = paths
         self.keep = keep  # decode only these keys (a manifest's), skipping the rest unread
+        self.digests = digests  # hash each image (score records it; training has no use for it)
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -71,7 +73,7 @@ class ShardBatches(IterableDataset):
         for sample in iter_shard(path, stats, check_images=False, on_skip=skipped):
             if self.keep is not None and sample.key not in self.keep:
                 continue
-            digest = hashlib.sha256(sample.image).hexdigest()  # what `export` checks it copies
+            digest = hashlib.sha256(sample.image).hexdigest() if self.digests else None
             try:
                 pixels = self.preprocess(decode_rgb(sample.image))  # grayscale and palette images too
                 rows.append((sample.key, sample.caption, OK, pixels, sample.meta, digest))

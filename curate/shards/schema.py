@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Container
 
 import pyarrow as pa
 
@@ -51,11 +52,10 @@ def split_member_name(name: str) -> tuple[str, str]:
     return key, extension.lower() if dot else ""
 
 
-def image_extension(members: dict[str, bytes] | list[tuple[str, bytes]]) -> str | None:
-    """The extension of a sample's image among its members (the first of IMAGE_EXTENSIONS present): the
+def image_extension(extensions: Container[str]) -> str | None:
+    """The extension of a sample's image among its members' (the first of IMAGE_EXTENSIONS present): the
     member that `score` hashes and `export` checks."""
-    present = {extension for extension, _ in members} if isinstance(members, list) else members
-    return next((extension for extension in IMAGE_EXTENSIONS if extension in present), None)
+    return next((extension for extension in IMAGE_EXTENSIONS if extension in extensions), None)
 
 
 def is_safe_key(key: str) -> bool:

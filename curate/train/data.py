@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,7 +30,8 @@ from curate.runtime import Progress
 from curate.select.manifest import read_manifest, require_found
 from curate.shards.batches import ShardBatch, ShardBatches, already_batched, single_threaded_worker
 from curate.shards.paths import count_samples, shard_sibling, shards_by_name
-from curate.shards.schema import OK, SUCCESS, split_member_name
+from curate.shards.reader import ReadStats, iter_members
+from curate.shards.schema import OK, SUCCESS
 from curate.train.config import TrainConfig
 from curate.train.order import BatchPlan
 
@@ -181,20 +181,8 @@ def keys_in_shards(paths: list[str]) -> set[str]:
             if "status" in names:
                 table = table.filter(pc.equal(table["status"], SUCCESS))
             keys.update(table["key"].to_pylist())
-        except (OSError, KeyError, pa.ArrowException):  # no table, or not img2dataset's: list the tar
-            keys.update(_tar_keys(path))
-    return keys
-
-
-def _tar_keys(path: str) -> set[str]:
-    """The keys of a tar's members (read as a stream, as the decoder reads it; damage ends the list)."""
-    fs, tar_path = filesystem(path)
-    keys: set[str] = set()
-    try:
-        with fs.open(tar_path, "rb", compression="infer") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
-            keys.update(split_member_name(info.name)[0] for info in tar if info.isfile())
-    except (tarfile.TarError, EOFError, OSError, ValueError):
-        pass  # what was listed before the damage stands, as the decoder keeps what it read
+        except (OSError, KeyError, pa.ArrowException):  # no table, or not img2dataset's: read the tar
+            keys.update(key for key, _ in iter_members(path, ReadStats()))  # up to any damage, as decoding
     return keys
 
 

@@ -311,14 +311,8 @@ def _check_resolutions(model: ImageTextModel, config: TrainConfig) -> None:
         "--multi-resolution": config.multi_resolution,
     }
     for option, resolution in settings.items():
-        if resolution is None:
-            continue
-        try:
-            model.check_resolution(resolution)
-        except CurateError as error:
-            # The model's message names a generic --resolution; name the option this command was given.
-            reason = str(error).removeprefix(f"--resolution {resolution}: ")
-            raise CurateError(f"{option} {resolution}: {reason}") from None
+        if resolution is not None:
+            model.check_resolution(resolution, option)
 
 
 def _finite(model: ImageTextModel, optimizer: torch.optim.Optimizer) -> bool:
