@@ -16,7 +16,8 @@
 #    at 112 px against a plain step (bench/online_jest_step.py). Not in the default list: run with
 #    SECTIONS="5" (or "1 2 3 4 5") when there is time for it.
 # Installs nothing over the network: with a folder .whl/ of wheels (what a machine without a registry
-# needs: open_clip_torch, ftfy, wcwidth, duckdb, braceexpand), they go to a private --target folder first.
+# needs: open_clip_torch, ftfy, wcwidth, duckdb, braceexpand, webdataset), they go to a private --target folder
+# first, unless the interpreter already has them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1
@@ -24,7 +25,7 @@ PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3
 WORK=$(mktemp -d /tmp/curate-gpu-check.XXXX)
 REPORT=${OUT:-$WORK}/gpu_check.md
 
-if [ -d .whl ]; then
+if [ -d .whl ] && ! $PY -c "import open_clip, duckdb, webdataset, ftfy, braceexpand" 2>/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" .whl/*.whl \
     || { echo "installing .whl/ failed"; exit 1; }
   export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
@@ -62,7 +63,7 @@ fi
 
 if want 3; then
 section "3. scoring ViT-B-16, 224 px, random weights (bf16): end to end vs model-only forward"
-timeout 420 $PY bench/score_throughput.py --model ViT-B-16 --device cuda --n 16384 --batch-size 512 \
+timeout 420 $PY bench/score_throughput.py --model ViT-B-16 --device cuda --n 8192 --batch-size 512 \
   --workers 12 2>&1 | grep -v Warning | keep
 fi
 

@@ -21,7 +21,10 @@ def select_command(
     output: Annotated[
         Path,
         typer.Option(
-            "--output", "-o", metavar="MANIFEST", help="Folder for manifest.parquet and summary.json."
+            "--output",
+            "-o",
+            metavar="MANIFEST",
+            help="Folder for manifest.parquet (or part-*.parquet, one per partition) and summary.json.",
         ),
     ],
     ratio: Annotated[
@@ -87,6 +90,27 @@ def select_command(
     passes: Annotated[
         int | None, typer.Option(metavar="K", help="Or make K whole passes over the eligible samples.")
     ] = None,
+    partitions: Annotated[
+        int | None,
+        typer.Option(
+            metavar="P",
+            help="Split the score files into exactly P partitions: contiguous ranges of files (in the "
+            "folder's order), each selected on its own by one process (one Ray task with --backend ray) "
+            "and written as its own MANIFEST/part-0000k.parquet. A batch's members then all come from one "
+            "partition's files (P = 1 is one global shuffle, the default for crawls under --partition-size); "
+            "batches interleave partitions in training order, --steps is shared out by rows, --passes "
+            "applies to each, and clipscore/negclip keep a merged threshold's top share (within one "
+            "histogram bin of the exact count). At most one per score file.",
+        ),
+    ] = None,
+    partition_size: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="Or as many partitions as make each about N samples (default 16,000,000): what one "
+            "process holds is ~100 bytes per sample of index plus one window of embeddings.",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Same inputs and seed, byte-identical manifest.")] = 0,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
     backend: Backend = "local",
@@ -106,8 +130,10 @@ def select_command(
     beside a random batch of the same size. Memory holds about 8 super-batches of embeddings.
     --method clipscore or negclip instead keeps the global top (1 − F) of the whole eligible crawl by one
     score per sample and cuts batches of b from seeded shuffles of what it kept (super_batch −1).
-    --backend ray selects super-batches in parallel on a Ray cluster: the same manifest, byte for byte
-    (on the same device type).
+    Past --partition-size samples (or with --partitions P) the score files are split into partitions, each
+    selected on its own (its own index, shuffle and batches) into MANIFEST/part-*.parquet; readers read
+    all parts. --backend ray runs one task per partition on a Ray cluster, each reading its own files:
+    the same parts as the local backend, byte for byte (on the same device type).
 
     \b
     example: curate select scores/ -o manifest/ --ratio 0.8 --batch-size 256 --steps 10000 --shards shards/
@@ -130,6 +156,8 @@ def select_command(
         seed=seed,
         steps=steps,
         passes=passes,
+        partitions=partitions,
+        partition_size=partition_size,
         device=device,
         learner=str(learner) if learner else None,
         shards=shards,
@@ -141,7 +169,8 @@ def select_command(
     def warn(message: str) -> None:
         err.print(f"warning: {message}")
 
-    with progress_bar("select", unit="super-batches") as progress:
+    unit = "partitions" if backend == "ray" else "super-batches"  # a Ray task reports when its partition ends
+    with progress_bar("select", unit=unit) as progress:
         summary = select(str(scores), str(output), config, progress, warn)
     counts = summary.counts
     if summary.filter is not None:
@@ -159,6 +188,8 @@ def select_command(
             f"; {summary.passes.passes} passes, {summary.unique_keys} distinct keys, "
             f"{summary.repeats} repeats"
         )
+    if len(summary.partitions) > 1:
+        note += f"; {len(summary.partitions)} partitions"
     out.print(
         f"selected {summary.selected} of {counts['seen']} samples ({counts['eligible']} eligible, "
         f"in {batches} batch{'es' if batches != 1 else ''} of {config.batch_size} from super-batches of "
@@ -176,6 +207,9 @@ def _filter_line(summary: SelectSummary, config: SelectConfig, output: Path) -> 
     note = f"; {passes} passes, {summary.unique_keys} distinct keys, {summary.repeats} repeats"
     if passes == 1:
         note = ""
+    if summary.threshold is not None:  # several partitions: a histogram's threshold, not the exact count
+        bound = summary.threshold["bound"]
+        note += f"; {len(summary.partitions)} partitions, within {bound} of the exact top share"
     return (
         f"kept the top {1.0 - config.ratio:.0%} by {kept.score} (threshold {kept.threshold:.4f}): "
         f"{kept.kept} of {counts['seen']} samples ({counts['eligible']} eligible), "

@@ -33,6 +33,7 @@ from curate.select.manifest import (
     LEARNER_SCORES_METADATA_KEY,
     MANIFEST_FILE,
     SCORES_METADATA_KEY,
+    holds_manifest,
     manifest_metadata,
     read_summary,
 )
@@ -186,7 +187,7 @@ def _run_inputs(run: Path, walk: _Walk) -> None:
 
 def _manifest(path: Path, walk: _Walk) -> None:
     folder = (path.parent if path.name == MANIFEST_FILE else path).absolute()
-    if not (folder / MANIFEST_FILE).is_file():
+    if not holds_manifest(folder):  # manifest.parquet or its parts
         walk.gap(f"manifest {folder} is not there")
         return
     metadata = manifest_metadata(folder)

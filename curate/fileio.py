@@ -76,7 +76,7 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
     """
     fs, fs_path = filesystem(path)
     folder, name = fs_path.rsplit("/", 1) if "/" in fs_path else (".", fs_path)
-    tmp = f"{folder}/.{name}.{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    tmp = f"{folder}/{temporary_name(name)}"
     try:
         with fs.open(tmp, mode) as handle:
             yield handle
@@ -95,6 +95,12 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
 
 
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def temporary_name(name: str) -> str:
+    """`.{name}.{host}-{pid}-{random}.tmp`: hidden from globs, and naming this process as its writer, the
+    format `remove_stale_temporaries` recognises."""
+    return f".{name}.{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
 
 
 @functools.cache

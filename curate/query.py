@@ -2,7 +2,7 @@
 
 Views, each made only when its folder is given:
     scores    every score file of SCORES, checked to come from one model (`open_score_folder`; local)
-    manifest  MANIFEST/manifest.parquet (`manifest_path`; local)
+    manifest  MANIFEST/manifest.parquet, or all its part-*.parquet (`manifest_files`; local)
     shards    every SHARDS/*.parquet: img2dataset's per-shard tables (url, status, noise, sha256, ...);
               a local folder or any fsspec URL, which DuckDB then reads through fsspec
     batches   run, step, key: what each step of each given run trained on (its RUN/batches.parquet, see
@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 from curate.errors import CurateError, first_line
 from curate.fileio import atomic_open, filesystem, is_local, local_path
 from curate.score.schema import open_score_folder
-from curate.select.manifest import manifest_path
+from curate.select.manifest import manifest_files
 from curate.shards.paths import folder_files
 
 FORMATS = ("table", "csv", "json", "parquet")
@@ -59,7 +59,8 @@ class QuerySources:
         if self.scores:
             views["scores"] = list(open_score_folder(self.scores, "--scores").files)
         if self.manifest:
-            views["manifest"] = [str(manifest_path(local_path(self.manifest, "--manifest")))]
+            files = manifest_files(local_path(self.manifest, "--manifest"))
+            views["manifest"] = [str(path) for path in files]
         if self.shards:
             views["shards"] = _shard_tables(self.shards)
         if self.runs:

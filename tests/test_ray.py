@@ -13,8 +13,10 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
 import pytest
 import torch
+from builders import unit, write_scores
 from conftest import run_cli_subprocess
 
 from curate.backends.ray_cluster import KILL_ONCE_ENV, RayConfig
@@ -144,6 +146,31 @@ def test_ray_select_writes_the_local_manifest_byte_for_byte(tmp_path, local_scor
     assert ours["counts"] == theirs["counts"] and ours["counts"]["super_batches"] == 7
     assert ours["super_batch_results"] == theirs["super_batch_results"]
     assert ours["device"] == "ray cpu"
+
+
+@pytest.mark.parametrize("method", ["jest", "clipscore"])
+def test_ray_select_over_partitions_writes_the_local_parts_byte_for_byte(tmp_path, ray_address, method):
+    # Planted score files (no model): 6 files in 3 partitions, one Ray task each (two rounds for clipscore:
+    # its histogram, then its part).
+    rng = np.random.default_rng(0)
+    for s in range(6):
+        image = unit(rng.normal(size=(30, 8)))
+        text = unit(image + rng.normal(size=(30, 8)))
+        write_scores(tmp_path / "scores", f"{s:05d}.tar", [f"{s:05d}{r:04d}" for r in range(30)], image, text)
+    scores = str(tmp_path / "scores")
+    local = SelectConfig(ratio=0.7, super_batch=20, chunks=2, method=method, seed=3, partitions=3, steps=7)
+    select(scores, str(tmp_path / "local"), local)
+    remote = dataclasses.replace(local, backend="ray", ray=RayConfig(workers_per_node=2))
+    select(scores, str(tmp_path / "ray"), remote)
+    names = [f"part-0000{k}.parquet" for k in range(3)]
+    assert sorted(p.name for p in (tmp_path / "ray").glob("*.parquet")) == names
+    for name in names:
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+    ours, theirs = read_summary(tmp_path / "ray"), read_summary(tmp_path / "local")
+    assert ours["counts"] == theirs["counts"] and ours["counts"]["batches"] == 7
+    assert ours["partitioning"] == theirs["partitioning"]
+    assert ours["super_batch_results"] == theirs["super_batch_results"]
+    assert ours.get("global_threshold") == theirs.get("global_threshold")
 
 
 def test_ray_missing_gives_one_line(tmp_path, small_synth):

@@ -23,7 +23,13 @@ from curate.cost import Lineage, cost_at_steps, lineage
 from curate.errors import CurateError, first_line
 from curate.fileio import is_local, local_path
 from curate.score.schema import ScoreMetadata
-from curate.select.manifest import MANIFEST_FILE, SUMMARY_FILE, manifest_metadata, read_manifest
+from curate.select.manifest import (
+    MANIFEST_FILE,
+    SUMMARY_FILE,
+    holds_manifest,
+    manifest_metadata,
+    read_manifest,
+)
 from curate.shards import ReadStats, iter_members
 from curate.shards.paths import expand_shards
 from curate.shards.schema import IMAGE_EXTENSIONS
@@ -54,7 +60,7 @@ def detect_kind(path: str | Path) -> str:
         raise CurateError(f"{path}: give the folder, not a file (a run, a manifest or a score folder)")
     if (folder / METRICS_FILE).is_file():
         return "run"
-    if (folder / MANIFEST_FILE).is_file():
+    if holds_manifest(folder):  # manifest.parquet or its parts
         return "manifest"
     parquets = sorted(folder.glob("*.parquet"))
     if parquets and _is_score_file(parquets[0]):

@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from curate.backends.ray_cluster import RayConfig, check_backend
 from curate.errors import CurateError
 from curate.jest import CRITERIA, METHODS, selection_size
-from curate.validate import check
+from curate.validate import check, positive
 
 NEEDS_LEARNER = ("learnability", "hard")
 # Offline filters over the whole crawl (select/global_filter.py), beside the per-super-batch METHODS.
 GLOBAL_METHODS = ("clipscore", "negclip")
 DEFAULT_SUPER_BATCH = 16384
+DEFAULT_PARTITION_SIZE = 16_000_000  # samples per partition (select/plan.py says what that costs)
 
 
 def super_batch_for(batch_size: int, ratio: float) -> int:
@@ -46,6 +47,9 @@ class SelectConfig:
     # Batches to make (S, the learner's steps): as many seeded passes over the eligible samples as S needs.
     steps: int | None = None
     passes: int | None = None  # or exactly K passes; neither: one pass, its short last super-batch kept
+    # Partitions (select/plan.py): exactly P ranges of score files, or as many as make each about N rows.
+    partitions: int | None = None
+    partition_size: int | None = None  # N; DEFAULT_PARTITION_SIZE unless partitions is given
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -87,6 +91,15 @@ class SelectConfig:
         if self.passes is not None and self.passes < 1:
             raise CurateError(f"--passes must be at least 1, got {self.passes}")
         check_backend(self.backend, self.ray)
+        if self.partitions is not None:
+            check(positive(self.partitions), "--partitions", "a positive integer", self.partitions)
+            if self.partition_size is not None:
+                raise CurateError("give --partitions or --partition-size, not both")
+        elif self.partition_size is None:
+            self._resolve("partition_size", DEFAULT_PARTITION_SIZE)
+        if self.partition_size is not None:
+            size = self.partition_size
+            check(positive(size), "--partition-size", "a positive integer", size)
         if not self.is_global:  # a global filter keeps a share of the crawl, not of each super-batch
             # Validates ratio and chunks against B now, not after the index pass.
             selection_size(self.super_batch, self.ratio, self.chunks if self.method == "jest" else 1)

@@ -3,9 +3,11 @@
 
 JEST and its per-super-batch baselines keep a share of each super-batch; these keep a share of the crawl,
 a quantile threshold over every eligible sample, as DataComp's filters do. k = round((1 − F) · N), ties
-broken by key so the kept set is a function of the scores alone. They run in the driver whatever
---backend: clipscore reads one float per sample, negclip one B x B GEMM (in row blocks) per super-batch
-of K passes, cheap beside reading the embeddings, so there is nothing worth shipping to a cluster.
+broken by key so the kept set is a function of the scores alone. That exact top share is what a single
+partition keeps. Several partitions (select/plan.py) each score their own samples and send a histogram
+(select/sketch.py); each then keeps its samples at or above the merged histogram's threshold bin, so
+the kept count exceeds k by less than that bin's samples. Batches are cut per partition, numbered
+k, k + P, k + 2P, ... in partition k of P, so training order interleaves the partitions.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from curate.select.config import SelectConfig
 from curate.select.index import SampleIndex
 from curate.select.manifest import MANIFEST_SCHEMA
 from curate.select.seeds import negclip_pass_seed, shuffle_seed
+from curate.select.sketch import bin_floor, score_bins
 from curate.select.superbatch import pair_embeddings
 from curate.select.window import Embeddings, PassCounts, iter_super_batches
 
@@ -55,19 +58,37 @@ def global_filter(
     counts: PassCounts,
     device: torch.device | None = None,
     progress: Progress | None = None,
+    threshold: int | None = None,
+    partition: tuple[int, int] = (0, 1),
 ) -> tuple[FilterResult, Iterator[pa.Table]]:
     """Score and keep now (so a bad selection fails before anything is written); return what was kept and
-    the manifest rows, one table per pass in batch order, made as they are written."""
-    if config.method == "clipscore":
-        scores = clipscore_scores(index, reference)
+    the manifest rows, one table per pass in batch order, made as they are written. `threshold` None keeps
+    the exact top share of `index`; a sketch bin keeps every sample in it or above (one partition of many).
+    `partition` (k, P) numbers the batches k, k + P, ..."""
+    scores = filter_scores(index, reference, config, device, progress)
+    if threshold is None:
+        kept, lowest = keep_top(index.key, scores, config.ratio, config.method)
     else:
-        scores = negclip_scores(index, reference, config, device or torch.device("cpu"), progress)
-    kept, threshold = keep_top(index.key, scores, config.ratio, config.method)
-    result = FilterResult(config.method, SCORE_NAMES[config.method], len(index), len(kept), threshold)
+        kept, lowest = np.flatnonzero(score_bins(scores) >= threshold), bin_floor(threshold)
+    result = FilterResult(config.method, SCORE_NAMES[config.method], len(index), len(kept), lowest)
     if config.method == "negclip":
         result.random_batches, result.random_batch_size = NEGCLIP_BATCHES, min(config.super_batch, len(index))
     result.batches = _batch_count(len(kept), config)
-    return result, _batch_tables(index, kept, scores.astype(np.float32), config, result.batches, counts)
+    tables = _batch_tables(index, kept, scores.astype(np.float32), config, result.batches, counts, partition)
+    return result, tables
+
+
+def filter_scores(
+    index: SampleIndex,
+    reference: ScoreFolder,
+    config: SelectConfig,
+    device: torch.device | None = None,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Each eligible sample's score by --method (clipscore or negclip), in index order."""
+    if config.method == "clipscore":
+        return clipscore_scores(index, reference)
+    return negclip_scores(index, reference, config, device or torch.device("cpu"), progress)
 
 
 def clipscore_scores(index: SampleIndex, reference: ScoreFolder) -> np.ndarray:
@@ -158,9 +179,11 @@ def _batch_tables(
     config: SelectConfig,
     batches: int,
     counts: PassCounts,
+    partition: tuple[int, int],
 ) -> Iterator[pa.Table]:
     """`batches` batches of b from pass after pass over the kept set, each a fresh seeded shuffle: with
     whole batches a pass's remainder (< b) is left out of it, else the one pass ends in a short batch."""
+    number, count = partition
     b = config.batch_size
     per_pass = len(kept) // b if config.whole_batches else batches
     made = 0
@@ -172,7 +195,8 @@ def _batch_tables(
             if take == per_pass:
                 counts.left_out += len(kept) - per_pass * b
             order = order[: take * b]
-        yield _rows(index, order, made + np.arange(len(order)) // b, scores)
+        local = made + np.arange(len(order)) // b
+        yield _rows(index, order, local * count + number, scores)
         made += take
 
 

@@ -4,8 +4,11 @@ One DuckDB pass over the small columns of every score file (no embedding column 
 names one) keeps the samples that may enter: status ok with a finite similarity, the `--where` predicate
 true, the first occurrence of each key, and, with a learner, a key the learner scored ok and finite. It
 holds O(N) small columns (key, shard, image digest, file and row ids): about a hundred bytes per sample,
-fine for tens of millions, not for billions. The predicate runs where it can read the score files and no
-other file (`_sandbox`): a url list or a shared script cannot make `--where` read this machine's files.
+fine for tens of millions, not for billions, so `select` runs it per partition (select/plan.py): N is a
+partition's samples. The learner folder is matched by key whole (any of its files may hold a key), its key
+column scanned once per partition, but only the partition's keys held. The predicate runs where it can
+read the score files and no other file (`_sandbox`): a url list or a shared script cannot make `--where`
+read this machine's files.
 """
 
 from __future__ import annotations
@@ -35,11 +38,14 @@ FROM ref GROUP BY status ORDER BY status"""
 # Duplicate keys: the first occurrence in (file, row) order is kept.
 FIRST_OF_EACH_KEY = """CREATE TEMP TABLE kept AS SELECT key, shard, sha256, file, row FROM ref WHERE passed
 QUALIFY row_number() OVER (PARTITION BY key ORDER BY file, row) = 1"""
+# The learner's rows of the kept keys only: the learner folder is scanned whole (its key column), but only
+# this partition's keys are held, so the join's memory is O(partition), not O(learner folder).
 LEARNER_ROWS = """CREATE TEMP TABLE learner AS
 SELECT key, f.file_id AS learner_file, file_row_number AS learner_row,
        coalesce(status = '{ok}' AND isfinite(similarity), false) AS ok
 FROM read_parquet({files}, filename = true, file_row_number = true) AS s
 JOIN learner_files AS f ON f.path = s.filename
+WHERE key IN (SELECT key FROM kept)
 QUALIFY row_number() OVER (PARTITION BY key ORDER BY learner_file, learner_row) = 1"""
 
 

@@ -1,7 +1,7 @@
 """The manifest (DESIGN.md, "Manifest"): the chosen samples, defined once for the writer, readers and tests.
 
 | key, shard   | string  | which sample (`shard` is the source tar's file name, e.g. 00003.tar)  |
-| batch        | int64   | the training step it belongs to, 0..S-1 (unique across passes)       |
+| batch        | int64   | its batch: unique, ascending in training order (0..S-1 without parts) |
 | super_batch  | int64   | index of the super-batch it was drawn from (-1: a global filter)     |
 | chunk        | int32   | which of the N chunks selected it (0 = first)                        |
 | score        | float32 | its conditional criterion score when it was drawn                    |
@@ -17,6 +17,13 @@ The file's key/value metadata (`curate.*`) repeats the selection parameters and,
 source shards live (`curate.shards`), which `curate export` uses when it is not given `--shards`, and the
 score folders it read (`curate.scores`, `curate.learner_scores`), which a learner's cost follows upstream.
 `summary.json` sits beside it (its content is built in `select/summary.py`). Manifest folders are local.
+
+A selection of several partitions (select/plan.py) writes one part per partition instead of
+`manifest.parquet`: `part-00000.parquet`, `part-00001.parquet`, ..., each with `curate.partition` and
+`curate.partitions` in its metadata. Batch ids are unique across parts and interleave them (partition k of P
+holds batches k, k + P, k + 2P, ...), so training order is batch order with gaps where one partition made
+fewer batches than another. The readers below read every part; a folder mixing parts of two runs (or parts
+and a manifest.parquet, from a run killed while it replaced them) is refused.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -33,11 +42,15 @@ import pyarrow.parquet as pq
 
 from curate import __version__
 from curate.errors import CurateError, first_line
-from curate.fileio import absolute, atomic_open, local_path
+from curate.fileio import absolute, atomic_open, local_path, temporary_name
 from curate.score.schema import ScoreFolder
 from curate.select.config import SelectConfig
 
 MANIFEST_FILE = "manifest.parquet"
+PART_FILE = "part-{:05d}.parquet"
+_PART = re.compile(r"part-[0-9]{5,}\.parquet")
+PARTITION_METADATA_KEY = "curate.partition"
+PARTITIONS_METADATA_KEY = "curate.partitions"
 SUMMARY_FILE = "summary.json"
 SHARDS_METADATA_KEY = "curate.shards"
 SCORES_METADATA_KEY = "curate.scores"
@@ -94,13 +107,15 @@ def manifest_metadata_for(
     return metadata
 
 
-def write_manifest(folder: Path, metadata: dict[str, str], tables: Iterable[pa.Table]) -> None:
-    """Write the selected rows, super-batch by super-batch in index order, as one file: row groups are a
-    function of the rows alone, so the file's bytes are too."""
+def write_manifest(
+    folder: Path, metadata: dict[str, str], tables: Iterable[pa.Table], name: str = MANIFEST_FILE
+) -> None:
+    """Write the selected rows, super-batch by super-batch in index order, as one file `folder/name`: row
+    groups are a function of the rows alone, so the file's bytes are too."""
     pending: list[pa.Table] = []
     written = 0
     with (
-        atomic_open(str(folder / MANIFEST_FILE), "wb") as handle,
+        atomic_open(str(folder / name), "wb") as handle,
         manifest_writer(handle, metadata) as writer,
     ):
         for table in tables:
@@ -111,6 +126,46 @@ def write_manifest(folder: Path, metadata: dict[str, str], tables: Iterable[pa.T
                 pending = []
         if pending or not written:
             writer.write_table(pa.concat_tables(pending) if pending else MANIFEST_SCHEMA.empty_table())
+
+
+def output_name(number: int, count: int) -> str:
+    """The file partition `number` of `count` publishes: manifest.parquet for a single one, else its part."""
+    return MANIFEST_FILE if count == 1 else PART_FILE.format(number)
+
+
+def partition_metadata(metadata: dict[str, str], number: int, count: int) -> dict[str, str]:
+    """A part's metadata: the selection's, plus which part it is (a single partition adds nothing, so its
+    manifest.parquet is byte for byte what a selection without partitions writes)."""
+    if count == 1:
+        return metadata
+    return {**metadata, PARTITION_METADATA_KEY: str(number), PARTITIONS_METADATA_KEY: str(count)}
+
+
+def staged_name(number: int, count: int) -> str:
+    """Where a partition writes its file until the whole selection is done: a hidden name in the format of
+    `atomic_open`'s temporaries, naming this (the driver's) process, so that a killed run's staged parts are
+    removed by the next run's `remove_stale_temporaries` and never read as a manifest meanwhile."""
+    return temporary_name(output_name(number, count))
+
+
+def publish(folder: Path, staged: list[str]) -> None:
+    """Rename the staged files of a finished selection to their names, then remove whatever manifest files
+    a previous run left that this one did not write (more parts, or a manifest.parquet where parts are now).
+    Each rename is atomic; a run killed between them leaves a mix that the readers refuse."""
+    names = [output_name(k, len(staged)) for k in range(len(staged))]
+    for name, temporary in zip(names, staged, strict=True):
+        os.replace(folder / temporary, folder / name)
+    for entry in os.scandir(folder):
+        if (entry.name == MANIFEST_FILE or _PART.fullmatch(entry.name)) and entry.name not in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(entry.path)
+
+
+def discard(folder: Path, staged: list[str]) -> None:
+    """Remove the staged files of a selection that failed before publishing."""
+    for temporary in staged:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(folder / temporary)
 
 
 def write_summary(folder: Path, summary: dict) -> None:
@@ -134,19 +189,65 @@ def _finite(value):
 # ---------------------------------------------------------------------------------------------- readers
 
 
-def manifest_path(manifest: str | Path) -> Path:
-    """`MANIFEST/manifest.parquet` for a manifest folder; a path to the file itself is accepted too."""
+def manifest_files(manifest: str | Path) -> list[Path]:
+    """The files of a manifest: its folder's manifest.parquet, or all its parts in order; a path to one file
+    is that file alone."""
     path = local_path(manifest, "manifest")
-    if path.is_dir():
-        path = path / MANIFEST_FILE
-    if not path.is_file():
-        raise CurateError(f"no manifest at {manifest} (expected {MANIFEST_FILE}, written by curate select)")
-    return path
+    if path.is_file():
+        return [path]
+    single = path / MANIFEST_FILE
+    parts = sorted(p for p in path.iterdir() if _PART.fullmatch(p.name)) if path.is_dir() else []
+    if single.is_file() and parts:
+        raise CurateError(
+            f"{manifest} holds both {MANIFEST_FILE} and part files (a selection killed while replacing its "
+            "files?): re-run curate select"
+        )
+    if parts:
+        _check_parts(manifest, parts)
+        return parts
+    if not single.is_file():
+        raise CurateError(
+            f"no manifest at {manifest} (expected {MANIFEST_FILE} or part-*.parquet, written by curate "
+            "select)"
+        )
+    return [single]
+
+
+def holds_manifest(folder: Path) -> bool:
+    """Whether `folder` holds a manifest's files (manifest.parquet or parts), without reading them."""
+    return (folder / MANIFEST_FILE).is_file() or (
+        folder.is_dir() and any(_PART.fullmatch(entry.name) for entry in os.scandir(folder))
+    )
+
+
+def _check_parts(manifest: str | Path, parts: list[Path]) -> None:
+    """Parts 0..P-1 of one selection of P partitions, each saying so in its metadata."""
+    for number, part in enumerate(parts):
+        metadata = _file_metadata(part)
+        if (metadata.get(PARTITION_METADATA_KEY), metadata.get(PARTITIONS_METADATA_KEY)) != (
+            str(number),
+            str(len(parts)),
+        ):
+            raise CurateError(
+                f"{manifest}: its part files are not parts 0..{len(parts) - 1} of one selection ({part.name} "
+                "is not): re-run curate select"
+            )
+
+
+def manifest_path(manifest: str | Path) -> Path:
+    """Where the manifest is: `MANIFEST/manifest.parquet` (or the one file given), or the folder of its
+    parts."""
+    files = manifest_files(manifest)
+    return files[0] if len(files) == 1 else files[0].parent
 
 
 def read_manifest(manifest: str | Path, columns: list[str] | None = None) -> pa.Table:
-    """The manifest's rows, checked against MANIFEST_SCHEMA."""
-    path = manifest_path(manifest)
+    """The manifest's rows (every part's, in part order), checked against MANIFEST_SCHEMA."""
+    tables = [_read_file(path, columns) for path in manifest_files(manifest)]
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+
+def _read_file(path: Path, columns: list[str] | None) -> pa.Table:
     try:
         present = set(pq.read_schema(path).names)
         wanted = columns if columns is not None else MANIFEST_SCHEMA.names
@@ -177,9 +278,9 @@ def _upgraded(table: pa.Table, present: set[str]) -> pa.Table:
 
 def count_unique_keys(manifest: str | Path) -> int:
     """How many distinct keys the manifest holds (fewer than its rows when passes repeat keys)."""
-    path = manifest_path(manifest)
+    files = [str(path) for path in manifest_files(manifest)]
     with contextlib.closing(duckdb.connect()) as con:
-        return con.execute("SELECT count(DISTINCT key) FROM read_parquet(?)", [str(path)]).fetchone()[0]
+        return con.execute("SELECT count(DISTINCT key) FROM read_parquet(?)", [files]).fetchall()[0][0]
 
 
 MIN_FOUND = 0.99  # share of a manifest's distinct keys that must be found in the shards it names
@@ -200,8 +301,14 @@ def require_found(found: int, wanted: int, allow_missing: bool, stage: str) -> N
 
 
 def manifest_metadata(manifest: str | Path) -> dict[str, str]:
-    """The manifest's `curate.*` file metadata (selection parameters, `curate.shards` when recorded)."""
-    path = manifest_path(manifest)
+    """The manifest's `curate.*` file metadata (selection parameters, `curate.shards` when recorded); of a
+    manifest in parts, the first part's, less which part it is (every part records the same selection)."""
+    metadata = _file_metadata(manifest_files(manifest)[0])
+    metadata.pop(PARTITION_METADATA_KEY, None)
+    return metadata
+
+
+def _file_metadata(path: Path) -> dict[str, str]:
     try:
         raw = pq.read_schema(path).metadata or {}
     except (OSError, pa.ArrowInvalid) as error:
@@ -210,7 +317,7 @@ def manifest_metadata(manifest: str | Path) -> dict[str, str]:
 
 
 def read_summary(manifest: str | Path) -> dict:
-    path = manifest_path(manifest).parent / SUMMARY_FILE
+    path = manifest_files(manifest)[0].parent / SUMMARY_FILE
     if not path.is_file():
         raise CurateError(f"no {SUMMARY_FILE} beside {manifest_path(manifest)}")
     try:

@@ -4,6 +4,10 @@ It records the exact command, the parameters, the models' metadata, the counts, 
 mean criterion over the selected batch's b x b pairs next to a random batch of the same size from the same
 super-batch: the number that shows joint selection did something. A global filter (clipscore, negclip) has
 no super-batch results; it records what it kept instead, and its selected/random scores are null.
+Every selection records its partitioning (how many, and each one's files, rows and counts); the counts at
+the top are the partitions' summed (the same as before partitions existed, for one), and a global filter
+over several partitions records the threshold it found and how far its kept count may be from the exact
+top share.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ class SelectSummary:
     passes: PassCounts = field(default_factory=PassCounts)
     unique_keys: int = 0  # distinct keys among the selected rows
     filter: FilterResult | None = None  # what a global filter kept (None: per-super-batch selection)
+    partitions: list[dict] = field(default_factory=list)  # each partition's files, rows and counts
+    threshold: dict | None = None  # a global filter over several partitions: its sketch's threshold
 
     @property
     def batches(self) -> int:
@@ -97,8 +103,17 @@ def summary_json(
         "device": summary.device,
         "seconds": round(summary.seconds, 3),
     }
+    frame["partitioning"] = {
+        "partitions": len(summary.partitions),
+        "partition_size": config.partition_size,
+        "note": "each partition selects from its own score files under its own seed (a repeated key is "
+        "found within a partition, not across); partition k of P holds batches k, k + P, k + 2P, ...",
+        "each": summary.partitions,
+    }
     kept = summary.filter
     if kept is not None:
+        if summary.threshold is not None:
+            frame["global_threshold"] = summary.threshold
         return {
             **frame,
             "counts": {**summary.counts, "kept": kept.kept, "batches": kept.batches, **passes},
@@ -155,3 +170,19 @@ def describe_counts(counts: dict) -> str:
         if counts.get(name):
             parts.append(f"{counts[name]} {name.replace('_', ' ')}")
     return ", ".join(parts)
+
+
+def merged_counts(counts: list[dict]) -> dict:
+    """The partitions' counts summed (`not_ok` by status), in the first's key order."""
+    merged: dict = {}
+    for part in counts:
+        for name, value in part.items():
+            if isinstance(value, dict):
+                into = merged.setdefault(name, {})
+                for status, n in value.items():
+                    into[status] = into.get(status, 0) + n
+            else:
+                merged[name] = merged.get(name, 0) + value
+    if isinstance(merged.get("not_ok"), dict):
+        merged["not_ok"] = dict(sorted(merged["not_ok"].items()))
+    return merged

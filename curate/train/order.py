@@ -20,7 +20,8 @@ from curate.errors import CurateError
 
 @dataclass
 class BatchPlan:
-    """A manifest's batches: batch b is rows offsets[b]:offsets[b+1] of `keys` (and `shards`)."""
+    """A manifest's batches, numbered 0..S-1 by the rank of their ids: batch b is rows
+    offsets[b]:offsets[b+1] of `keys` (and `shards`)."""
 
     keys: list[str]
     shards: list[str]
@@ -30,15 +31,15 @@ class BatchPlan:
 
     @classmethod
     def from_manifest(cls, table: pa.Table, seed: int, where: str = "manifest") -> BatchPlan:
-        """The plan of a manifest table with key, shard and batch columns; its batches must be 0..S-1."""
+        """The plan of a manifest table with key, shard and batch columns. Steps follow the rank of the
+        distinct batch ids, not the ids themselves: a manifest written in parts numbers its batches
+        local_batch * P + part, so the ids need not be 0..S-1."""
         order = pc.sort_indices(table, [("batch", "ascending")])  # stable: draw order within a batch
         table = table.take(order)
         batches = table["batch"].to_numpy()
         if not len(batches):
             raise CurateError(f"{where} holds no batch to train")
-        counts = np.bincount(batches - batches.min()) if batches.min() >= 0 else None
-        if batches.min() != 0 or counts is None or not counts.all():
-            raise CurateError(f"{where}: its batches are not numbered 0..S-1 (a curate select manifest?)")
+        _, counts = np.unique(batches, return_counts=True)  # sorted ids: batch i is the i-th smallest
         return cls(
             table["key"].to_pylist(),
             table["shard"].to_pylist(),
