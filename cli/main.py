@@ -16,6 +16,7 @@ try:
     from curate import __version__
     from curate.errors import CurateError, first_line
     from curate_cli.console import err
+    from curate_cli.dedup import dedup_command
     from curate_cli.download import download_command
     from curate_cli.evaluate import evaluate_command
     from curate_cli.export import export_command
@@ -64,6 +65,7 @@ COMMANDS = (
     ("synth", synth, "Make a noisy synthetic web crawl plus curated and eval sets (for demos and tests)."),
     ("download", download_command, "Download (url, caption) rows into img2dataset shards; retry failures."),
     ("score", score, "Embed every sample with a reference model into one Parquet file per shard."),
+    ("dedup", dedup_command, "Drop semantic near duplicates (SemDeDup) by reference image embeddings."),
     ("select", select_command, "Choose samples with JEST over seeded super-batches; write a manifest."),
     ("export", export_command, "Copy a manifest's samples into new webdataset shards, in training order."),
     ("train", train_command, "Train a SigLIP model on shards or a manifest, optionally with online JEST."),

@@ -21,6 +21,10 @@ def query_command(
     manifest: Annotated[
         str | None, typer.Option(metavar="DIR", help="Manifest folder, queried as the view `manifest`.")
     ] = None,
+    keep: Annotated[
+        str | None,
+        typer.Option(metavar="DIR", help="Keep folder of curate dedup, queried as the view `keep`."),
+    ] = None,
     shards: Annotated[
         str | None,
         typer.Option(
@@ -50,7 +54,8 @@ def query_command(
     """Ask SQL questions of scores, manifests, shards and runs (DuckDB; nothing is loaded up front).
 
     Views: `scores` (key, shard, caption, image_emb, text_emb as FLOAT[] arrays, similarity, status),
-    `manifest` (key, shard, batch, super_batch, chunk, score), `shards` (img2dataset's per-sample tables:
+    `manifest` (key, shard, batch, super_batch, chunk, score), `keep` (key, shard, similarity, cluster,
+    group_size: what curate dedup kept), `shards` (img2dataset's per-sample tables:
     key, caption, url, status, ..., and extra columns such as noise or sha256) and `batches` (run, step,
     key: what each step of each --run trained on; run is the run folder's name). Only the views whose
     folder is given exist. --format table shows the first 100 rows; csv, json and parquet write them all.
@@ -75,7 +80,7 @@ def query_command(
         raise CurateError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt == "parquet" and output is None:
         raise CurateError("--format parquet needs -o FILE")
-    sources = QuerySources(scores=scores, manifest=manifest, shards=shards, runs=tuple(run or ()))
+    sources = QuerySources(scores=scores, manifest=manifest, keep=keep, shards=shards, runs=tuple(run or ()))
     with run_query(sql, sources) as reader:
         if fmt == "table":
             _print_table(reader, output)

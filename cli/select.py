@@ -73,6 +73,14 @@ def select_command(
             "file).",
         ),
     ] = None,
+    keep: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="KEEP",
+            help="A curate dedup output: only the samples it kept (one per near-duplicate group) may be "
+            "selected.",
+        ),
+    ] = None,
     shards: Annotated[
         str | None,
         typer.Option(
@@ -153,6 +161,7 @@ def select_command(
         criterion=criterion,
         temperature=temperature,
         where=where,
+        keep=str(keep) if keep else None,
         seed=seed,
         steps=steps,
         passes=passes,

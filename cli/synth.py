@@ -37,12 +37,22 @@ def synth(
     curated_fraction: Annotated[
         float, typer.Option(help="Size of the clean curated set, as a share of --n (0 to 1).")
     ] = 0.1,
-    eval_per_class: Annotated[int, typer.Option(help="Eval images per class (64 classes).")] = 10,
+    eval_per_class: Annotated[
+        int, typer.Option(help="Eval images per class (64 classes, K with --concepts).")
+    ] = 10,
     zipf: Annotated[
         float, typer.Option(help="Long tail of class frequencies: p(rank r) ∝ r^-zipf; 0 = uniform.")
     ] = 0.8,
     samples_per_shard: Annotated[int, typer.Option(help="Samples per web/curated shard.")] = 1000,
     image_format: Annotated[str, typer.Option(help="jpg, png or webp.")] = "jpg",
+    concepts: Annotated[
+        int | None,
+        typer.Option(
+            metavar="K",
+            help="Only K seeded classes (1-64) in all three sets, each varied more (JPEG quality too): "
+            "most pairs of a batch show the same thing in other words.",
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option(help="Processes rendering shards.")] = min(4, os.cpu_count() or 1),
 ) -> None:
     """Make a noisy synthetic web crawl, a small clean curated set and a labelled eval set.
@@ -58,15 +68,24 @@ def synth(
       misaligned  the caption of another image (default 15%)
       junk        "IMG_2041.JPG", "click here", "untitled" (8%)
       partial     a caption naming one attribute only, e.g. "red" (10%)
-      duplicate   an exact or near copy of another pair (7%)
+      duplicate   an exact or near copy of another pair (7%); "duplicate_of" names the pair it copies
       corrupt     image bytes that do not decode (1%)
+
+    --concepts K makes a crawl of few distinct things: K classes (colour and shape) drawn at random, each
+    rendered at every size, position, background and a JPEG quality of 50-95, and captioned in many
+    phrasings, so most pairs in a batch are "the same thing" (the regime where joint selection's cross
+    terms meet false negatives). The curated set holds the same K classes and the eval set names only them.
 
     \b
     OUT/web/      the noisy pairs, img2dataset layout (NNNNN.tar, .parquet, _stats.json, sizes.json)
     OUT/curated/  clean pairs with a uniform class mix, for training a reference model
     OUT/eval/     clean labelled images in clip_benchmark's layout, with zero-shot templates
 
-    Re-running with the same settings keeps finished shards; example: curate synth data --n 2000 --seed 1
+    Re-running with the same settings keeps finished shards.
+
+    \b
+    example: curate synth data --n 2000 --seed 1
+             curate synth few --n 4000 --concepts 10
     """
     config = SynthConfig(
         n=n,
@@ -80,12 +99,14 @@ def synth(
         zipf=zipf,
         samples_per_shard=samples_per_shard,
         image_format=image_format,
+        concepts=concepts,
     )
     with progress_bar("synth") as progress:
         summary = synthesize(config, str(out_dir), workers=workers, progress=progress)
     noise = ", ".join(f"{kind} {count}" for kind, count in sorted(summary.noise.items()))
     resumed = f" ({summary.shards_skipped} shards already there)" if summary.shards_skipped else ""
+    classes = f" of {summary.classes} concepts" if concepts is not None else ""
     out.print(
-        f"wrote {summary.web} web pairs ({noise}), {summary.curated} curated pairs and {summary.eval} eval "
-        f"images to {summary.folder}{resumed}"
+        f"wrote {summary.web} web pairs{classes} ({noise}), {summary.curated} curated pairs and "
+        f"{summary.eval} eval images to {summary.folder}{resumed}"
     )

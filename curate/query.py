@@ -3,6 +3,7 @@
 Views, each made only when its folder is given:
     scores    every score file of SCORES, checked to come from one model (`open_score_folder`; local)
     manifest  MANIFEST/manifest.parquet, or all its part-*.parquet (`manifest_files`; local)
+    keep      KEEP/keep.parquet of `curate dedup`: the keys kept, one per near-duplicate group (local)
     shards    every SHARDS/*.parquet: img2dataset's per-shard tables (url, status, noise, sha256, ...);
               a local folder or any fsspec URL, which DuckDB then reads through fsspec
     batches   run, step, key: what each step of each given run trained on (its RUN/batches.parquet, see
@@ -37,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate.dedup.keep import keep_file
 from curate.errors import CurateError, first_line
 from curate.fileio import atomic_open, filesystem, is_local, local_path
 from curate.score.schema import open_score_folder
@@ -50,6 +52,7 @@ FORMATS = ("table", "csv", "json", "parquet")
 class QuerySources:
     scores: str | None = None
     manifest: str | None = None
+    keep: str | None = None
     shards: str | None = None
     runs: tuple[str, ...] = ()  # run folders of curate train, queried together as `batches`
 
@@ -61,13 +64,15 @@ class QuerySources:
         if self.manifest:
             files = manifest_files(local_path(self.manifest, "--manifest"))
             views["manifest"] = [str(path) for path in files]
+        if self.keep:
+            views["keep"] = [str(keep_file(self.keep))]
         if self.shards:
             views["shards"] = _shard_tables(self.shards)
         if self.runs:
             views["batches"] = _batch_logs(self.runs)
         if not views:
             raise CurateError(
-                "nothing to query: give at least one of --scores, --manifest, --shards and --run"
+                "nothing to query: give at least one of --scores, --manifest, --keep, --shards and --run"
             )
         return views
 

@@ -14,6 +14,7 @@ import pytest
 from builders import unit, write_scores
 from conftest import run_cli
 
+from curate.dedup.keep import write_keep
 from curate.errors import CurateError
 from curate.score.schema import OK, open_score_folder
 from curate.select import (
@@ -195,6 +196,44 @@ def test_where_filters_before_selection(tmp_path):
     assert summary.counts["where_filtered"] == 120 - len(high)
     assert summary.in_super_batches == len(high)
     assert manifest_metadata(tmp_path / "m")["curate.where"] == "similarity > 0.5"
+
+
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_keep_lets_only_a_dedup_keep_manifests_keys_be_selected(tmp_path, partitions):
+    scores = tmp_path / "scores"
+    planted_scores(scores, shards=3, per_shard=40)
+    table = pa.concat_tables(pq.read_table(p) for p in sorted(scores.glob("*.parquet")))
+    kept = table.filter(pa.array([i % 3 != 0 for i in range(table.num_rows)]))  # 80 of 120
+    rows = pa.table(
+        {
+            "key": kept["key"],
+            "shard": kept["shard"],
+            "similarity": kept["similarity"],
+            "cluster": pa.array([0] * kept.num_rows, pa.int32()),
+            "group_size": pa.array([1] * kept.num_rows, pa.int32()),
+        }
+    )
+    (tmp_path / "keep").mkdir()
+    write_keep(tmp_path / "keep", rows, {})
+    config = SelectConfig(
+        ratio=0.5, super_batch=16, chunks=2, keep=str(tmp_path / "keep"), partitions=partitions
+    )
+    summary = select(str(scores), str(tmp_path / "m"), config)
+    chosen = set(read_manifest(tmp_path / "m")["key"].to_pylist())
+    assert chosen and chosen <= set(kept["key"].to_pylist())
+    assert summary.counts["not_kept"] == 40 and summary.counts["eligible"] == 80
+    assert read_summary(tmp_path / "m")["inputs"]["keep"] == str(tmp_path / "keep")
+    removed = run_cli(
+        "query", "SELECT count(*) AS n FROM scores ANTI JOIN keep USING (key)", "--format", "csv",
+        "--scores", str(scores), "--keep", str(tmp_path / "keep"),
+    )  # fmt: skip
+    assert removed.returncode == 0 and removed.stdout.split() == ["n", "40"], removed.stderr
+    missing = run_cli(
+        "select", str(scores), "-o", str(tmp_path / "m2"), "--ratio", "0.5", "--keep", str(scores)
+    )
+    assert (
+        missing.returncode == 1 and "no keep-manifest" in missing.stderr and "Traceback" not in missing.stderr
+    )
 
 
 def test_learner_is_joined_by_key_and_missing_keys_are_reported(tmp_path):

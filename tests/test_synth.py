@@ -128,3 +128,65 @@ def test_invalid_rates_are_refused():
         NoiseRates(misaligned=0.6, junk=0.6)
     with pytest.raises(CurateError, match="--image-size"):
         SynthConfig(image_size=2)
+
+
+def plan_digest(**settings) -> str:
+    """A digest of every planned sample (scene, caption, noise, label, quality), independent of the image
+    encoders: what pins the random stream of a seed."""
+    from curate.synth.plan import plan
+
+    planned = plan(**settings)
+    h = hashlib.sha256()
+    for split in (planned.web, planned.curated, planned.eval):
+        for s in split:
+            c = s.scene
+            scene = (c.shape, c.colour, c.size, c.position, c.background, c.tone, c.dx, c.dy, c.angle)
+            rest = (c.texture_seed, s.caption, s.noise, s.label, s.quality, s.corrupt_seed)
+            h.update(repr((*scene, *rest)).encode())
+    return h.hexdigest()
+
+
+def test_default_crawl_keeps_the_random_stream_it_had_before_concepts_and_duplicate_of():
+    # Computed before --concepts and duplicate_of existed: the same seed still plans the same samples.
+    settings = {"n": 400, "seed": 7, "noise": NoiseRates(), "curated": 40, "eval_per_class": 2, "zipf": 0.8}
+    assert plan_digest(**settings) == "eaba0a4a918d8a73c48257824eaa0178b316bedc402f2ccdbc1b912300bfb031"
+
+
+def test_duplicates_name_their_source_in_json_and_parquet(small_synth):
+    table = shard_table(f"{small_synth}/web").to_pylist()
+    row = {r["key"]: r for r in table}
+    duplicates = [r for r in table if r["noise"] == "duplicate"]
+    assert len(duplicates) == round(NoiseRates().duplicate * 400)
+    for r in duplicates:
+        source = row[r["duplicate_of"]]
+        assert source["noise"] == "none" and source["label"] == r["label"]
+        assert (source["shape"], source["colour"], source["size"]) == (r["shape"], r["colour"], r["size"])
+    assert all(r["duplicate_of"] is None for r in table if r["noise"] != "duplicate")
+    assert shard_table(f"{small_synth}/curated").column("duplicate_of").null_count == 40
+    from_json = {s.key: s.meta["duplicate_of"] for s in iter_samples(f"{small_synth}/web", ReadStats())}
+    assert from_json == {k: r["duplicate_of"] for k, r in row.items() if r["noise"] != "corrupt"}
+    exact = [r for r in duplicates if r["caption"] == row[r["duplicate_of"]]["caption"]]
+    assert exact  # about half are exact copies (same caption, same pixels)
+
+
+def test_concepts_make_a_crawl_of_few_things_in_many_variations(tmp_path):
+    config = SynthConfig(n=600, seed=3, concepts=5, samples_per_shard=300, eval_per_class=2)
+    summary = synthesize(config, str(tmp_path), workers=1)
+    web = shard_table(f"{tmp_path}/web")
+    labels = set(web.column("label").to_pylist())
+    assert len(labels) == 5 and summary.classes == 5
+    assert set(shard_table(f"{tmp_path}/curated").column("label").to_pylist()) <= labels
+    assert (tmp_path / "eval/classnames.txt").read_text().splitlines() == [
+        class_names()[c] for c in sorted(labels)
+    ]
+    clean = [r for r in web.to_pylist() if r["noise"] == "none"]
+    for label in labels:
+        rows = [r for r in clean if r["label"] == label]
+        captions = {r["caption"] for r in rows}
+        scenes = {(r["size"], r["position"], r["background"]) for r in rows}
+        assert len(captions) > 0.8 * len(rows) and len(scenes) > 10, label
+    with tarfile.open(tmp_path / "web/00000.tar") as tar:
+        images = [tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg")]
+    assert len({len(image) for image in images}) > 100  # JPEG qualities vary too, not only the scenes
+    with pytest.raises(CurateError, match="--concepts must be between 1 and 64"):
+        SynthConfig(concepts=0)

@@ -36,6 +36,7 @@ class SelectConfig:
     criterion: str | None = None  # learnability with a learner, else easy
     temperature: float = 1.0
     where: str | None = None
+    keep: str | None = None  # a `curate dedup` keep-manifest: only the keys it lists may be selected
     seed: int = 0
     device: str = "auto"
     learner: str | None = None  # score folder of the learner model, matched by key

@@ -2,13 +2,13 @@
 
 One DuckDB pass over the small columns of every score file (no embedding column is read unless `--where`
 names one) keeps the samples that may enter: status ok with a finite similarity, the `--where` predicate
-true, the first occurrence of each key, and, with a learner, a key the learner scored ok and finite. It
-holds O(N) small columns (key, shard, image digest, file and row ids): about a hundred bytes per sample,
-fine for tens of millions, not for billions, so `select` runs it per partition (select/plan.py): N is a
-partition's samples. The learner folder is matched by key whole (any of its files may hold a key), its key
-column scanned once per partition, but only the partition's keys held. The predicate runs where it can
-read the score files and no other file (`_sandbox`): a url list or a shared script cannot make `--where`
-read this machine's files.
+true, the first occurrence of each key, a key that `--keep` lists (a `curate dedup` output), and, with a
+learner, a key the learner scored ok and finite. It holds O(N) small columns (key, shard, image digest, file
+and row ids): about a hundred bytes per sample, fine for tens of millions, not for billions, so `select`
+runs it per partition (select/plan.py): N is a partition's samples. The learner folder is matched by key
+whole (any of its files may hold a key), its key column scanned once per partition, but only the
+partition's keys held. The predicate runs where it can read the score files and no other file
+(`_sandbox`): a url list or a shared script cannot make `--where` read this machine's files.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.dedup.keep import keep_file
 from curate.errors import CurateError, first_line
 from curate.score.schema import OK, ScoreFolder
 
@@ -40,6 +41,10 @@ FIRST_OF_EACH_KEY = """CREATE TEMP TABLE kept AS SELECT key, shard, sha256, file
 QUALIFY row_number() OVER (PARTITION BY key ORDER BY file, row) = 1"""
 # The learner's rows of the kept keys only: the learner folder is scanned whole (its key column), but only
 # this partition's keys are held, so the join's memory is O(partition), not O(learner folder).
+# A dedup keep-manifest is in score-file order, so the shard filter lets DuckDB skip the row groups of other
+# partitions' shards by their statistics: a partition holds the keep keys of its own shards only.
+NOT_IN_KEEP = """DELETE FROM kept WHERE key NOT IN (
+SELECT key FROM read_parquet({keep}) WHERE shard IN (SELECT DISTINCT shard FROM kept))"""
 LEARNER_ROWS = """CREATE TEMP TABLE learner AS
 SELECT key, f.file_id AS learner_file, file_row_number AS learner_row,
        coalesce(status = '{ok}' AND isfinite(similarity), false) AS ok
@@ -67,15 +72,21 @@ class SampleIndex:
 
 
 def build_index(
-    reference: ScoreFolder, learner: ScoreFolder | None = None, where: str | None = None
+    reference: ScoreFolder,
+    learner: ScoreFolder | None = None,
+    where: str | None = None,
+    keep: str | None = None,
 ) -> SampleIndex:
     """Filter and join the small columns of every score file; the module docstring says what is kept.
+
+    `keep`: a `curate dedup` keep-manifest; a sample whose key it does not list is left out (`not_kept`).
 
     Duplicate keys: the first occurrence (in file, row order) is kept and the others dropped and counted,
     so two copies of one sample can never share a super-batch (nor both reach the exported shards).
     """
     predicate = f"({where})" if where and where.strip() else "true"
-    files = reference.files + (learner.files if learner else ())
+    keep_path = str(keep_file(keep)) if keep else None
+    files = reference.files + (learner.files if learner else ()) + ((keep_path,) if keep_path else ())
     with (
         tempfile.TemporaryDirectory(prefix="curate-select-") as spill,
         contextlib.closing(_sandbox(files, spill)) as con,
@@ -101,6 +112,9 @@ def build_index(
         nonfinite = sum(bad for status, _, _, bad in by_status if status == OK)
         con.execute(FIRST_OF_EACH_KEY)
         unique = con.sql("SELECT count(*) FROM kept").fetchall()[0][0]
+        not_kept = (
+            con.execute(NOT_IN_KEEP.format(keep=_sql_list((keep_path,)))).fetchall()[0][0] if keep_path else 0
+        )
         seen = sum(statuses.values())
         ok = statuses.get(OK, 0)
         counts = {
@@ -110,6 +124,8 @@ def build_index(
             "where_filtered": ok - nonfinite - passed,
             "duplicate_keys": passed - unique,
         }
+        if keep_path:
+            counts["not_kept"] = not_kept
         if learner is None:
             table = con.sql(
                 "SELECT key, shard, sha256, file, row FROM kept ORDER BY file, row"

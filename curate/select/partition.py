@@ -86,7 +86,7 @@ def _run(task: PartitionTask, progress: Progress | None) -> PartitionResult:
     # None: the config derives it from B again, the same b (B = round(b / (1 - F)) rounds back to b).
     seed = partition_seed(task.config.seed, part.number)
     config = dataclasses.replace(task.config, seed=seed, steps=part.steps, batch_size=None)
-    index = build_index(part.reference, learner, config.where)
+    index = build_index(part.reference, learner, config.where, config.keep)
     result = PartitionResult(part.number, index.counts, pc.unique(index.shard.dictionary).to_pylist())
     if task.sketch_only:
         device = resolve_device(config.device) if config.method == "negclip" else None

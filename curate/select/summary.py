@@ -90,11 +90,14 @@ def summary_json(
     frame = {
         "command": config.command,
         "curate_version": __version__,
-        "parameters": {k: v for k, v in asdict(config).items() if k not in ("command", "learner", "shards")},
+        "parameters": {
+            k: v for k, v in asdict(config).items() if k not in ("command", "learner", "shards", "keep")
+        },
         "inputs": {
             "scores": absolute(scores),
             "learner": absolute(config.learner) if learner else None,
             "shards": absolute(config.shards) if config.shards else None,
+            "keep": absolute(config.keep) if config.keep else None,
         },
         "models": {
             "reference": asdict(reference.metadata),
@@ -166,7 +169,14 @@ def describe_counts(counts: dict) -> str:
     parts = [f"{counts['seen']} rows"]
     if counts["not_ok"]:
         parts.append(f"{sum(counts['not_ok'].values())} not ok")
-    for name in ("nonfinite", "where_filtered", "duplicate_keys", "learner_missing", "learner_not_ok"):
+    for name in (
+        "nonfinite",
+        "where_filtered",
+        "duplicate_keys",
+        "not_kept",
+        "learner_missing",
+        "learner_not_ok",
+    ):
         if counts.get(name):
             parts.append(f"{counts[name]} {name.replace('_', ' ')}")
     return ", ".join(parts)

@@ -16,7 +16,7 @@ from curate.errors import CurateError
 from curate.evaluate.evalset import write_eval_set
 from curate.fileio import atomic_open, filesystem, join, remove_stale_temporaries
 from curate.shards import ShardRecord, sample_key, shard_done, write_shard, write_sizes
-from curate.synth.plan import NoiseRates, PlannedSample, plan
+from curate.synth.plan import CLASSES, NoiseRates, PlannedSample, plan
 from curate.synth.scenes import render
 from curate.synth.vocabulary import ZEROSHOT_TEMPLATES, class_names
 from curate.validate import check, fraction, non_negative
@@ -29,6 +29,8 @@ EXTRA_FIELDS = (
     pa.field("size", pa.string()),
     pa.field("position", pa.string()),
     pa.field("background", pa.string()),
+    # a planted duplicate's source key (null otherwise): the ground truth that `curate dedup` is measured on
+    pa.field("duplicate_of", pa.string()),
 )
 
 
@@ -43,6 +45,7 @@ class SynthConfig:
     zipf: float = 0.8
     samples_per_shard: int = 1000
     image_format: str = "jpg"
+    concepts: int | None = None  # K: a crawl of K classes only, each varied more (None: all 64)
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -58,6 +61,8 @@ class SynthConfig:
             raise CurateError(f"--samples-per-shard must be at least 1, got {self.samples_per_shard}")
         if self.image_format not in ("jpg", "png", "webp"):
             raise CurateError(f"--image-format must be jpg, png or webp, got {self.image_format!r}")
+        if self.concepts is not None:
+            check(1 <= self.concepts <= CLASSES, "--concepts", f"between 1 and {CLASSES}", self.concepts)
 
 
 @dataclass
@@ -69,6 +74,7 @@ class SynthSummary:
     shards_written: int
     shards_skipped: int
     noise: dict[str, int]
+    classes: int  # distinct classes (concepts) in the three sets
 
 
 def synthesize(
@@ -88,6 +94,7 @@ def synthesize(
         curated=int(round(config.curated_fraction * config.n)),
         eval_per_class=config.eval_per_class,
         zipf=config.zipf,
+        concepts=config.concepts,
     )
     total = len(planned.web) + len(planned.curated) + len(planned.eval)
     done, written, skipped, pending = 0, 0, 0, []
@@ -114,12 +121,14 @@ def synthesize(
     for split in ("web", "curated"):
         write_sizes(join(out, split))
     eval_folder = join(out, "eval")
+    # The eval set names the classes present only (all 64 by default), its labels numbered in that list.
+    names, position = class_names(), {label: i for i, label in enumerate(planned.classes)}
     write_eval_set(
         eval_folder,
         images=[render(s.scene, config.image_size, "png") for s in planned.eval],
-        labels=[s.label for s in planned.eval],
+        labels=[position[s.label] for s in planned.eval],
         captions=[s.caption for s in planned.eval],
-        classnames=class_names(),
+        classnames=[names[label] for label in planned.classes],
         templates=ZEROSHOT_TEMPLATES,
     )
     if progress:
@@ -132,6 +141,7 @@ def synthesize(
         shards_written=written,
         shards_skipped=skipped,
         noise=dict(Counter(s.noise for s in planned.web)),
+        classes=len(planned.classes),
     )
 
 
@@ -144,6 +154,8 @@ def _write_web_shard(job: tuple[str, int, list[PlannedSample], SynthConfig]) -> 
 
 def _record(sample: PlannedSample, key: str, config: SynthConfig) -> ShardRecord:
     image = render(sample.scene, config.image_size, config.image_format, sample.quality)
+    source, per_shard = sample.duplicate_of, config.samples_per_shard
+    duplicate_of = sample_key(*divmod(source, per_shard), per_shard) if source >= 0 else None
     if sample.corrupt_seed >= 0:
         image = _corrupt(image, sample.corrupt_seed)
     scene = sample.scene
@@ -163,6 +175,7 @@ def _record(sample: PlannedSample, key: str, config: SynthConfig) -> ShardRecord
             "size": scene.size,
             "position": scene.position,
             "background": scene.background,
+            "duplicate_of": duplicate_of,
         },
     )
 
@@ -179,7 +192,10 @@ def _claim(out: str, config: SynthConfig) -> None:
     """Record the settings in `out/synth.json`; refuse to mix two different sets in one folder."""
     fs, path = filesystem(out)
     fs.makedirs(path, exist_ok=True)
-    settings = json.dumps(asdict(config), indent=2, sort_keys=True)
+    recorded = asdict(config)
+    if config.concepts is None:
+        del recorded["concepts"]  # so a folder made before --concepts existed is still this one
+    settings = json.dumps(recorded, indent=2, sort_keys=True)
     marker = join(out, "synth.json")
     if fs.exists(filesystem(marker)[1]):
         with fs.open(filesystem(marker)[1], "r") as handle:

@@ -49,6 +49,9 @@ class PlannedSample:
     label: int  # class index (colour × shape) of the image, whatever the caption says
     quality: int = 90  # JPEG quality; near duplicates differ from their source here too
     corrupt_seed: int = -1  # >= 0: replace the encoded image by garbage derived from this seed
+    # >= 0: a planted duplicate, copied from web sample `duplicate_of` (an index into the web set), so a
+    # dedup's precision and recall can be computed exactly
+    duplicate_of: int = -1
 
 
 @dataclass(frozen=True)
@@ -56,30 +59,52 @@ class SynthPlan:
     web: list[PlannedSample] = field(default_factory=list)
     curated: list[PlannedSample] = field(default_factory=list)
     eval: list[PlannedSample] = field(default_factory=list)
+    classes: list[int] = field(default_factory=list)  # the class indices present, ascending (eval's names)
 
 
-def class_probabilities(zipf: float, rng: np.random.Generator) -> np.ndarray:
+CLASSES = len(COLOURS) * len(SHAPES)
+CONCEPT_QUALITY = (50, 96)  # JPEG qualities of a --concepts crawl, [low, high): one more way to vary
+
+
+def class_probabilities(zipf: float, rng: np.random.Generator, classes: int = CLASSES) -> np.ndarray:
     """Long-tailed class frequencies, p(rank r) ∝ 1 / r^zipf, with the ranks shuffled by the seed."""
-    classes = len(COLOURS) * len(SHAPES)
     weights = 1.0 / np.arange(1, classes + 1) ** zipf
     return rng.permutation(weights / weights.sum())
 
 
-def plan(n: int, seed: int, noise: NoiseRates, curated: int, eval_per_class: int, zipf: float) -> SynthPlan:
+def plan(
+    n: int,
+    seed: int,
+    noise: NoiseRates,
+    curated: int,
+    eval_per_class: int,
+    zipf: float,
+    concepts: int | None = None,
+) -> SynthPlan:
+    """Every sample of the three sets. `concepts` K: only K seeded classes (in all three sets), each drawn
+    with more variation (JPEG quality too), so most pairs of a batch show the same thing in other words.
+    Without it the random stream is the one it always was: a seed plans the samples it always planned."""
     web_rng, curated_rng, eval_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
-    probabilities = class_probabilities(zipf, web_rng)
-    labels = web_rng.choice(len(probabilities), size=n, p=probabilities)
-    web = [_clean(int(label), web_rng) for label in labels]
+    if concepts is None:
+        classes = np.arange(CLASSES)
+    else:
+        check(1 <= concepts <= CLASSES, "--concepts", f"between 1 and {CLASSES}", concepts)
+        classes = np.sort(web_rng.choice(CLASSES, size=concepts, replace=False))
+    varied = concepts is not None
+    probabilities = class_probabilities(zipf, web_rng, len(classes))
+    labels = classes[web_rng.choice(len(probabilities), size=n, p=probabilities)]
+    web = [_clean(int(label), web_rng, varied) for label in labels]
     web = _add_noise(web, noise, web_rng)
     uniform = np.full(len(probabilities), 1.0 / len(probabilities))
     curated_samples = [
-        _clean(int(c), curated_rng) for c in curated_rng.choice(len(uniform), size=curated, p=uniform)
+        _clean(int(classes[c]), curated_rng, varied)
+        for c in curated_rng.choice(len(uniform), size=curated, p=uniform)
     ]
-    eval_samples = [_clean(label, eval_rng) for label in range(len(uniform)) for _ in range(eval_per_class)]
-    return SynthPlan(web=web, curated=curated_samples, eval=eval_samples)
+    eval_samples = [_clean(int(label), eval_rng) for label in classes for _ in range(eval_per_class)]
+    return SynthPlan(web=web, curated=curated_samples, eval=eval_samples, classes=classes.tolist())
 
 
-def _clean(label: int, rng: np.random.Generator) -> PlannedSample:
+def _clean(label: int, rng: np.random.Generator, varied: bool = False) -> PlannedSample:
     colour, shape = list(COLOURS)[label // len(SHAPES)], list(SHAPES)[label % len(SHAPES)]
     scene = Scene(
         shape=shape,
@@ -93,7 +118,10 @@ def _clean(label: int, rng: np.random.Generator) -> PlannedSample:
         angle=float(rng.uniform(-10, 10)),
         texture_seed=int(rng.integers(2**31)),
     )
-    return PlannedSample(scene=scene, caption=describe(scene, rng), noise="none", label=label)
+    caption = describe(scene, rng)
+    # Drawn last and only for --concepts, so the default crawl's random stream is unchanged.
+    quality = int(rng.integers(*CONCEPT_QUALITY)) if varied else PlannedSample.quality
+    return PlannedSample(scene=scene, caption=caption, noise="none", label=label, quality=quality)
 
 
 def _add_noise(web: list[PlannedSample], rates: NoiseRates, rng: np.random.Generator) -> list[PlannedSample]:
@@ -118,8 +146,8 @@ def _add_noise(web: list[PlannedSample], rates: NoiseRates, rng: np.random.Gener
         elif kind == "partial":
             noisy[i] = replace(sample, caption=describe_partially(sample.scene, rng), noise=kind)
         elif kind == "duplicate" and len(clean):
-            source = web[int(clean[rng.integers(len(clean))])]
-            noisy[i] = _duplicate(source, rng)
+            source = int(clean[rng.integers(len(clean))])
+            noisy[i] = replace(_duplicate(web[source], rng), duplicate_of=source)
         elif kind == "corrupt":
             noisy[i] = replace(sample, noise=kind, corrupt_seed=int(rng.integers(2**31)))
     return noisy

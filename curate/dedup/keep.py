@@ -1,0 +1,88 @@
+"""The keep-manifest of `curate dedup`: its schema, its one writer and its one reader.
+
+`KEEP/keep.parquet`, one row per key that survives near-duplicate removal, in score-file (file, row) order:
+
+| key, shard   | string  | which sample (`shard` is the source tar's name, as in the score file)        |
+| similarity   | float32 | its image–text cosine under the reference: why it was the one kept          |
+| cluster      | int32   | the k-means cluster it was compared within                                   |
+| group_size   | int32   | samples in its near-duplicate group, itself included (1: it had none)        |
+
+Rows that were not scored ok are in no group and not in the file: a keep-manifest names what may be
+selected. The file's metadata (`curate.*`) records the threshold, clusters, seed and the score folder it was
+made from; `summary.json` beside it the counts and time. `curate select --keep KEEP` reads it with
+`read_keep_keys`. The folder is local.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.errors import CurateError, first_line
+from curate.fileio import atomic_open, local_path
+
+KEEP_FILE = "keep.parquet"
+SUMMARY_FILE = "summary.json"
+
+KEEP_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string()),
+        pa.field("shard", pa.string()),
+        pa.field("similarity", pa.float32()),
+        pa.field("cluster", pa.int32()),
+        pa.field("group_size", pa.int32()),
+    ]
+)
+
+# Fixed settings and a deterministic row order: the same scores, threshold and seed give the same bytes.
+WRITER_OPTIONS = {"compression": "zstd", "compression_level": 3, "write_statistics": True}
+
+
+def write_keep(folder: Path, table: pa.Table, metadata: dict[str, str]) -> Path:
+    """Write `folder/keep.parquet` atomically from rows of KEEP_SCHEMA; its path."""
+    path = folder / KEEP_FILE
+    table = table.cast(KEEP_SCHEMA).replace_schema_metadata(metadata)
+    with atomic_open(str(path), "wb") as handle:
+        pq.write_table(table, handle, **WRITER_OPTIONS)
+    return path
+
+
+def write_summary(folder: Path, summary: dict) -> None:
+    with atomic_open(str(folder / SUMMARY_FILE), "w") as handle:
+        json.dump(summary, handle, indent=2, allow_nan=False)
+        handle.write("\n")
+
+
+def keep_file(keep: str | Path) -> Path:
+    """`KEEP/keep.parquet` for a keep folder; a path to the file itself is accepted too."""
+    path = local_path(keep, "keep-manifest")
+    if path.is_dir():
+        path = path / KEEP_FILE
+    if not path.is_file():
+        raise CurateError(f"no keep-manifest at {keep} (expected {KEEP_FILE}, written by curate dedup)")
+    return path
+
+
+def read_keep_keys(keep: str | Path, columns: tuple[str, ...] = ("key", "shard")) -> pa.Table:
+    """The kept rows' `columns` (key and shard by default), checked against KEEP_SCHEMA."""
+    path = keep_file(keep)
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as error:
+        raise CurateError(f"cannot read keep-manifest {path}: {first_line(error)}") from None
+    if not table.schema.remove_metadata().equals(KEEP_SCHEMA):
+        raise CurateError(f"{path} is not a curate keep-manifest (columns {table.column_names})")
+    return table.select(list(columns))
+
+
+def keep_metadata(keep: str | Path) -> dict[str, str]:
+    """The keep-manifest's `curate.*` metadata (threshold, clusters, seed, the score folder it came from)."""
+    path = keep_file(keep)
+    try:
+        raw = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid) as error:
+        raise CurateError(f"cannot read keep-manifest {path}: {first_line(error)}") from None
+    return {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"curate.")}

@@ -1,0 +1,245 @@
+"""`curate dedup`: semantic near-duplicate removal (SemDeDup) on a score folder's reference image embeddings.
+
+1. Sample: a seeded sample of at most `sample` ok rows (status ok, finite similarity) is read and k-means
+   fits k centroids to it.
+2. Assign: each score file in turn; every ok row goes to its nearest centroid and is spilled, with its key,
+   shard, (file, row), similarity and image embedding, to the bucket file of its cluster's range.
+3. Group: one bucket at a time, cluster by cluster; pairs with cosine > threshold join a group (connected
+   components) and the group keeps the row of highest image–text similarity (of equals, the first in
+   file, row order). Near duplicates that k-means put in two clusters are not compared: the price of
+   never comparing all pairs.
+
+Memory is bounded, never all N embeddings at once: the k-means sample (≤ sample × D float32 on the
+device: 100 MB at 100k × 256), one score file's columns, one bucket (about bucket_rows rows of ~2D + 60
+bytes, more if k-means leaves its clusters uneven) with its largest cluster as float32 on the device, one
+block × block cosine tile and at most MAX_EDGES pairs; and O(N) small columns of the kept rows (~60 bytes
+each) until they are written. Disk: the spill, about N × (2D + 60) bytes under $TMPDIR, removed at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from curate import __version__
+from curate.dedup.config import DedupConfig
+from curate.dedup.grouping import keepers, kmeans, near_duplicate_groups, nearest, normalise
+from curate.dedup.keep import write_keep, write_summary
+from curate.dedup.spill import Buckets
+from curate.errors import CurateError, first_line
+from curate.fileio import absolute, local_path, remove_stale_temporaries
+from curate.runtime import StatusProgress, resolve_device
+from curate.score.schema import OK, ScoreFolder, embeddings_numpy, open_score_folder
+
+
+@dataclass
+class DedupSummary:
+    threshold: float
+    clusters: int
+    sample: int  # rows k-means was fitted on
+    rows_seen: int  # every row of every score file
+    rows_in: int  # the ok rows compared
+    kept: int
+    removed: int
+    groups: int  # near-duplicate groups of two or more
+    largest_group: int
+    removed_by_shard: dict[str, int]
+    seconds: float
+    seed: int
+    device: str
+    scores: str
+    model: str
+    command: str
+    version: str = __version__
+    keep: str = ""  # the keep-manifest's path
+    not_ok: int = 0  # rows not compared: status not ok, or no finite similarity
+
+
+def dedup(scores: str, out: str, config: DedupConfig, progress: StatusProgress | None = None) -> DedupSummary:
+    """Write `out/keep.parquet` and `out/summary.json` (both atomically); the module docstring says how.
+
+    `progress(done, total, phase)` counts rows: every file's rows while sampling and while assigning, then
+    the ok rows while grouping."""
+    started = time.monotonic()
+    folder = open_score_folder(scores)
+    target = local_path(out, "--output")
+    target.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
+    device = resolve_device(config.device)
+
+    ok_rows = [_ok_rows(_read(path, ["status", "similarity"])) for path in folder.files]
+    seen = sum(len(ok) for ok in ok_rows)
+    n = sum(int(ok.sum()) for ok in ok_rows)
+    if n == 0:
+        raise CurateError(f"{scores} holds no ok rows to compare (every status is an error)")
+    k = config.clusters_for(n)
+    done = 0
+
+    def tick(rows: int, phase: str) -> None:
+        nonlocal done
+        done += rows
+        if progress:
+            progress(done, 2 * seen + n, phase)
+
+    picked = _sample([int(ok.sum()) for ok in ok_rows], config.sample, config.seed)
+    centroids = _fit(folder, ok_rows, picked, k, config, device, tick)
+    per_bucket = math.ceil(k / min(k, max(1, math.ceil(n / config.bucket_rows))))
+    with tempfile.TemporaryDirectory(prefix="curate-dedup-") as spill:
+        buckets = Buckets(Path(spill), math.ceil(k / per_bucket), per_bucket, folder.metadata.embed_dim)
+        with buckets:
+            for file_id, path in enumerate(folder.files):
+                buckets.add(_assigned(file_id, path, ok_rows[file_id], centroids, config.block))
+                tick(len(ok_rows[file_id]), "assigning")
+        parts = []
+        for b in range(len(buckets.paths)):
+            table = buckets.read(b).sort_by(
+                [("cluster", "ascending"), ("file", "ascending"), ("row", "ascending")]
+            )
+            parts.append(_group_bucket(table, config, device))
+            tick(table.num_rows, "grouping")
+
+    table = pa.concat_tables(p.kept for p in parts).sort_by([("file", "ascending"), ("row", "ascending")])
+    path = write_keep(target, table.drop_columns(["file", "row"]), _metadata(config, folder, k))
+    removed_by_shard = sum((p.removed_by_shard for p in parts), Counter())
+    summary = DedupSummary(
+        threshold=config.threshold,
+        clusters=k,
+        sample=int(sum(len(p) for p in picked)),
+        rows_seen=seen,
+        rows_in=n,
+        kept=table.num_rows,
+        removed=n - table.num_rows,
+        groups=sum(p.groups for p in parts),
+        largest_group=max(p.largest for p in parts),
+        removed_by_shard=dict(sorted(removed_by_shard.items())),
+        seconds=round(time.monotonic() - started, 3),
+        seed=config.seed,
+        device=str(device),
+        scores=absolute(folder.path),
+        model=folder.metadata.model,
+        command=config.command,
+        keep=str(path),
+        not_ok=seen - n,
+    )
+    write_summary(target, asdict(summary))
+    return summary
+
+
+def _fit(
+    folder: ScoreFolder,
+    ok_rows: list[np.ndarray],
+    picked: list[np.ndarray],
+    k: int,
+    config: DedupConfig,
+    device: torch.device,
+    tick: Callable[[int, str], None],
+) -> torch.Tensor:
+    """k centroids fitted to the sampled rows (`picked`: positions among each file's ok rows)."""
+    sample = []
+    for file_id, path in enumerate(folder.files):
+        if len(picked[file_id]):
+            emb = embeddings_numpy(_read(path, ["image_emb"])["image_emb"])
+            sample.append(emb[np.flatnonzero(ok_rows[file_id])[picked[file_id]]])
+        tick(len(ok_rows[file_id]), "sampling")
+    rows = normalise(torch.from_numpy(np.concatenate(sample)).to(device))
+    return kmeans(rows, k, torch.Generator().manual_seed(config.seed), config.iterations, config.block)
+
+
+def _read(path: str, columns: list[str]) -> pa.Table:
+    try:
+        return pq.read_table(path, columns=columns)
+    except (OSError, pa.ArrowInvalid, KeyError) as error:
+        raise CurateError(f"cannot read score file {path}: {first_line(error)}") from None
+
+
+def _ok_rows(table: pa.Table) -> np.ndarray:
+    """Which rows may be compared: status ok with a finite similarity (as `curate select` admits them)."""
+    ok = pc.and_(pc.equal(table["status"], OK), pc.is_finite(table["similarity"]))
+    return pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
+
+
+def _sample(counts: list[int], size: int, seed: int) -> list[np.ndarray]:
+    """Per file, the positions among its ok rows that k-means is fitted on: all rows when they are at most
+    `size`, else a seeded draw of `size` without replacement."""
+    n = sum(counts)
+    chosen = (
+        np.arange(n) if n <= size else np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+    )
+    bounds = np.cumsum([0, *counts])
+    return [
+        chosen[(chosen >= lo) & (chosen < hi)] - lo for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+
+
+def _assigned(file_id: int, path: str, ok: np.ndarray, centroids: torch.Tensor, block: int) -> pa.Table:
+    """One score file's ok rows with their nearest centroid, as spill rows."""
+    table = _read(path, ["key", "shard", "similarity", "image_emb"]).filter(pa.array(ok))
+    emb = embeddings_numpy(table["image_emb"])
+    cluster = nearest(normalise(torch.from_numpy(emb).to(centroids.device)), centroids, block)
+    return pa.table(
+        {
+            "cluster": pa.array(cluster.cpu().numpy().astype(np.int32)),
+            "file": pa.array(np.full(len(emb), file_id, np.int32)),
+            "row": pa.array(np.flatnonzero(ok).astype(np.int64)),
+            "key": table["key"],
+            "shard": table["shard"],
+            "similarity": table["similarity"],
+            "image_emb": table["image_emb"],
+        }
+    )
+
+
+@dataclass
+class _BucketResult:
+    kept: pa.Table
+    groups: int
+    largest: int
+    removed_by_shard: Counter
+
+
+def _group_bucket(table: pa.Table, config: DedupConfig, device: torch.device) -> _BucketResult:
+    """Group each cluster of a bucket (rows sorted by cluster, file, row) and keep one row per group."""
+    cluster = table["cluster"].to_numpy()
+    similarity = table["similarity"].to_numpy()
+    emb = embeddings_numpy(table["image_emb"])
+    keep = np.zeros(len(cluster), bool)
+    size = np.ones(len(cluster), np.int32)
+    groups, largest = 0, 1
+    starts = np.flatnonzero(np.r_[True, cluster[1:] != cluster[:-1]]) if len(cluster) else np.array([], int)
+    for start, end in zip(starts, [*starts[1:], len(cluster)], strict=True):
+        rows = normalise(torch.from_numpy(emb[start:end]).to(device))
+        labels = near_duplicate_groups(rows, config.threshold, config.block)
+        members = np.bincount(labels)
+        keep[start:end] = keepers(labels, similarity[start:end])
+        size[start:end] = members[labels]
+        groups += int((members > 1).sum())
+        largest = max(largest, int(members.max()))
+    removed = Counter(table["shard"].filter(pa.array(~keep)).to_pylist())
+    kept = table.filter(pa.array(keep)).select(["key", "shard", "similarity", "cluster", "file", "row"])
+    kept = kept.append_column("group_size", pa.array(size[keep], pa.int32()))
+    return _BucketResult(kept, groups, largest, removed)
+
+
+def _metadata(config: DedupConfig, folder: ScoreFolder, clusters: int) -> dict[str, str]:
+    """Deterministic facts only (no time, no machine), so the same inputs give the same bytes."""
+    return {
+        "curate.version": __version__,
+        "curate.threshold": repr(config.threshold),
+        "curate.clusters": str(clusters),
+        "curate.sample": str(config.sample),
+        "curate.iterations": str(config.iterations),
+        "curate.seed": str(config.seed),
+        "curate.reference_model": folder.metadata.model,
+        "curate.scores": absolute(folder.path),
+    }
