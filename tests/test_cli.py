@@ -131,6 +131,7 @@ def output_commands(small_synth: str, scores: str, url_table: Path) -> dict[str,
     return {
         "score": ["score", f"{small_synth}/web/00000.tar", *model, "-o"],
         "select": ["select", scores, "--ratio", "0.5", "-o"],
+        "dedup": ["dedup", scores, "--threshold", "0.9", "-o"],
         "report": ["report", "--scores", scores, "-o"],
         "download": ["download", str(url_table)],
     }
@@ -143,7 +144,7 @@ def url_table(tmp_path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("command", ["score", "select", "report", "download"])
+@pytest.mark.parametrize("command", ["score", "select", "dedup", "report", "download"])
 def test_an_output_folder_that_is_a_file_gives_one_line(command, tmp_path, small_synth, scores, url_table):
     taken = tmp_path / "taken"
     taken.write_text("mine\n")
