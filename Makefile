@@ -2,12 +2,13 @@
 # make test   — install into .venv if needed, then run the whole test suite
 # make test-quick — the same without the tests marked slow (the example pipeline, Ray, the wheel build)
 # make experiment — the README's results table: every learner over 3 seeds (about 90 minutes on 2 cores)
+# make false-negatives — issue 18: JEST with and without the false-negative mask and dedup, 2 crawls x 3 seeds
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-quick demo experiment lint format clean
+.PHONY: install test test-quick demo experiment false-negatives lint format clean
 
 install: $(STAMP)
 
@@ -51,6 +52,15 @@ experiment: install
 	mkdir -p experiment
 	$(PIPELINE) -f examples/experiment.mk OUT=experiment PYTHON=$(abspath $(BIN)/python) 2>&1 \
 		| tee -a experiment/make.log
+
+# Issue 18's tables: independent and JEST, each with and without the false-negative mask and dedup, on
+# the hard crawl and on a few-concept one, 3 seeds (FN_SETTINGS="N=10000 STEPS=100 ..." for a smaller run).
+false-negatives: SHELL := /bin/bash
+false-negatives: .SHELLFLAGS := -o pipefail -c
+false-negatives: install
+	mkdir -p false-negatives
+	$(PIPELINE) -f examples/false_negatives.mk OUT=false-negatives PYTHON=$(abspath $(BIN)/python) \
+		SETTINGS="$(FN_SETTINGS)" 2>&1 | tee -a false-negatives/make.log
 
 lint: install
 	$(BIN)/ruff check .

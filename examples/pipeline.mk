@@ -80,6 +80,20 @@ $(OUT)/manifests/negclip/manifest.parquet: $(OUT)/scores/reference/.done
 $(OUT)/manifests/learnability/manifest.parquet: $(OUT)/scores/reference/.done $(OUT)/scores/learner/.done
 	$(SELECT) -o $(OUT)/manifests/learnability --method jest --criterion learnability \
 		--learner $(OUT)/scores/learner
+# False negatives and near duplicates (beyond the paper): the reference's near-duplicate groups removed
+# first (`curate dedup`, cosine of reference image embeddings above DEDUP_T), and/or JEST's cross terms
+# masked where the reference sees two samples as the same thing (image-image or text-text cosine above
+# MASK_T). Learners jest-mask, independent-dedup, jest-dedup and jest-mask-dedup.
+DEDUP_T ?= 0.998
+MASK_T ?= 0.95
+$(OUT)/keep/keep.parquet: $(OUT)/scores/reference/.done
+	$(CURATE) dedup $(OUT)/scores/reference -o $(OUT)/keep --threshold $(DEDUP_T) --seed $(SEED)
+$(OUT)/manifests/jest-mask/manifest.parquet: $(OUT)/scores/reference/.done
+	$(SELECT) -o $(OUT)/manifests/jest-mask --method jest --criterion easy --false-negatives mask:$(MASK_T)
+$(OUT)/manifests/%-dedup/manifest.parquet: $(OUT)/scores/reference/.done $(OUT)/keep/keep.parquet
+	$(SELECT) -o $(OUT)/manifests/$*-dedup --keep $(OUT)/keep --criterion easy \
+		--method $(if $(filter independent,$*),independent,jest) \
+		$(if $(filter jest-mask,$*),--false-negatives mask:$(MASK_T))
 $(OUT)/curated/sizes.json: $(OUT)/manifests/jest/manifest.parquet
 	$(CURATE) export $(OUT)/manifests/jest -o $(OUT)/curated
 

@@ -36,6 +36,10 @@ LEARNERS = (
     "learnability",
     "online",
     "flexi",
+    "jest-mask",
+    "independent-dedup",
+    "jest-dedup",
+    "jest-mask-dedup",
 )
 LABELS = {
     "uniform": "uniform (IID, whole crawl)",
@@ -50,6 +54,10 @@ LABELS = {
     "learnability": "offline JEST, learnability (batches)",
     "online": "online JEST, learnability",
     "flexi": "Flexi online JEST (score and half of training at half size), compute-matched to online",
+    "jest-mask": "offline JEST, easy, false negatives masked (batches)",
+    "independent-dedup": "offline independent, easy, after dedup (batches)",
+    "jest-dedup": "offline JEST, easy, after dedup (batches)",
+    "jest-mask-dedup": "offline JEST, easy, false negatives masked, after dedup (batches)",
 }
 JEST = "jest"
 
@@ -135,7 +143,7 @@ def main(outs: list[Path]) -> None:
     if JEST in runs:
         print()
         jest = runs[JEST]
-        for other in ("clipscore", "jest-set", "independent", "uniform"):
+        for other in ("clipscore", "jest-set", "independent", "uniform", "jest-mask", "jest-dedup"):
             if other in runs:
                 wins = [a.final() > b.final() for a, b in zip(jest, runs[other], strict=True)]
                 print(
