@@ -3,8 +3,13 @@
     python bench/select_kernel.py                          # B in {4096, 16384, 65536}, D in {256, 768}
     python bench/select_kernel.py --sizes 4096 --dims 256  # a quick run
     python bench/select_kernel.py --device cuda --sizes 327680 --dims 768 --ratio 0.9  # the paper's size
+    python bench/select_kernel.py --runs 9 --dense-limit-gib 0  # more runs, no dense twin
 
-Every configuration runs in its own subprocess so peak memory is that configuration's alone. Peak memory
+Every configuration runs in its own subprocess so peak memory is that configuration's alone. Inside it the
+streaming sampler and the plain matmul run alternately `--runs` times, so a neighbour's load lands on both
+about equally; the table gives the median rate of each with its spread (min-max over the runs) and the
+ratio of the two medians. One run of each is too noisy on a shared machine: single runs of the same
+configuration (B = 16,384, D = 256) gave 0.67 and 0.43. Peak memory
 is the extra memory above the inputs: on CPU the peak resident set (VmHWM, reset through
 /proc/self/clear_refs) minus the resident set after the inputs were built; on CUDA
 torch.cuda.max_memory_allocated minus the memory allocated after the inputs were built.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -83,7 +89,8 @@ def plain_matmul(right: torch.Tensor, rows: int, flops: float) -> tuple[Callable
     fp32 output as the kernel's, repeated to about `flops` FLOPs. Returns the runner and its exact FLOPs."""
     n, dim = right.shape
     left = torch.randn(rows, dim, device=right.device).to(right.dtype)
-    out = torch.empty(rows, n, device=right.device, dtype=torch.float32)
+    # Zeroed, not empty: its pages are touched before the timing starts.
+    out = torch.zeros(rows, n, device=right.device, dtype=torch.float32)
     reps = max(1, round(flops / (2 * rows * n * dim)))
 
     def matmul() -> None:
@@ -110,10 +117,9 @@ def worker(kind: str, n: int, dim: int, args: argparse.Namespace) -> dict:
     if kind == "stream":
         c = sizes[0]
         matmul, matmul_flops = plain_matmul(scores.terms[0][1].text, c, flops)
-        reps = round(matmul_flops / (2 * c * n * dim))
-        # The machine may be shared: alternate the two and keep the best of each (min over repeats).
+        # Alternate the two in one process, so that load from others on a shared machine falls on both.
         stream_s, matmul_s, peak = [], [], 0
-        while not stream_s or (len(stream_s) < args.repeats and sum(stream_s) + sum(matmul_s) < 60):
+        for _ in range(args.runs):
             with PeakMemory(args.device) as stream:
                 sample_jest(
                     scores, size, chunks=args.chunks, generator=generator.manual_seed(1)
@@ -121,18 +127,13 @@ def worker(kind: str, n: int, dim: int, args: argparse.Namespace) -> dict:
             with PeakMemory(args.device) as mm:
                 matmul()
             stream_s.append(stream.seconds)
-            matmul_s.append(mm.seconds * flops / (2 * c * n * dim * reps))
+            matmul_s.append(mm.seconds * flops / matmul_flops)  # scaled to exactly the sampler's FLOPs
             peak = max(peak, stream.peak)
-        result |= {
-            "seconds": min(stream_s),
-            "matmul_seconds": min(matmul_s),
-            "peak": peak,
-            "repeats": len(stream_s),
-        }
+        result |= {"seconds": stream_s, "matmul_seconds": matmul_s, "peak": peak}
     else:
         with PeakMemory(args.device) as dense:
             dense_jest(scores, size, chunks=args.chunks, generator=generator.manual_seed(1)).indices.cpu()
-        result |= {"seconds": dense.seconds, "peak": dense.peak, "repeats": 1}
+        result |= {"seconds": [dense.seconds], "peak": dense.peak}
     return result
 
 
@@ -148,7 +149,13 @@ def main() -> None:
     parser.add_argument(
         "--dtype", default=None, help="input embedding dtype (default float32 on cpu, float16 on cuda)"
     )
-    parser.add_argument("--repeats", type=int, default=3, help="best of this many runs (capped at ~60 s)")
+    parser.add_argument(
+        "--runs",
+        "--repeats",
+        type=int,
+        default=5,
+        help="alternate sampler and matmul this many times per configuration (dense runs once)",
+    )
     parser.add_argument("--dense-limit-gib", type=float, default=12.0, help="skip dense above this estimate")
     parser.add_argument("--worker", nargs=3, metavar=("KIND", "B", "D"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -166,11 +173,14 @@ def main() -> None:
     )
     print(f"# JEST selection kernel, learnability with 2 models, f={args.ratio}, N={args.chunks}")
     print(f"# device: {device_name}; inputs {args.dtype}; torch {torch.__version__}; peak memory = {memory}")
-    print(f"# wall s: best of up to {args.repeats} runs, matmul and stream alternated in one process")
-    row("B", "D", "b", "method", "wall s", "peak MiB", "GFLOP/s", "vs matmul")
+    print(
+        f"# {args.runs} runs of stream and matmul alternated in one process: median (min-max); the ratio "
+        "is of the medians"
+    )
+    row("B", "D", "b", "method", "wall s", "peak MiB", "GFLOP/s", "(min-max)", "vs matmul")
     print("|" + "|".join("-" * (width + 2) for width in WIDTHS) + "|")
     forward = ["--ratio", str(args.ratio), "--chunks", str(args.chunks), "--device", args.device]
-    forward += ["--dtype", args.dtype, "--repeats", str(args.repeats)]
+    forward += ["--dtype", args.dtype, "--runs", str(args.runs)]
     # Large blocks go straight to mmap and back on free, so the resident set tracks live tensors instead
     # of pages glibc keeps after the warm-up.
     env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
@@ -180,37 +190,45 @@ def main() -> None:
                 # dense_jest holds A plus ~5 B x B temporaries while building it (two models' logits, losses).
                 dense_gib = 6 * n * n * 4 / GIB
                 if kind == "dense" and dense_gib > args.dense_limit_gib:
-                    row(
-                        n,
-                        dim,
-                        "",
-                        "dense",
-                        "-",
-                        f"~{dense_gib * 1024:.0f}",
-                        "-",
-                        "-",
-                        f"not run: ~{dense_gib:.0f} GiB",
-                    )
+                    note = f"not run: ~{dense_gib:.0f} GiB"
+                    row(n, dim, "", "dense", "-", f"~{dense_gib * 1024:.0f}", "-", "", "-", note)
                     continue
                 cmd = [sys.executable, __file__, "--worker", kind, str(n), str(dim), *forward]
                 r = json.loads(
                     subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
                 )
-                rate = r["flops"] / r["seconds"] / 1e9
+                rate = Rates(r["flops"], r["seconds"])
                 if kind == "stream":
-                    mm_rate = r["flops"] / r["matmul_seconds"] / 1e9
-                    row(n, dim, r["b"], "matmul", f"{r['matmul_seconds']:.3f}", "", f"{mm_rate:.1f}", "1.00")
-                peak = f"{r['peak'] / 2**20:.0f}"
-                row(n, dim, r["b"], kind, f"{r['seconds']:.3f}", peak, f"{rate:.1f}", f"{rate / mm_rate:.2f}")
+                    matmul = Rates(r["flops"], r["matmul_seconds"])
+                    seconds, median = matmul.cells()
+                    row(n, dim, r["b"], "matmul", seconds, "", median, *matmul.spread(), "1.00")
+                seconds, median = rate.cells()
+                ratio = f"{rate.median / matmul.median:.2f}"
+                row(n, dim, r["b"], kind, seconds, f"{r['peak'] / 2**20:.0f}", median, *rate.spread(), ratio)
 
 
-WIDTHS = (6, 4, 5, 6, 8, 9, 8, 9)
+class Rates:
+    """GFLOP/s of each run of one method: its median and spread."""
+
+    def __init__(self, flops: float, seconds: list[float]) -> None:
+        self.seconds = statistics.median(seconds)
+        self.rates = [flops / s / 1e9 for s in seconds]
+        self.median = statistics.median(self.rates)
+
+    def cells(self) -> tuple[str, str]:
+        return f"{self.seconds:.3f}", f"{self.median:.1f}"
+
+    def spread(self) -> tuple[str]:
+        return (f"{min(self.rates):.1f}-{max(self.rates):.1f}" if len(self.rates) > 1 else "",)
+
+
+WIDTHS = (6, 4, 5, 6, 8, 9, 8, 11, 9)
 
 
 def row(*cells: object) -> None:
-    """One markdown table row; a ninth cell, if any, is a note after the table."""
+    """One markdown table row; a tenth cell, if any, is a note after the table."""
     text = "| " + " | ".join(f"{cell!s:>{w}}" for cell, w in zip(cells, WIDTHS, strict=False)) + " |"
-    print(text + (f" {cells[8]}" if len(cells) > 8 else ""), flush=True)
+    print(text + (f" {cells[9]}" if len(cells) > 9 else ""), flush=True)
 
 
 if __name__ == "__main__":
