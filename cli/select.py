@@ -65,6 +65,15 @@ def select_command(
         ),
     ] = None,
     temperature: Annotated[float, typer.Option(help="Softmax temperature of the draws.")] = 1.0,
+    false_negatives: Annotated[
+        str,
+        typer.Option(
+            metavar="none|mask:T",
+            help="mask:T leaves out of JEST's cross terms every pair the reference sees as one thing (image-"
+            "image or text-text cosine above T, e.g. 0.95): a near duplicate or one concept phrased twice "
+            "is a false negative, which the joint score would otherwise seek out.",
+        ),
+    ] = "none",
     where: Annotated[
         str | None,
         typer.Option(
@@ -160,6 +169,7 @@ def select_command(
         method=method,
         criterion=criterion,
         temperature=temperature,
+        false_negatives=false_negatives,
         where=where,
         keep=str(keep) if keep else None,
         seed=seed,

@@ -12,6 +12,7 @@ from curate.jest import (
     batch_score,
     choose,
     chunk_sizes,
+    false_negatives,
     pair_losses,
     pair_scores,
     sample_independent,
@@ -433,3 +434,68 @@ def test_negclip_cuda_matches_the_dense_matrix(dtype):
     on_cpu = PairEmbeddings(moved.image.cpu(), moved.text.cpu(), 100.0, -10.0)
     # fp16 on CUDA folds t into the half operand (as the pair losses do): off by t x fp16 rounding.
     torch.testing.assert_close(got, dense_negclip_lse(on_cpu), rtol=1e-3, atol=5e-2)
+
+
+# --- false negatives (--false-negatives mask:T) -------------------------------------------------------
+
+
+def near_duplicates(n=384, dim=32, copies=4, seed=5):
+    """Reference and learner pairs where groups of `copies` rows are near copies of one another, so the
+    reference sees each group as one thing; the other rows are unrelated."""
+    g = torch.Generator().manual_seed(seed)
+    base = unit(g, n // copies, dim)
+    image = F.normalize(base.repeat_interleave(copies, 0) + 0.05 * unit(g, n, dim), dim=-1)
+    text = F.normalize(image + 0.3 * unit(g, n, dim), dim=-1)
+    reference = PairEmbeddings(image, text, 20.0, -8.0)
+    return reference, random_pair(n, dim, seed=seed + 1, scale=10.0, bias=-5.0)
+
+
+def masked_twin(matrix, reference, threshold):
+    """The dense masked matrix, from first principles: off-diagonal pairs whose reference image–image or
+    text–text cosine (float64) exceeds the threshold set to 0."""
+    images, texts = reference.image.double(), reference.text.double()
+    same = (images @ images.T > threshold) | (texts @ texts.T > threshold)
+    same.fill_diagonal_(False)
+    return matrix.masked_fill(same, 0.0), same
+
+
+@pytest.mark.parametrize("criterion", ["learnability", "easy", "hard"])
+def test_masked_cross_sums_and_draws_equal_the_dense_masked_twin(criterion):
+    reference, learner = near_duplicates()
+    plain = pair_scores(criterion, reference, learner)
+    masked = pair_scores(criterion, reference, learner, false_negatives=0.9)
+    twin, same = masked_twin(dense_matrix(plain, F64), reference, 0.9)
+    assert 0 < same.sum() < same.numel() // 10  # the groups, and little else, are masked
+    torch.testing.assert_close(dense_matrix(masked, F64), twin, rtol=1e-12, atol=1e-12)
+    chunk = torch.randperm(384, generator=torch.Generator().manual_seed(0))[:29]
+    streamed = masked.cross_sums(chunk, F64, block_elements=29 * 2 * 40)  # many uneven column blocks
+    outside = torch.ones(384, dtype=torch.bool)
+    outside[chunk] = False
+    expected = twin[:, chunk].sum(1) + twin[chunk, :].sum(0)
+    torch.testing.assert_close(streamed[outside], expected[outside], rtol=1e-12, atol=1e-12)
+    for seed in range(3):
+        fast = sample_jest(masked, 64, chunks=8, generator=torch.Generator().manual_seed(seed))
+        slow = dense_jest(masked, 64, chunks=8, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(fast.indices, slow.indices)
+    assert not torch.equal(twin, dense_matrix(plain, F64))  # the mask took something away
+
+
+def test_mask_at_one_is_plain_jest_index_for_index():
+    reference, learner = near_duplicates()
+    assert false_negatives("mask:1") is None and false_negatives("none") is None
+    assert false_negatives("mask:0.95") == 0.95
+    for seed in range(3):
+        plain = select_batch(
+            "jest", reference, learner, "learnability", 0.8, 8, generator=torch.Generator().manual_seed(seed)
+        )
+        masked = select_batch(
+            "jest", reference, learner, "learnability", 0.8, 8, generator=torch.Generator().manual_seed(seed),
+            false_negatives=false_negatives("mask:1.0"),
+        )  # fmt: skip
+        assert torch.equal(plain.indices, masked.indices) and torch.equal(plain.score, masked.score)
+
+
+@pytest.mark.parametrize("spec", ["mask", "mask:", "mask:x", "mask:1.5", "mask:nan", "drop:0.9"])
+def test_a_bad_false_negatives_spec_is_one_clear_error(spec):
+    with pytest.raises(CurateError, match="--false-negatives must be none or mask:T"):
+        false_negatives(spec)

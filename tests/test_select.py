@@ -565,3 +565,23 @@ def test_clipscore_from_the_command_line(tmp_path):
     assert helped.returncode == 0
     text = " ".join(helped.stdout.split())
     assert "clipscore" in text and "negclip" in text
+
+
+def test_false_negatives_mask_is_recorded_and_mask_at_one_changes_nothing(tmp_path):
+    scores = tmp_path / "scores"
+    planted_scores(scores, shards=2, per_shard=60, duplicates=0)
+    base = ["select", str(scores), "--ratio", "0.75", "--batch-size", "10", "--chunks", "2"]
+    plain = run_cli(*base, "-o", str(tmp_path / "plain"))
+    at_one = run_cli(*base, "-o", str(tmp_path / "one"), "--false-negatives", "mask:1")
+    masked = run_cli(*base, "-o", str(tmp_path / "masked"), "--false-negatives", "mask:0.2")
+    assert plain.returncode == at_one.returncode == masked.returncode == 0, masked.stderr
+    manifest = "manifest.parquet"
+    assert (tmp_path / "one" / manifest).read_bytes() == (tmp_path / "plain" / manifest).read_bytes()
+    assert manifest_metadata(tmp_path / "masked")["curate.false_negatives"] == "mask:0.2"
+    assert "curate.false_negatives" not in manifest_metadata(tmp_path / "plain")
+    assert (
+        read_manifest(tmp_path / "masked")["key"].to_pylist()
+        != read_manifest(tmp_path / "plain")["key"].to_pylist()
+    )
+    bad = run_cli(*base, "-o", str(tmp_path / "bad"), "--false-negatives", "mask:2")
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "mask:T" in bad.stderr

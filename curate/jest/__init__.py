@@ -3,10 +3,12 @@
 from curate.jest.choice import Choice, choose
 from curate.jest.losses import (
     CRITERIA,
+    FalseNegatives,
     PairEmbeddings,
     PairScores,
     SelectionError,
     batch_score,
+    false_negatives,
     pair_losses,
     pair_scores,
 )
@@ -28,6 +30,7 @@ __all__ = [
     "choose",
     "CRITERIA",
     "FIRST_CHUNK",
+    "FalseNegatives",
     "METHODS",
     "PairEmbeddings",
     "PairScores",
@@ -35,6 +38,7 @@ __all__ = [
     "SelectionError",
     "batch_score",
     "chunk_sizes",
+    "false_negatives",
     "pair_losses",
     "pair_scores",
     "sample_independent",

@@ -34,6 +34,7 @@ def choose(
     temperature: float,
     generator: torch.Generator,
     random_generator: torch.Generator,
+    false_negatives: float | None = None,
 ) -> Choice:
     """Select (1 - ratio) * B of the super-batch and score it against a random batch.
 
@@ -41,8 +42,9 @@ def choose(
     the selection. Nothing here syncs with the host: the scores stay 0-d tensors until a caller reads them.
     """
     selection = select_batch(
-        method, reference, learner, criterion, ratio, chunks, temperature, generator=generator
-    )
+        method, reference, learner, criterion, ratio, chunks, temperature, generator=generator,
+        false_negatives=false_negatives,
+    )  # fmt: skip
     size = len(selection)
     n = (reference or learner).size
     device = selection.indices.device
@@ -50,6 +52,10 @@ def choose(
     pairs = size * size
     return Choice(
         selection=selection,
-        selected_score=batch_score(selection.indices, reference, learner, criterion) / pairs,
-        random_score=batch_score(random, reference, learner, criterion) / pairs,
+        selected_score=batch_score(
+            selection.indices, reference, learner, criterion, false_negatives=false_negatives
+        )
+        / pairs,
+        random_score=batch_score(random, reference, learner, criterion, false_negatives=false_negatives)
+        / pairs,
     )

@@ -8,6 +8,7 @@ hard = learner. Nothing here builds a B x B matrix unless a caller asks for that
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,44 @@ class PairEmbeddings:
     @property
     def size(self) -> int:
         return self.image.shape[0]
+
+
+@dataclass(frozen=True)
+class FalseNegatives:
+    """Pairs the reference sees as one thing: image–image or text–text cosine above `threshold`.
+
+    JEST's cross terms reward a batch whose members are mutual hard negatives; two samples that show the
+    same thing (a near duplicate, one concept phrased twice) are a false negative pair, which SigLIP's loss
+    pushes apart and the cross term seeks out. Off the diagonal such a pair contributes 0 to A
+    (`--false-negatives mask:T`). Cosines are at most 1, so T = 1 masks nothing.
+    """
+
+    reference: PairEmbeddings
+    threshold: float
+
+    def same(self, rows: Tensor, cols: Tensor | slice, dtype: torch.dtype = torch.float32) -> Tensor:
+        """[len(rows), |cols|] bool: True where rows[i] and cols[j] are the same thing (i = j included)."""
+        ref = self.reference
+        images = _mm(ref.image[rows], ref.image[cols], dtype)
+        texts = _mm(ref.text[rows], ref.text[cols], dtype)
+        return (images > self.threshold).logical_or_(texts > self.threshold)
+
+
+def false_negatives(spec: str | None) -> float | None:
+    """`--false-negatives`: "none" (or None) -> None, "mask:T" -> T, a cosine in [-1, 1]. T = 1 is None:
+    no cosine exceeds 1, and an identical pair's rounded cosine (1 + 1e-7) must not count as one."""
+    if spec is None or spec == "none":
+        return None
+    kind, _, value = spec.partition(":")
+    try:
+        threshold = float(value)
+    except ValueError:
+        threshold = math.nan
+    if kind != "mask" or not -1.0 <= threshold <= 1.0:
+        raise SelectionError(
+            f"--false-negatives must be none or mask:T with T a cosine in [-1, 1], got {spec!r}"
+        )
+    return threshold if threshold < 1.0 else None
 
 
 def _gemm_dtype(x: Tensor, dtype: torch.dtype) -> torch.dtype:
@@ -103,6 +142,7 @@ class PairScores:
     """The criterion matrix A of one super-batch, never stored: each model enters with a sign."""
 
     terms: tuple[tuple[float, PairEmbeddings], ...]
+    masked: FalseNegatives | None = None  # false negative pairs: 0 off the diagonal
 
     @property
     def size(self) -> int:
@@ -117,7 +157,11 @@ class PairScores:
 
     def block(self, rows: Tensor, cols: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         """A[rows][:, cols], exact (diagonal entries included)."""
-        return sum(sign * pair_losses(emb, rows, cols, dtype) for sign, emb in self.terms)
+        block = sum(sign * pair_losses(emb, rows, cols, dtype) for sign, emb in self.terms)
+        if self.masked is None:
+            return block
+        off_diagonal = rows[:, None] != cols[None, :]
+        return block.masked_fill(self.masked.same(rows, cols, dtype).logical_and_(off_diagonal), 0.0)
 
     def cross_sums(
         self, chunk: Tensor, dtype: torch.dtype = torch.float32, block_elements: int = DEFAULT_BLOCK_ELEMENTS
@@ -156,6 +200,9 @@ class PairScores:
             if hi - lo != logits.shape[2]:  # the last, narrower block
                 logits = logits.new_empty(2, c, hi - lo)
                 losses = torch.empty_like(logits)
+            # Similarity is symmetric, so one [c, |J|] mask serves both directions. Pairs (k, k) with k in
+            # the chunk are masked too, which is harmless: those k are chosen and the sampler masks them.
+            same = self.masked.same(chunk, slice(lo, hi), dtype) if self.masked is not None else None
             for sign, emb, left_image, left_text, scale, bias in lefts:
                 _mm(left_image, emb.text[lo:hi], dtype, out=logits[0])
                 _mm(left_text, emb.image[lo:hi], dtype, out=logits[1])
@@ -163,14 +210,20 @@ class PairScores:
                 # aten's softplus.out is F.softplus (same beta=1, threshold=20) into a reused buffer;
                 # logaddexp(out=) would drop the threshold and drift from the dense twin.
                 torch.ops.aten.softplus.out(logits, 1, 20, out=losses)
+                if same is not None:
+                    losses.masked_fill_(same, 0.0)
                 out[lo:hi].add_(losses.sum((0, 1)), alpha=sign)
         return out
 
 
 def pair_scores(
-    criterion: str, reference: PairEmbeddings | None, learner: PairEmbeddings | None
+    criterion: str,
+    reference: PairEmbeddings | None,
+    learner: PairEmbeddings | None,
+    false_negatives: float | None = None,
 ) -> PairScores:
-    """Validate which embeddings `criterion` needs and build its PairScores."""
+    """Validate which embeddings `criterion` needs and build its PairScores; `false_negatives`: the
+    threshold T of `FalseNegatives`, read off the reference's embeddings (None: nothing masked)."""
     needs = {"learnability": ("reference", "learner"), "easy": ("reference",), "hard": ("learner",)}
     if criterion not in needs:
         raise SelectionError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
@@ -189,7 +242,16 @@ def pair_scores(
             raise SelectionError(f"learner has {a.size} examples but reference has {b.size}")
         if a.image.device != b.image.device:
             raise SelectionError(f"learner on {a.image.device} but reference on {b.image.device}")
-    return PairScores(terms)  # type: ignore[arg-type]
+    masked = None
+    if false_negatives is not None:
+        if reference is None:
+            raise SelectionError("masking false negatives needs the reference's embeddings")
+        if reference.size != terms[0][1].size:
+            raise SelectionError(
+                f"reference has {reference.size} examples but the criterion {terms[0][1].size}"
+            )
+        masked = FalseNegatives(reference, false_negatives)
+    return PairScores(terms, masked)  # type: ignore[arg-type]
 
 
 @torch.no_grad()
@@ -200,11 +262,12 @@ def batch_score(
     criterion: str = "learnability",
     dtype: torch.dtype = torch.float32,
     block_rows: int = 1024,
+    false_negatives: float | None = None,
 ) -> Tensor:
     """score(S) = the sum over i, j in S of A_ij for the sub-batch S = `indices` (a 0-d float64 tensor on
     the embeddings' device). Rows go in blocks of `block_rows`, so memory is O(block_rows * b), never b x b
     for a large b; the sum stays on the device (no host sync)."""
-    scores = pair_scores(criterion, reference, learner)
+    scores = pair_scores(criterion, reference, learner, false_negatives)
     total = torch.zeros((), dtype=torch.float64, device=indices.device)
     for lo in range(0, len(indices), block_rows):
         total += scores.block(indices[lo : lo + block_rows], indices, dtype).sum(dtype=torch.float64)

@@ -194,15 +194,18 @@ def select_batch(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
     block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+    false_negatives: float | None = None,
 ) -> Selection:
     """Select round((1 - ratio) * B) examples of one super-batch with `method` and `criterion`.
 
+    `false_negatives`: T of `--false-negatives mask:T` (pairs the reference sees as one thing add 0 to the
+    cross terms, so it changes `jest` alone; the other methods read the diagonal only).
     `chunks` and `first_chunk` only affect `jest`. Runs under no_grad on the embeddings' device; the
     result stays there (no host sync).
     """
     if method not in METHODS:
         raise SelectionError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    scores = pair_scores(criterion, reference, learner)
+    scores = pair_scores(criterion, reference, learner, false_negatives)
     size = selection_size(scores.size, ratio, chunks if method == "jest" else 1)
     common = {"temperature": temperature, "generator": generator, "dtype": dtype}
     if method == "jest":

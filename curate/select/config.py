@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from curate.backends.ray_cluster import RayConfig, check_backend
 from curate.errors import CurateError
-from curate.jest import CRITERIA, METHODS, selection_size
+from curate.jest import CRITERIA, METHODS, false_negatives, selection_size
 from curate.validate import check, positive
 
 NEEDS_LEARNER = ("learnability", "hard")
@@ -35,6 +35,9 @@ class SelectConfig:
     method: str = "jest"
     criterion: str | None = None  # learnability with a learner, else easy
     temperature: float = 1.0
+    false_negatives: str | None = (
+        None  # "mask:T": JEST's cross terms leave out pairs the reference sees as one
+    )
     where: str | None = None
     keep: str | None = None  # a `curate dedup` keep-manifest: only the keys it lists may be selected
     seed: int = 0
@@ -71,6 +74,7 @@ class SelectConfig:
         if self.method not in METHODS + GLOBAL_METHODS:
             names = ", ".join(METHODS + GLOBAL_METHODS)
             raise CurateError(f"--method must be one of {names}, got {self.method!r}")
+        false_negatives(self.false_negatives)  # a bad spec fails here, before any file is read
         if self.criterion not in CRITERIA:
             raise CurateError(f"--criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
         if self.criterion in NEEDS_LEARNER and not self.learner and not self.is_global:
@@ -107,6 +111,11 @@ class SelectConfig:
 
     def _resolve(self, name: str, value: object) -> None:
         object.__setattr__(self, name, value)  # frozen: defaults that depend on other fields are set once
+
+    @property
+    def mask_threshold(self) -> float | None:
+        """T of `--false-negatives mask:T` (None: nothing masked)."""
+        return false_negatives(self.false_negatives)
 
     @property
     def whole_batches(self) -> bool:

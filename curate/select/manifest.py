@@ -104,6 +104,8 @@ def manifest_metadata_for(
     }
     if config.shards:
         metadata[SHARDS_METADATA_KEY] = absolute(config.shards)
+    if config.mask_threshold is not None:  # only when set: manifests without a mask keep their bytes
+        metadata["curate.false_negatives"] = config.false_negatives
     return metadata
 
 

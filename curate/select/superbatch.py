@@ -70,6 +70,7 @@ def select_super_batch(
         config.temperature,
         generator=_generator(device, config.seed, batch.index, DRAW),
         random_generator=_generator(device, config.seed, batch.index, RANDOM_BATCH),
+        false_negatives=config.mask_threshold,
     )
     selection = choice.selection
     indices = pa.array(selection.indices.cpu().numpy())
