@@ -85,7 +85,7 @@ $(OUT)/manifests/learnability/manifest.parquet: $(OUT)/scores/reference/.done $(
 # masked where the reference sees two samples as the same thing (image-image or text-text cosine above
 # MASK_T). Learners jest-mask, independent-dedup, jest-dedup and jest-mask-dedup.
 DEDUP_T ?= 0.998
-MASK_T ?= 0.95
+MASK_T ?= 0.99
 $(OUT)/keep/keep.parquet: $(OUT)/scores/reference/.done
 	$(CURATE) dedup $(OUT)/scores/reference -o $(OUT)/keep --threshold $(DEDUP_T) --seed $(SEED)
 $(OUT)/manifests/jest-mask/manifest.parquet: $(OUT)/scores/reference/.done
