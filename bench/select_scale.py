@@ -155,6 +155,7 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["local", "ray"], choices=["local", "ray"])
     parser.add_argument("--partition-size", type=int, default=1_000_000, help="samples per partition")
     parser.add_argument("--ratio", type=float, default=0.8)
+    parser.add_argument("--method", default="jest", help="jest, independent, ... (curate select --method)")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--work", default=None, help="folder for the generated crawls (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the generated score folders")
@@ -170,7 +171,8 @@ def main() -> None:
         str(args.partition_size),
     ]
     print(
-        f"select at scale: D = {args.dim}, ratio {args.ratio}, batch {args.batch_size}, "
+        f"select at scale: --method {args.method}, D = {args.dim}, ratio {args.ratio}, "
+        f"batch {args.batch_size}, "
         f"{args.partition_size:,} samples per partition, {os.cpu_count()} cores, "
         f"load {os.getloadavg()[0]:.1f}"
     )
