@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import IO
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from curate.errors import CurateError
+from curate.errors import CurateError, first_line
 
 
 def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -158,3 +160,15 @@ def _alive(pid: int) -> bool:
 def write_bytes_atomic(path: str, data: bytes) -> None:
     with atomic_open(path, "wb") as handle:
         handle.write(data)
+
+
+def read_table_with_schema(path: Path, schema: pa.Schema, what: str) -> pa.Table:
+    """A Parquet file read whole, refused in one line unless it holds exactly `schema`'s columns (`what`
+    the file should be, for the message)."""
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as error:
+        raise CurateError(f"cannot read {path}: {first_line(error)}") from None
+    if not table.schema.remove_metadata().equals(schema):
+        raise CurateError(f"{path} is not {what} (columns {table.schema.names})")
+    return table

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.errors import CurateError, first_line
-from curate.fileio import atomic_open, local_path
+from curate.fileio import atomic_open, local_path, read_table_with_schema
 
 KEEP_FILE = "keep.parquet"
 SUMMARY_FILE = "summary.json"
@@ -68,13 +68,7 @@ def keep_file(keep: str | Path) -> Path:
 
 def read_keep_keys(keep: str | Path, columns: tuple[str, ...] = ("key", "shard")) -> pa.Table:
     """The kept rows' `columns` (key and shard by default), checked against KEEP_SCHEMA."""
-    path = keep_file(keep)
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowInvalid) as error:
-        raise CurateError(f"cannot read keep-manifest {path}: {first_line(error)}") from None
-    if not table.schema.remove_metadata().equals(KEEP_SCHEMA):
-        raise CurateError(f"{path} is not a curate keep-manifest (columns {table.column_names})")
+    table = read_table_with_schema(keep_file(keep), KEEP_SCHEMA, "a curate keep-manifest")
     return table.select(list(columns))
 
 

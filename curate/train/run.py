@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import torch
 
 from curate.errors import CurateError, first_line
-from curate.fileio import atomic_open
+from curate.fileio import atomic_open, read_table_with_schema
 from curate.train.config import TrainConfig
 
 CONFIG_FILE = "config.json"
@@ -216,10 +216,4 @@ def read_batches(run: Path) -> pa.Table | None:
     path = run / BATCHES_FILE
     if not path.is_file():
         return None
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowInvalid) as error:
-        raise CurateError(f"cannot read {path}: {first_line(error)}") from None
-    if not table.schema.remove_metadata().equals(BATCHES_SCHEMA):
-        raise CurateError(f"{path} is not a batch log of curate train (columns {table.schema.names})")
-    return table
+    return read_table_with_schema(path, BATCHES_SCHEMA, "a batch log of curate train")
