@@ -28,28 +28,22 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from open_clip.loss import SigLipLoss  # noqa: E402
 
-from curate import __version__  # noqa: E402
+from curate.jest import PairEmbeddings  # noqa: E402
 from curate.models import ImageTextModel, load_model  # noqa: E402
 from curate.runtime import resolve_device, resolve_precision  # noqa: E402
-from curate.score.schema import ScoreMetadata  # noqa: E402
 from curate.shards.paths import expand_shards  # noqa: E402
 from curate.synth import NoiseRates, SynthConfig, synthesize  # noqa: E402
 from curate.train import DataConfig, OnlineJestConfig, OptimConfig, TrainConfig  # noqa: E402
 from curate.train.data import MemoryData, load_memory_data  # noqa: E402
 from curate.train.loop import _optimizer, flops_per_step, train_step  # noqa: E402
-from curate.train.online import ReferenceBank, choose  # noqa: E402
+from curate.train.online import choose  # noqa: E402
 
 
-def random_reference(keys: list[str], dim: int, device: torch.device) -> ReferenceBank:
+def random_reference(n: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, D) float16 image and text embeddings of a made-up reference, one row per cached sample."""
     generator = torch.Generator().manual_seed(0)
-    image, text = (F.normalize(torch.randn(len(keys), dim, generator=generator), dim=-1) for _ in "it")
-    metadata = ScoreMetadata(
-        model="random", pretrained="", logit_scale=10.0, logit_bias=-10.0, embed_dim=dim, image_size=0,
-        version=__version__,
-    )  # fmt: skip
-    return ReferenceBank(
-        image.half().to(device), text.half().to(device), {k: i for i, k in enumerate(keys)}, metadata
-    )
+    image, text = (F.normalize(torch.randn(n, dim, generator=generator), dim=-1) for _ in "it")
+    return image.half(), text.half()
 
 
 def main() -> None:
@@ -105,7 +99,7 @@ def main() -> None:
             )
 
         flops = {name: flops_per_step(model, v) for name, v in variants.items()}
-        bank = random_reference(data.keys, model.embed_dim, device)
+        data.reference = random_reference(len(data), model.embed_dim)  # travels with each batch
         optimizer = _optimizer(model, OptimConfig())
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         loss_fn = SigLipLoss()
@@ -118,7 +112,9 @@ def main() -> None:
             images, tokens = batch.images, batch.tokens
             if settings.online is not None:
                 generator = torch.Generator(device=device).manual_seed(number)
-                rows = choose(model, bank, batch, settings.online, generator, precision).selection.indices
+                reference = PairEmbeddings(*batch.reference, 10.0, -10.0)
+                choice = choose(model, reference, batch, settings.online, generator, precision)
+                rows = choice.selection.indices
                 images, tokens = images[rows], tokens[rows]
             return train_step(model, optimizer, scaler, loss_fn, images, tokens, settings, number, precision)
 

@@ -95,8 +95,8 @@ def train_command(
     from the tars through DataLoader workers and a shuffle buffer. RUN/ gets config.json, metrics.jsonl,
     batches.parquet (the keys each step trained on), checkpoints/step_N.pt and latest.pt (loadable with
     torch.load(weights_only=True), usable as `curate score --model RUN/latest.pt` and `curate eval
-    RUN/latest.pt`). --resume continues exactly (a resumed uniform stream draws other batches). A loss or
-    weights turned NaN or infinite stop the run with an error, and no checkpoint of them is written.
+    RUN/latest.pt`). --resume continues exactly (a stream: under the same --workers and --shuffle-buffer).
+    A loss or weights turned NaN or infinite stop the run with an error, and no checkpoint of them is written.
 
     With --manifest (curate select's output), step t trains exactly the samples of the manifest's batch t:
     JEST chose them together. Select with --steps equal to this run's --steps for one batch per step;
@@ -106,7 +106,8 @@ def train_command(
     under 99% of the manifest's keys is refused (the wrong shards?) unless --allow-missing.
 
     With --online-jest (the paper's setting, reference cached): each step embeds a super-batch of
-    B = b / (1 - F) with the model being trained, looks up the reference's embeddings in --ref, keeps b
+    B = b / (1 - F) with the model being trained, takes the reference's embeddings from --ref (each sample's
+    from its shard's score file, as it is decoded; a sample without an ok one is skipped), keeps b
     with JEST, and trains on them; metrics.jsonl logs the learnability (mean over the b x b pairs) of the
     chosen vs a random batch and the time spent scoring vs training; batches.parquet names what was chosen.
 
@@ -178,20 +179,16 @@ def train_command(
     data_line = f"{summary.data_samples} samples in memory" if summary.data_samples else "streamed"
     if summary.manifest_keys is not None:
         data_line += f" ({summary.manifest_keys_found} of the manifest's {summary.manifest_keys} keys found)"
-    missing = (
-        f", {summary.missing_reference} without reference scores left out"
-        if summary.missing_reference
-        else ""
-    )
-    if summary.skipped:
+    skipped = ""
+    if summary.skipped:  # no_reference_score among them: samples online JEST could not score
         reasons = ", ".join(f"{reason} {n}" for reason, n in summary.skipped.items())
-        missing += f", {sum(summary.skipped.values())} skipped ({reasons})"
+        skipped = f", {sum(summary.skipped.values())} skipped ({reasons})"
     final_eval = ""
     if summary.evals:
         last = summary.evals[-1]["eval"]
         final_eval = "; eval " + ", ".join(f"{k} {v:.3f}" for k, v in last.items() if isinstance(v, float))
     speed = f"{summary.samples_per_second:.0f} samples/s"
     out.print(
-        f"trained steps {summary.start_step}→{summary.steps} on {data_line}{missing}: final loss "
+        f"trained steps {summary.start_step}→{summary.steps} on {data_line}{skipped}: final loss "
         f"{summary.final_loss:.4f}, {speed}{final_eval} → {summary.run}/latest.pt"
     )

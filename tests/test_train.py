@@ -273,22 +273,42 @@ def test_a_manifest_that_is_not_one_is_a_one_line_error(tmp_path, small_synth):
         assert "\n" not in str(error.value)
 
 
-def oracle_reference(small_synth: str, out: Path) -> None:
-    """Scores of a reference that knows the noise: clean pairs get matching embeddings, noisy ones not."""
+def oracle_reference(small_synth: str, out: Path, lacking: int = 0) -> set[str]:
+    """Scores of a reference that knows the noise: clean pairs get matching embeddings, noisy ones not.
+    With `lacking`, that many clean samples of each shard get no usable row (one absent, one not ok, one
+    with a NaN embedding, in turn); returns their keys."""
     rng = np.random.default_rng(0)
     dim = 64
     out.mkdir()
+    without = set()
     for path in sorted(Path(small_synth, "web").glob("*.parquet")):
         rows = pq.read_table(path, columns=["key", "noise"]).to_pylist()
         image = rng.standard_normal((len(rows), dim)).astype(np.float32)
         text = np.where(
             np.array([r["noise"] == "none" for r in rows])[:, None], image, rng.standard_normal(image.shape)
         )
-        keys = [r["key"] for r in rows]
+        image, text = unit(image), unit(text)
+        keys, status = [r["key"] for r in rows], ["ok"] * len(rows)
+        clean = [i for i, r in enumerate(rows) if r["noise"] == "none"][:lacking]
+        for number, i in enumerate(clean):
+            without.add(keys[i])
+            if number % 3 == 1:
+                status[i] = "undecodable_image"
+            elif number % 3 == 2:
+                image[i, 0] = np.nan
+        kept = [i for i in range(len(rows)) if not (clean and i == clean[0])]  # the first: no row at all
         write_scores(
-            out, path.stem + ".tar", keys, unit(image), unit(text), model="oracle", captions=[""] * len(keys)
+            out,
+            path.stem + ".tar",
+            [keys[i] for i in kept],
+            image[kept],
+            text[kept],
+            status=[status[i] for i in kept],
+            model="oracle",
+            captions=[""] * len(kept),
         )
     assert ScoreMetadata.read(out / "00000.parquet").logit_scale == 10.0
+    return without
 
 
 def test_online_jest_prefers_clean_learnable_pairs(tmp_path, small_synth):
@@ -310,6 +330,111 @@ def test_online_jest_prefers_clean_learnable_pairs(tmp_path, small_synth):
     noisy_trained = np.mean([noise[key] != "none" for key in trained["key"]])
     noisy_pool = np.mean([kind != "none" for kind in noise.values()])
     assert noisy_pool > 0.3 and noisy_trained < 0.5 * noisy_pool
+
+
+def test_online_jest_skips_and_counts_samples_without_a_usable_reference_row(tmp_path, small_synth):
+    reference = tmp_path / "reference"
+    lacking = oracle_reference(small_synth, reference, lacking=3)
+    assert len(lacking) == 12  # 3 of each of 4 shards: absent, not ok, NaN
+    online = OnlineJestConfig(ref=str(reference), ratio=0.75, chunks=4)
+    summary = train(fast(f"{small_synth}/web", tmp_path / "run", steps=2, online=online))
+    assert summary.skipped["no_reference_score"] == 12 and summary.data_samples == 396 - 12
+    assert not set(read_batches(tmp_path / "run")["key"].to_pylist()) & lacking
+
+
+@pytest.mark.parametrize("cache", ["memory", "stream"])
+def test_online_jest_with_a_manifest_draws_only_its_keys(tmp_path, small_synth, cache):
+    """--manifest with --online-jest trains its keys as a set (--order shuffle): JEST picks from them."""
+    reference = tmp_path / "reference"
+    lacking = oracle_reference(small_synth, reference, lacking=3)
+    keys = sorted(shard_noise(f"{small_synth}/web"))[::2]  # every other key, some of them without a row
+    manifest = write_manifest_rows(tmp_path / "manifest", keys)
+    online = OnlineJestConfig(ref=str(reference), ratio=0.75, chunks=4)
+    config = fast(f"{small_synth}/web", tmp_path / "run", str(manifest), steps=2, online=online)
+    config = replace(config, data=replace(config.data, cache=cache, workers=2, shuffle_buffer=64))
+    summary = train(config)
+    assert config.data.order == "shuffle" and summary.manifest_keys == 200
+    trained = set(read_batches(tmp_path / "run")["key"].to_pylist())
+    assert len(trained) > 32 and trained <= set(keys) - lacking
+
+
+def test_online_jest_streams_each_samples_reference_and_resumes_exactly(tmp_path, small_synth):
+    """No process loads the whole reference: each worker reads the score file of the shard it decodes and
+    the embeddings travel with the samples. Killed after a checkpoint, the stream resumes exactly."""
+    reference = tmp_path / "reference"
+    lacking = oracle_reference(small_synth, reference, lacking=3)
+    online = OnlineJestConfig(ref=str(reference), ratio=0.75, chunks=4)
+    config = fast(f"{small_synth}/web", tmp_path / "resumed", steps=5, save_every=2, online=online)
+    config = replace(config, data=replace(config.data, cache="stream", workers=2, shuffle_buffer=64))
+    whole = tmp_path / "whole"
+    summary = train(replace(config, out=str(whole)))
+    assert summary.data_mode == "stream" and summary.samples == 5 * 32
+    trained = read_batches(whole).to_pydict()
+    assert trained["step"] == [step for step in range(5) for _ in range(32)]
+    assert not set(trained["key"]) & lacking and all(math.isfinite(m["loss"]) for m in logs(whole))
+    with pytest.raises(Killed):
+        train(config, progress=kill_at(3))
+    assert load_checkpoint(tmp_path / "resumed" / "latest.pt")["step"] == 2
+    train(replace(config, resume=True))
+    assert_same_run(whole, tmp_path / "resumed")
+
+
+def test_a_stream_logs_the_samples_of_each_shard_without_a_reference_row(tmp_path, small_synth, caplog):
+    """A stream's workers cannot report back to the summary: each shard's skipped count is a log line."""
+    reference = tmp_path / "reference"
+    oracle_reference(small_synth, reference, lacking=3)
+    online = OnlineJestConfig(ref=str(reference), ratio=0.75, chunks=4)
+    config = fast(f"{small_synth}/web", tmp_path / "run", steps=1, online=online, batch_size=16)
+    config = replace(config, data=replace(config.data, cache="stream", workers=0, shuffle_buffer=400))
+    with caplog.at_level("WARNING", logger="curate.train.stream"):
+        train(config)  # a 400-sample buffer: every shard is read before the first batch
+    lines = sorted(r.getMessage() for r in caplog.records if "no reference score" in r.getMessage())
+    assert [line.split(" samples of ")[0] for line in lines] == ["3"] * 4
+    assert [Path(line.split(" of ")[1].split(" have")[0]).name for line in lines] == [
+        f"0000{i}.tar" for i in range(4)
+    ]
+
+
+def test_a_uniform_stream_resumes_exactly_from_the_step_it_stopped_at(tmp_path, small_synth):
+    config = fast(f"{small_synth}/web", tmp_path / "resumed", steps=4, save_every=1, batch_size=16)
+    config = replace(config, data=replace(config.data, cache="stream", workers=0, shuffle_buffer=50))
+    train(replace(config, out=str(tmp_path / "whole")))
+    with pytest.raises(Killed):
+        train(config, progress=kill_at(4))
+    assert load_checkpoint(tmp_path / "resumed" / "latest.pt")["step"] == 3
+    train(replace(config, resume=True))
+    assert_same_run(tmp_path / "whole", tmp_path / "resumed")
+
+
+def test_a_manifest_whose_batch_ids_have_gaps_trains_them_in_id_order(tmp_path):
+    """A manifest written in parts numbers its batches local_batch * P + part: steps follow the ids' rank."""
+    from curate.select.manifest import MANIFEST_SCHEMA
+    from curate.train.data import load_plan
+
+    ids = [7, 0, 3, 7, 0, 12, 3]
+    n = len(ids)
+    table = pa.table(
+        {
+            "key": [f"k{i}" for i in range(n)],
+            "shard": ["00000.tar"] * n,
+            "batch": pa.array(ids, pa.int64()),
+            "super_batch": pa.array(ids, pa.int64()),
+            "chunk": pa.array([0] * n, pa.int32()),
+            "score": pa.array([0.0] * n, pa.float32()),
+            "sha256": pa.nulls(n, pa.string()),
+        },
+        schema=MANIFEST_SCHEMA,
+    )
+    (tmp_path / "manifest").mkdir()
+    pq.write_table(table, tmp_path / "manifest" / "manifest.parquet")
+    plan = load_plan(str(tmp_path / "manifest"), seed=0)
+    assert len(plan) == 4 and plan.batch_size == 2
+    assert [plan.keys_of(plan.locate(step)[0]) for step in range(4)] == [
+        ["k1", "k4"],
+        ["k2", "k6"],
+        ["k0", "k3"],
+        ["k5"],
+    ]
 
 
 def test_the_config_refuses_bad_numbers_in_one_line(tmp_path):

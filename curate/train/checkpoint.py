@@ -5,7 +5,8 @@ A checkpoint (the format is `curate.models.checkpoint`) holds the model, AdamW's
 DESIGN.md lists: the learning rate is a pure function of the step (`loop._learning_rate`), so the step is
 all a resumed run needs to continue the schedule (nanoGPT does the same).
 
-Resuming is exact in memory mode: the batch of a step depends on (seed, step) alone, and online JEST and
+Resuming is exact: in memory the batch of a step depends on (seed, step) alone; a stream replays its seeded
+order up to the step (stream.py; exact under the same --workers and --shuffle-buffer); online JEST and
 --multi-resolution's split re-seed their generators every step. Resume first cuts metrics.jsonl and
 batches.parquet back to the checkpoint's step, so the run folder reads as one uninterrupted run.
 """

@@ -61,8 +61,8 @@ class DataConfig:
     # Default: batches with a manifest (shuffle under online JEST, which picks its own batches).
     order: str | None = trajectory(None)
     cache: str = trajectory("auto")  # memory | stream | auto (memory when decoded it fits a quarter of RAM)
-    # The stream's order depends on these two as well, but a resumed stream is not exact anyway (data.py);
-    # the memory cache's order depends on neither.
+    # The stream's order depends on these two as well: a stream resumed under other values goes on in
+    # another (equally shuffled) order, exact only under the same (stream.py). The cache's depends on neither.
     shuffle_buffer: int = operational(10_000)  # samples, when streaming
     workers: int = operational(2)  # DataLoader processes decoding images
     # Train on a manifest of which the data holds under 99% of the keys (else refused: the wrong shards).

@@ -2,17 +2,20 @@
 
 Two orders. Uniform (no manifest, or `--order shuffle`): the cache gives the batch of a step as a function
 of (seed, step) alone, so a resumed run sees exactly the batches an uninterrupted one would; the stream
-re-seeds from the step it resumes at, so a resumed stream sees other (equally shuffled) batches. A
-manifest's batches (`--order batches`, order.py): step t trains the plan's batch for t, from the cache or
-from a stream that decodes, a few batches ahead, only the shards those batches live in; both are exact on
-resume, because the plan is a function of the step.
+(stream.py, webdataset's pipeline) replays its seeded order up to the step it resumes at, so it is exact
+too. A manifest's batches (`--order batches`, order.py): step t trains the plan's batch for t, from the
+cache or from a stream that decodes, a few batches ahead, only the shards those batches live in; both are
+exact on resume, because the plan is a function of the step.
+
+The cache and the planned stream read with curate's own reader (`ShardBatches`), which counts every
+skipped sample by reason into the run's summary; the uniform stream cannot report back from its workers and
+logs instead. Under online JEST each sample carries its reference embeddings from the worker that decoded
+it (reference.py), and a sample without them is skipped as `no_reference_score`.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import random
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset
 
 from curate.errors import CurateError
 from curate.fileio import filesystem, local_path
@@ -32,10 +35,11 @@ from curate.shards.batches import ShardBatch, ShardBatches, already_batched, sin
 from curate.shards.paths import count_samples, shard_sibling, shards_by_name
 from curate.shards.reader import ReadStats, iter_members
 from curate.shards.schema import OK, SUCCESS
+from curate.train.batch import Batch
 from curate.train.config import TrainConfig
 from curate.train.order import BatchPlan
-
-logger = logging.getLogger(__name__)
+from curate.train.reference import NO_REFERENCE, Reference, with_reference
+from curate.train.stream import UniformStream
 
 
 def load_plan(manifest: str, seed: int) -> BatchPlan:
@@ -48,79 +52,71 @@ def make_data(
     config: TrainConfig,
     paths: list[str],
     model: ImageTextModel,
-    referenced: dict[str, int] | None,
+    reference: Reference | None,
     start_step: int,
     progress: Progress | None = None,
     plan: BatchPlan | None = None,
     report: DecodeReport | None = None,
-) -> tuple[TrainData, int, tuple[int, int] | None]:
-    """The run's data, how many of its samples were left out for want of a reference score, and, with a
-    manifest, how many of its distinct keys the data holds, of how many.
+) -> tuple[TrainData, tuple[int, int] | None]:
+    """The run's data and, with a manifest, how many of its distinct keys the data holds, of how many.
 
-    `referenced` (online JEST) holds the keys that have one: the others cannot be scored, so they are never
-    drawn. `plan` (a manifest's batches) fixes what each step trains. Memory or stream as --cache says
-    (auto: memory when the decoded set fits in a quarter of RAM). A manifest of which the data holds under
-    99% is refused (`require_found`: the wrong shards) unless --allow-missing: in memory once decoded, when
-    streaming by the shards' tables before any decoding. `report` hears of the samples skipped and the
-    shards damaged as they are decoded (in this process: not by a plain stream's workers, which log them).
+    `reference` (online JEST): each sample carries its embeddings, and one without them is never drawn (it
+    cannot be scored). `plan` (a manifest's batches) fixes what each step trains. Memory or stream as
+    --cache says (auto: memory when the decoded set fits in a quarter of RAM). A manifest of which the data
+    holds under 99% is refused (`require_found`: the wrong shards) unless --allow-missing: in memory once
+    decoded, when streaming by the shards' tables before any decoding. `report` hears of the samples
+    skipped and the shards damaged as they are decoded (in this process: not by the uniform stream's
+    workers, which log them).
     """
     settings = config.data
     memory = settings.cache == "memory" or (
         settings.cache == "auto" and fits_in_memory(paths, model.image_size)
     )
-    if plan is not None:
+    if plan is not None:  # never with a reference: the config refuses --order batches under online JEST
         if memory:
             keys = frozenset(plan.keys)
-            cache, found = _load_manifest_samples(config, paths, model, keys, progress, report)
-            return PlannedMemoryData(cache, plan), 0, found
+            cache, found = _load_manifest_samples(config, paths, model, keys, None, progress, report)
+            return PlannedMemoryData(cache, plan), found
         by_name = shards_by_name(paths, plan.shards, "the training data")
         found = _listed(frozenset(plan.keys), list(by_name.values()), settings.allow_missing)
         steps = range(start_step, config.steps)
         stream = PlannedStreamData(
             plan, by_name, model.preprocess, model.tokenizer, steps, settings.workers, report
         )
-        return stream, 0, found
+        return stream, found
     manifest = _manifest_keys(settings.manifest) if settings.manifest else None
-    found = None
     if memory:
         if manifest is not None:
-            data, found = _load_manifest_samples(config, paths, model, manifest, progress, report)
-        else:
-            data = load_memory_data(
-                paths,
-                model.preprocess,
-                model.tokenizer,
-                None,
-                settings.workers,
-                config.seed,
-                progress,
-                report,
-            )
-        if referenced is None:
-            return data, 0, found
-        kept = data.only(referenced)
-        if not len(kept):
-            raise CurateError(
-                "no training sample has a reference score: do --ref and the data hold the same keys?"
-            )
-        return kept, len(data) - len(kept), found
-    keep = manifest
-    if manifest is not None:
-        found = _listed(manifest, paths, settings.allow_missing)
-    if referenced is not None:
-        # A stream cannot count what it skips without reading it all first: decode only referenced keys.
-        keep = frozenset(referenced) if keep is None else keep & frozenset(referenced)
-    stream = StreamData(
+            return _load_manifest_samples(config, paths, model, manifest, reference, progress, report)
+        data = load_memory_data(
+            paths,
+            model.preprocess,
+            model.tokenizer,
+            None,
+            settings.workers,
+            config.seed,
+            progress,
+            report,
+            reference=reference,
+        )
+        return data, None
+    found = _listed(manifest, paths, settings.allow_missing) if manifest is not None else None
+    stream = UniformStream(
         paths,
         model.preprocess,
         model.tokenizer,
-        keep,
+        manifest,
+        reference,
         settings.shuffle_buffer,
-        f"{config.seed}/{start_step}",  # re-seeded from the step it starts at
+        config.seed,
         config.super_batch,
-        settings.workers,
+        start_step,
     )
-    return stream, 0, found
+    return StreamData(stream, settings.workers, pin=_on_cuda(model)), found
+
+
+def _on_cuda(model: ImageTextModel) -> bool:
+    return next(model.module.parameters()).is_cuda
 
 
 def _manifest_keys(manifest: str) -> frozenset[str]:
@@ -144,6 +140,7 @@ def _load_manifest_samples(
     paths: list[str],
     model: ImageTextModel,
     manifest: frozenset[str],
+    reference: Reference | None,
     progress: Progress | None,
     report: DecodeReport | None,
 ) -> tuple[MemoryData, tuple[int, int]]:
@@ -161,6 +158,7 @@ def _load_manifest_samples(
             progress,
             report,
             read,
+            reference,
         )
     except CurateError:  # nothing decoded: the wrong shards, if so few of the manifest's keys were there
         _found(len(read), len(manifest), settings.allow_missing)
@@ -201,24 +199,20 @@ class DecodeReport:
             self.skipped["truncated_tar"] += batch.unread
 
 
-@dataclass
-class Batch:
-    images: torch.Tensor  # (n, C, H, W) preprocessed; float16 from the cache, float32 from the stream
-    tokens: torch.Tensor  # (n, context_length)
-    keys: list[str]
-
-    def to(self, device: torch.device) -> Batch:
-        """On the device, images as float32: the cache's float16 crosses the bus at half the bytes and is
-        widened there (exactly: every float16 is a float32)."""
-        images = self.images.to(device, non_blocking=True).float()
-        return Batch(images, self.tokens.to(device, non_blocking=True), self.keys)
-
-
 class MemoryData:
-    """Every kept sample decoded once into one float16 tensor; batches are indexed by a seeded permutation."""
+    """Every kept sample decoded once into one float16 tensor; batches are indexed by a seeded permutation.
+    Under online JEST it holds each sample's reference embeddings too ((N, D) float16 each)."""
 
-    def __init__(self, images: torch.Tensor, tokens: torch.Tensor, keys: list[str], seed: int):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        tokens: torch.Tensor,
+        keys: list[str],
+        seed: int,
+        reference: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
         self.images, self.tokens, self.keys, self.seed = images, tokens, keys, seed
+        self.reference = reference
         self._permutations: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -240,21 +234,30 @@ class MemoryData:
         return self.take(self.rows(step, size))
 
     def take(self, rows: torch.Tensor) -> Batch:
-        return Batch(self.images[rows], self.tokens[rows], [self.keys[i] for i in rows.tolist()])
-
-    def only(self, keys: dict[str, int] | frozenset[str]) -> MemoryData:
-        """The samples whose key is in `keys`, same seed."""
-        present = [i for i, key in enumerate(self.keys) if key in keys]
-        if len(present) == len(self):
-            return self
-        rows = torch.tensor(present, dtype=torch.long)
-        return MemoryData(self.images[rows], self.tokens[rows], [self.keys[i] for i in present], self.seed)
+        reference = None if self.reference is None else (self.reference[0][rows], self.reference[1][rows])
+        return Batch(self.images[rows], self.tokens[rows], [self.keys[i] for i in rows.tolist()], reference)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch not in self._permutations:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._permutations = {epoch: torch.randperm(len(self), generator=generator)}  # keep one epoch
         return self._permutations[epoch]
+
+
+class ReferencedBatches(IterableDataset):
+    """`ShardBatches` whose batches carry their decoded samples' reference embeddings: items are (batch,
+    (image, text) embeddings of its decoded samples); a decoded sample without a reference row is marked
+    NO_REFERENCE and dropped. Each worker reads the score file of the shard it decodes, once."""
+
+    def __init__(self, batches: ShardBatches, reference: Reference):
+        self.batches, self.reference = batches, reference
+
+    def __iter__(self) -> Iterator[tuple[ShardBatch, tuple[torch.Tensor, torch.Tensor]]]:
+        shard, rows = None, None
+        for batch in self.batches:  # ShardBatches shares the shards out among the workers itself
+            if batch.shard != shard:  # a worker's batches of a shard come together
+                shard, rows = batch.shard, self.reference.shard(batch.shard)
+            yield with_reference(batch, rows)
 
 
 def load_memory_data(
@@ -267,24 +270,31 @@ def load_memory_data(
     progress: Progress | None = None,
     report: DecodeReport | None = None,
     read: set[str] | None = None,
+    reference: Reference | None = None,
 ) -> MemoryData:
     """The samples of `paths` (only `keep`'s keys, when given) decoded into memory; `read` collects every
-    key the tars held, decodable or not, and `report` what could not be decoded."""
+    key the tars held, decodable or not, and `report` what could not be decoded (or, with `reference`, had
+    no reference row: those are left out)."""
+    decoded: IterableDataset = ShardBatches(paths, preprocess, tokenizer, batch_size=512, keep=keep)
+    if reference is not None:
+        decoded = ReferencedBatches(decoded, reference)
     loader = DataLoader(
-        ShardBatches(paths, preprocess, tokenizer, batch_size=512, keep=keep),
+        decoded,
         batch_size=None,
         num_workers=min(workers, len(paths)),
         worker_init_fn=single_threaded_worker,
         collate_fn=already_batched,
     )
-    images, tokens, keys = [], [], []
+    images, tokens, keys, embeddings = [], [], [], []
     total, seen = count_samples(paths), 0
-    for batch in loader:
+    for item in loader:
+        batch, rows = item if reference is not None else (item, None)
         ok = [i for i, status in enumerate(batch.status) if status == OK]
         if ok:
             images.append(batch.images.half())  # half the memory; values are normalised pixels, well in range
             tokens.append(batch.tokens)
             keys += [batch.keys[i] for i in ok]
+            embeddings.append(rows)
         seen += len(batch.keys)
         if read is not None:
             read.update(batch.keys)
@@ -293,8 +303,16 @@ def load_memory_data(
         if progress:
             progress(seen, total)
     if not keys:
-        raise CurateError(f"no trainable samples in {', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''}")
-    return MemoryData(torch.cat(images), torch.cat(tokens), keys, seed)
+        where = f"{', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''}"
+        if reference is not None and report is not None and report.skipped[NO_REFERENCE]:
+            raise CurateError(
+                f"no sample of {where} has a reference score: do --ref and the data hold the same keys?"
+            )
+        raise CurateError(f"no trainable samples in {where}")
+    stacked = None
+    if reference is not None:
+        stacked = (torch.cat([e[0] for e in embeddings]), torch.cat([e[1] for e in embeddings]))
+    return MemoryData(torch.cat(images), torch.cat(tokens), keys, seed, stacked)
 
 
 def fits_in_memory(paths: list[str], image_size: int) -> bool:
@@ -306,65 +324,23 @@ def fits_in_memory(paths: list[str], image_size: int) -> bool:
     return samples * (3 * image_size * image_size * 2 + 512) < ram // 4
 
 
-class StreamingSamples(IterableDataset):
-    """Endless samples from tars, shard order and a shuffle buffer seeded per (seed, worker, epoch)."""
-
-    def __init__(self, paths, preprocess, tokenizer, keep, buffer: int, seed: int | str):
-        self.paths, self.preprocess, self.tokenizer = paths, preprocess, tokenizer
-        self.keep, self.buffer, self.seed = keep, buffer, seed
-
-    def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        mine = self.paths[worker::workers] or self.paths  # more workers than shards: share them
-        rng = random.Random(f"{self.seed}/{worker}")
-        buffer: list[dict] = []
-        for epoch in range(1 << 62):
-            order = list(mine)
-            random.Random(f"{self.seed}/{worker}/{epoch}").shuffle(order)
-            decoded = ShardBatches(order, self.preprocess, self.tokenizer, batch_size=64, keep=self.keep)
-            for batch in decoded:
-                if batch.damage and epoch == 0:  # a worker has no way back to the summary but the log
-                    logger.warning(
-                        "%s is damaged (%s): trained without its unread samples", batch.shard, batch.damage
-                    )
-                ok = [i for i, status in enumerate(batch.status) if status == OK]
-                for row, i in enumerate(ok):
-                    sample = {
-                        "image": batch.images[row],
-                        "tokens": batch.tokens[row],
-                        "key": batch.keys[i],
-                    }
-                    if len(buffer) < self.buffer:
-                        buffer.append(sample)
-                        continue
-                    slot = rng.randrange(len(buffer))
-                    yield buffer[slot]
-                    buffer[slot] = sample
-            if epoch == 0 and not buffer:
-                raise CurateError("no trainable samples in the training shards")
-
-
 class StreamData:
-    """Batches of a fixed size from a DataLoader over `StreamingSamples`, for data larger than RAM."""
+    """Batches of the uniform stream (stream.py) from a DataLoader whose workers batch them."""
 
-    def __init__(
-        self, paths, preprocess, tokenizer, keep, buffer: int, seed: int | str, size: int, workers: int
-    ):
-        dataset = StreamingSamples(paths, preprocess, tokenizer, keep, buffer, seed)
+    def __init__(self, stream: UniformStream, workers: int, pin: bool = False):
         loader = DataLoader(
-            dataset,
-            batch_size=size,
+            stream,
+            batch_size=None,  # the workers batch: only whole batches cross processes
             num_workers=workers,
             worker_init_fn=single_threaded_worker,
-            drop_last=True,
+            collate_fn=already_batched,
+            pin_memory=pin,  # page-locked, so that the copy to a GPU does not wait for the host
         )
         self._batches = iter(loader)
 
     def batch(self, step: int, size: int) -> Batch:
         """The next batch of the stream (of the size it was made with; `step` is for MemoryData's sake)."""
-        sample = next(self._batches)
-        return Batch(sample["image"], sample["tokens"], list(sample["key"]))
+        return next(self._batches)
 
 
 class PlannedMemoryData:

@@ -19,6 +19,7 @@ from open_clip.loss import SigLipLoss
 
 from curate.errors import CurateError
 from curate.fileio import local_path, remove_stale_temporaries
+from curate.jest import PairEmbeddings
 from curate.models import ImageTextModel, load_model
 from curate.runtime import StatusProgress, autocast, resolve_device, resolve_precision
 from curate.shards.paths import expand_shards
@@ -32,7 +33,8 @@ from curate.train.data import (
     load_plan,
     make_data,
 )
-from curate.train.online import Window, choose, load_reference
+from curate.train.online import Window, choose
+from curate.train.reference import Reference
 from curate.train.run import (
     CHECKPOINTS_DIR,
     LATEST_FILE,
@@ -55,7 +57,6 @@ class TrainSummary:
     final_loss: float
     data_samples: int | None  # in the cache; None when streaming
     data_mode: str
-    missing_reference: int = 0
     # --order batches: manifest samples that could not be decoded (distinct keys in memory; rows trained
     # without, when streaming) and how many batches the manifest holds
     missing_from_manifest: int = 0
@@ -65,8 +66,9 @@ class TrainSummary:
     manifest_keys_found: int | None = None
     manifest_keys: int | None = None
     evals: list[EvalRecord] = field(default_factory=list)
-    # what decoding met (not counted by a plain stream's workers, which log it): samples skipped by
-    # reason, and shards that could not be read whole, with why
+    # what decoding met (not counted by the uniform stream's workers, which log it): samples skipped by
+    # reason (online JEST: no_reference_score, a sample without an ok, finite reference row), and shards
+    # that could not be read whole, with why
     skipped: dict[str, int] = field(default_factory=dict)
     damaged: dict[str, str] = field(default_factory=dict)
 
@@ -122,13 +124,14 @@ def train(
         truncate_metrics(run, 0)
 
     # ---------------------------------------------------------------- data
-    bank = load_reference(config.online.ref, device) if config.online else None
+    # Its metadata only: each sample brings its own embeddings from the worker that decodes it.
+    reference = Reference.open(config.online.ref) if config.online else None
     decoding = DecodeReport()
-    data, missing, found = make_data(
+    data, found = make_data(
         config,
         paths,
         model,
-        bank.index if bank else None,
+        reference,
         start_step,
         progress=(lambda done, total: progress(done, total, "decoding")) if progress else None,
         plan=plan,
@@ -156,10 +159,12 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(step, config.optim, config.steps)
             batch = data.batch(step, config.super_batch).to(device)  # the one copy to the device
-            if bank is not None:
+            if reference is not None:
                 window.start("score")
                 generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + step)
-                choice = choose(model, bank, batch, config.online, generator, precision)
+                meta = reference.metadata
+                embeddings = PairEmbeddings(*batch.reference, meta.logit_scale, meta.logit_bias)
+                choice = choose(model, embeddings, batch, config.online, generator, precision)
                 window.add(choice)
                 rows = choice.selection.indices  # on the device: the batch is indexed there
                 batches.add(step, batch.keys, rows)
@@ -230,7 +235,6 @@ def train(
         final_loss=last_loss,
         data_samples=len(data) if isinstance(data, MemoryData | PlannedMemoryData) else None,
         data_mode="memory" if isinstance(data, MemoryData | PlannedMemoryData) else "stream",
-        missing_reference=missing,
         missing_from_manifest=data.missing if isinstance(data, PlannedMemoryData | PlannedStreamData) else 0,
         manifest_batches=len(plan) if plan is not None else None,
         manifest_keys_found=found[0] if found else None,

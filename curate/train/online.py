@@ -1,15 +1,15 @@
 """Online JEST inside the training loop: the paper's setting with a cached reference.
 
-Each step the model being trained embeds a super-batch without gradient, the reference's embeddings are
-looked up by key (loaded once), and the selection core keeps b of B. Nothing here syncs with the host:
-the scores it logs stay on the device until the trainer's log step reads them (`Window.report`).
+Each step the model being trained embeds a super-batch without gradient, the reference's embeddings come
+with the batch (each sample brought its own from the worker that decoded it: reference.py), and the
+selection core keeps b of B. Nothing here syncs with the host: the scores it logs stay on the device until
+the trainer's log step reads them (`Window.report`).
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
 
 import torch
 
@@ -17,57 +17,27 @@ from curate import jest
 from curate.jest import Choice, PairEmbeddings
 from curate.models import ImageTextModel
 from curate.runtime import autocast
-from curate.score.schema import ScoreMetadata, embeddings_numpy, open_score_folder
+from curate.train.batch import Batch
 from curate.train.config import OnlineJestConfig
-from curate.train.data import Batch
-
-
-@dataclass
-class ReferenceBank:
-    image: torch.Tensor  # (N, D) float16, on the training device
-    text: torch.Tensor
-    index: dict[str, int]  # key -> row
-    metadata: ScoreMetadata
-
-    def embeddings(self, keys: list[str]) -> PairEmbeddings:
-        rows = torch.tensor([self.index[key] for key in keys], device=self.image.device)
-        return PairEmbeddings(
-            self.image[rows], self.text[rows], self.metadata.logit_scale, self.metadata.logit_bias
-        )
-
-
-def load_reference(scores: str, device: torch.device) -> ReferenceBank:
-    """Every `ok` row of a score folder, in memory (about 4·D bytes a sample: 10 MB for 20k at D = 128)."""
-    folder = open_score_folder(scores, "--ref")
-    table = folder.read_columns(["key", "image_emb", "text_emb"], ok_only=True)
-    index: dict[str, int] = {}
-    for row, key in enumerate(table.column("key").to_pylist()):
-        index.setdefault(key, row)  # a duplicated key keeps its first score
-    return ReferenceBank(
-        image=torch.from_numpy(embeddings_numpy(table["image_emb"])).to(device),
-        text=torch.from_numpy(embeddings_numpy(table["text_emb"])).to(device),
-        index=index,
-        metadata=folder.metadata,
-    )
 
 
 @torch.no_grad()
 def choose(
     model: ImageTextModel,
-    bank: ReferenceBank,
+    reference: PairEmbeddings,
     batch: Batch,
     config: OnlineJestConfig,
     generator: torch.Generator,
     precision: str,
 ) -> Choice:
-    """Keep b of the super-batch `batch` (on the training device); the rows stay on the device too.
-    With `config.score_resolution` the learner embeds it at that size (Flexi-JEST): fewer image tokens
-    for the same choice of keys, the reference's cached embeddings unchanged."""
+    """Keep b of the super-batch `batch` (on the training device), given the reference's embeddings of its
+    pairs in its order (`reference`); the rows stay on the device too. With `config.score_resolution` the
+    learner embeds it at that size (Flexi-JEST): fewer image tokens for the same choice of keys, the
+    reference's cached embeddings unchanged."""
     with autocast(precision, batch.images.device):
         images, texts = model.encode(batch.images, batch.tokens, config.score_resolution)
     # The 0-d parameters keep t and b on the device: reading them as floats would sync every step.
     learner = PairEmbeddings(images, texts, model.module.logit_scale.exp(), _bias(model))
-    reference = bank.embeddings(batch.keys)
     # One generator for both draws: online JEST re-seeds it every step, so the random comparison batch
     # (drawn after the selection) cannot perturb any later step.
     return jest.choose(

@@ -1,0 +1,92 @@
+"""The reference's cached embeddings for online JEST, read shard by shard where the shard is decoded.
+
+The score folder (`curate score` output) holds one file per shard, named after it (`score_file`). The
+trainer opens the folder once, for its metadata (t, b, the model; `open_score_folder` checks every file is
+one model's at one resolution); each data worker reads the score file of the shard it is decoding and
+attaches each sample's two embeddings to it. So no process holds the whole reference (O(N·D)): only the
+shards being decoded, and the embeddings of the samples in flight or cached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from curate.errors import CurateError, first_line
+from curate.fileio import basename
+from curate.score.schema import OK, ScoreMetadata, embeddings_numpy, open_score_folder, score_file
+from curate.shards.batches import ShardBatch
+
+NO_REFERENCE = "no_reference_score"  # the skip reason of a sample without an ok, finite reference row
+
+
+@dataclass(frozen=True)
+class ShardReference:
+    """One shard's reference rows: key -> row of `image` and `text` ((n, D) float16)."""
+
+    index: dict[str, int]
+    image: np.ndarray
+    text: np.ndarray
+
+    def rows(self, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(len(keys), D) float16 image and text embeddings of `keys`, every one of which has a row."""
+        rows = [self.index[key] for key in keys]
+        return torch.from_numpy(self.image[rows]), torch.from_numpy(self.text[rows])
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference score folder, opened once: where its files are and what model wrote them."""
+
+    folder: str
+    metadata: ScoreMetadata
+
+    @classmethod
+    def open(cls, path: str) -> Reference:
+        folder = open_score_folder(path, "--ref")  # one-line errors; one model at one resolution
+        return cls(folder.path, folder.metadata)
+
+    def shard(self, shard: str) -> ShardReference:
+        """The rows of `shard`'s score file whose status is ok and whose embeddings are finite (a duplicated
+        key keeps its first); none when the folder holds no file for it."""
+        path = score_file(self.folder, basename(shard))
+        dim = self.metadata.embed_dim
+        if not path.is_file():
+            empty = np.zeros((0, dim), np.float16)
+            return ShardReference({}, empty, empty)
+        try:
+            table = pq.read_table(path, columns=["key", "image_emb", "text_emb", "status"])
+        except (OSError, ValueError, KeyError) as error:  # ArrowInvalid is a ValueError
+            raise CurateError(f"cannot read reference score file {path}: {first_line(error)}") from None
+        image, text = embeddings_numpy(table["image_emb"]), embeddings_numpy(table["text_emb"])
+        ok = pc.equal(table["status"], OK).to_numpy(zero_copy_only=False)
+        ok &= np.isfinite(image).all(1) & np.isfinite(text).all(1)
+        index: dict[str, int] = {}
+        for row, key in enumerate(table["key"].to_pylist()):
+            if ok[row]:
+                index.setdefault(key, row)
+        return ShardReference(index, image, text)
+
+
+def with_reference(
+    batch: ShardBatch, reference: ShardReference
+) -> tuple[ShardBatch, tuple[torch.Tensor, torch.Tensor]]:
+    """`batch` less the decoded samples that have no reference row (their status becomes NO_REFERENCE, so
+    `DecodeReport` counts them), and the reference's embeddings of the decoded samples it keeps."""
+    decoded = [i for i, status in enumerate(batch.status) if status == OK]  # row j of images is decoded[j]
+    kept = [j for j, i in enumerate(decoded) if batch.keys[i] in reference.index]
+    if len(kept) < len(decoded):
+        status = [
+            NO_REFERENCE if s == OK and k not in reference.index else s
+            for k, s in zip(batch.keys, batch.status, strict=True)
+        ]
+        rows = torch.tensor(kept, dtype=torch.long)
+        batch = dataclasses.replace(
+            batch, status=status, images=batch.images[rows], tokens=batch.tokens[rows]
+        )
+    return batch, reference.rows([batch.keys[decoded[j]] for j in kept])
