@@ -74,6 +74,14 @@ def train_command(
     chunks: Annotated[int, typer.Option(help="Online JEST chunks N.")] = 16,
     criterion: Annotated[str, typer.Option(help="learnability, easy or hard.")] = "learnability",
     temperature: Annotated[float, typer.Option(help="Sampling temperature τ.")] = 1.0,
+    false_negatives: Annotated[
+        str | None,
+        typer.Option(
+            metavar="none|mask:T",
+            help="Online JEST: leave out of the cross terms every pair the reference sees as one thing "
+            "(image-image or text-text cosine above T), as curate select --false-negatives does.",
+        ),
+    ] = None,
     score_resolution: Annotated[
         int | None,
         typer.Option(
@@ -131,9 +139,12 @@ def train_command(
     online = None
     if online_jest:
         ref = absolute(ref) if ref else None
-        online = OnlineJestConfig(ref, ratio, chunks, criterion, temperature, score_resolution)
-    elif score_resolution is not None:
-        raise CurateError("--score-resolution needs --online-jest (only online JEST scores super-batches)")
+        online = OnlineJestConfig(
+            ref, ratio, chunks, criterion, temperature, score_resolution, false_negatives
+        )
+    elif score_resolution is not None or false_negatives is not None:
+        option = "--score-resolution" if score_resolution is not None else "--false-negatives"
+        raise CurateError(f"{option} needs --online-jest (only online JEST scores super-batches)")
     config = TrainConfig(
         data=DataConfig(
             paths=tuple(absolute(path) for path in data),

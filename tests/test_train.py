@@ -332,6 +332,21 @@ def test_online_jest_prefers_clean_learnable_pairs(tmp_path, small_synth):
     assert noisy_pool > 0.3 and noisy_trained < 0.5 * noisy_pool
 
 
+def test_online_jest_false_negative_mask_at_one_changes_nothing_and_below_it_changes_the_batches(
+    tmp_path, small_synth
+):
+    reference = tmp_path / "reference"
+    oracle_reference(small_synth, reference)
+    trained = {}
+    for name, spec in (("plain", None), ("one", "mask:1"), ("masked", "mask:0.3")):
+        online = OnlineJestConfig(ref=str(reference), ratio=0.75, chunks=4, false_negatives=spec)
+        train(fast(f"{small_synth}/web", tmp_path / name, steps=3, online=online))
+        trained[name] = read_batches(tmp_path / name)["key"].to_pylist()
+    assert trained["one"] == trained["plain"] and trained["masked"] != trained["plain"]
+    with pytest.raises(CurateError, match="mask:T"):
+        OnlineJestConfig(ref=str(reference), false_negatives="mask:high")
+
+
 def test_online_jest_skips_and_counts_samples_without_a_usable_reference_row(tmp_path, small_synth):
     reference = tmp_path / "reference"
     lacking = oracle_reference(small_synth, reference, lacking=3)

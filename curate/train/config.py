@@ -14,6 +14,7 @@ from typing import Any
 
 from curate.errors import CurateError
 from curate.jest import CRITERIA, selection_size
+from curate.jest import false_negatives as jest_false_negatives
 from curate.runtime import PRECISIONS
 from curate.validate import check as _check
 from curate.validate import positive as _positive
@@ -89,8 +90,11 @@ class OnlineJestConfig:
     # Flexi-JEST: the learner embeds each super-batch at this many pixels (None: the model's own size).
     # Here, not beside --multi-resolution: it only means something where a super-batch is scored.
     score_resolution: int | None = trajectory(None)
+    # "mask:T": pairs the reference sees as one thing leave the cross terms (curate.jest.FalseNegatives)
+    false_negatives: str | None = trajectory(None)
 
     def __post_init__(self) -> None:
+        jest_false_negatives(self.false_negatives)  # a bad spec fails in one line, before anything runs
         if not self.ref:
             raise CurateError("--online-jest needs --ref SCORES (the reference model's scores)")
         _check_pixels(self.score_resolution, "--score-resolution")
@@ -98,6 +102,11 @@ class OnlineJestConfig:
         _check(self.chunks >= 1, "--chunks", "at least 1", self.chunks)
         _check(self.criterion in CRITERIA, "--criterion", " or ".join(CRITERIA), repr(self.criterion))
         _check(_positive(self.temperature), "--temperature", "a finite number > 0", self.temperature)
+
+    @property
+    def mask_threshold(self) -> float | None:
+        """T of `--false-negatives mask:T` (None: nothing masked)."""
+        return jest_false_negatives(self.false_negatives)
 
     def super_batch(self, batch_size: int) -> int:
         """B = b / (1 - F): how many samples are scored to keep b."""

@@ -42,7 +42,7 @@ def choose(
     # (drawn after the selection) cannot perturb any later step.
     return jest.choose(
         "jest", reference, learner, config.criterion, config.ratio, config.chunks, config.temperature,
-        generator, generator,
+        generator, generator, false_negatives=config.mask_threshold,
     )  # fmt: skip
 
 
