@@ -90,6 +90,9 @@ $(OUT)/keep/keep.parquet: $(OUT)/scores/reference/.done
 	$(CURATE) dedup $(OUT)/scores/reference -o $(OUT)/keep --threshold $(DEDUP_T) --seed $(SEED)
 $(OUT)/manifests/jest-mask/manifest.parquet: $(OUT)/scores/reference/.done
 	$(SELECT) -o $(OUT)/manifests/jest-mask --method jest --criterion easy --false-negatives mask:$(MASK_T)
+# Made by a pattern rule, so make would delete them as intermediates once their run is trained: the report
+# and the cost of a -dedup learner need them.
+.PRECIOUS: $(OUT)/manifests/%-dedup/manifest.parquet $(OUT)/keep/keep.parquet
 $(OUT)/manifests/%-dedup/manifest.parquet: $(OUT)/scores/reference/.done $(OUT)/keep/keep.parquet
 	$(SELECT) -o $(OUT)/manifests/$*-dedup --keep $(OUT)/keep --criterion easy \
 		--method $(if $(filter independent,$*),independent,jest) \
