@@ -23,12 +23,11 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from score_throughput import model_only_rate  # noqa: E402  (bench/ is the script's folder: on sys.path)
+from score_throughput import model_only_rate, synthetic_crawl  # noqa: E402  (bench/ is the script's folder: on sys.path)
 
 from curate.models import ImageTextModel, load_model  # noqa: E402
 from curate.runtime import resolve_device, resolve_precision  # noqa: E402
 from curate.score import ScoreConfig, score_shards  # noqa: E402
-from curate.synth import SynthConfig, synthesize  # noqa: E402
 
 
 def end_to_end_rate(shards: str, out: str, config: ScoreConfig, model: ImageTextModel) -> float:
@@ -62,17 +61,8 @@ def main() -> None:
     rates: dict[int, list[float]] = {full: [], low: []}
     with tempfile.TemporaryDirectory() as scratch:
         data = f"{scratch}/data"
-        synthesize(
-            SynthConfig(
-                n=args.n,
-                seed=0,
-                image_size=full,  # a crawl at the model's own size: the low run downsizes, never upsizes
-                samples_per_shard=512,
-                curated_fraction=0,
-                eval_per_class=1,
-            ),  # fmt: skip
-            data,
-        )
+        # at the model's own size: the low-resolution run downsizes, never upsizes
+        synthetic_crawl(data, args.n, full, samples_per_shard=512)
         configs = {
             size: ScoreConfig(
                 model=args.model,

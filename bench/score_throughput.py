@@ -28,6 +28,16 @@ from curate.shards import ReadStats, iter_samples  # noqa: E402
 from curate.synth import SynthConfig, synthesize  # noqa: E402
 
 
+def synthetic_crawl(folder: str, n: int, image_size: int, samples_per_shard: int) -> None:
+    """A clean synthetic crawl of `n` pairs at `image_size` px to score, rendered on every core: on 2
+    processes, 224 px images take longer to render than to score."""
+    config = SynthConfig(
+        n=n, seed=0, image_size=image_size, samples_per_shard=samples_per_shard, curated_fraction=0,
+        eval_per_class=1,
+    )  # fmt: skip
+    synthesize(config, folder, workers=os.cpu_count() or 1)
+
+
 def model_only_rate(
     model, shards: str, batch_size: int, device, precision: str, resolution: int | None = None
 ) -> float:
@@ -68,18 +78,7 @@ def main() -> None:
     model = load_model(args.model, args.pretrained, device, allow_random_init=args.pretrained is None)
     with tempfile.TemporaryDirectory() as scratch:
         data = f"{scratch}/data"
-        synthesize(
-            SynthConfig(
-                n=args.n,
-                seed=0,
-                image_size=model.image_size,
-                samples_per_shard=1024,
-                curated_fraction=0,
-                eval_per_class=1,
-            ),  # fmt: skip
-            data,
-            workers=os.cpu_count() or 1,  # rendering 224 px images on 2 processes outlasts the benchmark
-        )
+        synthetic_crawl(data, args.n, model.image_size, samples_per_shard=1024)
         config = ScoreConfig(
             model=args.model, pretrained=args.pretrained, batch_size=args.batch_size, device=str(device),
             workers=args.workers, overwrite=True, allow_random_init=True,
