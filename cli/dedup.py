@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from curate_cli.console import command_line, out, progress_bar
+from curate_cli.console import command_line, err, out, progress_bar
 
 
 def dedup_command(
@@ -23,8 +23,10 @@ def dedup_command(
         typer.Option(
             metavar="T",
             help="Two samples are near duplicates when the cosine of their reference image embeddings is "
-            "above T, in (0, 1]: 0.98 catches re-encodes and crops, 0.9 also looser variants of one "
-            "picture. T = 1 removes nothing.",
+            "above T, in (0, 1]. With a strong reference 0.98 catches re-encodes and crops and 0.9 also "
+            "looser variants of one picture; a weak one puts a whole class near one point and needs T "
+            "much closer to 1 (measure it on curate synth: examples/dedup_recall.sql). T = 1 removes "
+            "nothing.",
         ),
     ],
     clusters: Annotated[
@@ -73,3 +75,10 @@ def dedup_command(
         f"kept {summary.kept} of {summary.rows_in} (removed {summary.removed} in {summary.groups} groups; "
         f"{summary.clusters} clusters, T {summary.threshold:g}) → {output}"
     )
+    if summary.removed > summary.rows_in / 2:
+        # SemDeDup removes about half of LAION with a strong model; more than that usually means the
+        # reference cannot tell a class's images apart at this T.
+        err.print(
+            f"warning: removed {summary.removed / summary.rows_in:.0%} of the rows: is the reference strong "
+            "enough for this T? (examples/dedup_recall.sql measures it on curate synth)"
+        )

@@ -168,6 +168,12 @@ def test_cli_prints_one_summary_line_and_refuses_bad_input_in_one_line(tmp_path)
         f"(removed {summary['removed']} in {summary['groups']} "
         f"groups; {summary['clusters']} clusters, T 0.9) → {tmp_path / 'keep'}"
     )
+    assert summary["removed"] < summary["rows_in"] / 2 and "warning" not in result.stderr
+    # a threshold that chains most rows into a few groups: done, with a warning about the reference
+    result = run_cli("dedup", str(tmp_path / "scores"), "-o", str(tmp_path / "low"), "--threshold", "0.1")
+    summary = json.loads((tmp_path / "low/summary.json").read_text())
+    assert result.returncode == 0 and summary["removed"] > summary["rows_in"] / 2
+    assert "warning: removed " in result.stderr and "dedup_recall.sql" in result.stderr
     (tmp_path / "empty").mkdir()
     for args, message in [
         ([str(tmp_path / "empty"), "--threshold", "0.9"], "holds no score files"),
@@ -209,6 +215,32 @@ def test_a_synth_crawls_planted_duplicates_are_found(tmp_path, small_synth):
         assert all(not (k in kept and s in kept) for k, s in exact), threshold  # exact-copy recall 1
         removed[threshold] = len(digest) - len(kept)
     assert 0 < removed[0.999] <= removed[0.99]  # a higher threshold only splits groups
+    # examples/dedup_recall.sql, the README's recipe, counts what this test counts
+    sources = {s for _, s in planted}
+    clean = [r["key"] for r in shards.to_pylist() if r["noise"] == "none" and r["key"] in digest]
+    clean = [k for k in clean if k not in sources]
+    sql = (Path(__file__).parents[1] / "examples/dedup_recall.sql").read_text()
+    folders = [
+        "--keep",
+        tmp_path / "keep0.99",
+        "--scores",
+        tmp_path / "scores",
+        "--shards",
+        f"{small_synth}/web",
+    ]
+    result = run_cli("query", *map(str, folders), "--format", "csv", "--", sql)
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.strip().splitlines()
+    counts = dict(zip(header.split(","), map(int, row.split(",")), strict=True))
+    kept = set(kept_keys(tmp_path / "keep0.99"))
+    assert counts == {
+        "ok": len(digest),
+        "removed": removed[0.99],
+        "planted": len(planted),
+        "planted_found": sum(not (k in kept and s in kept) for k, s in planted),
+        "unique_clean": len(clean),
+        "clean_removed": sum(k not in kept for k in clean),
+    }
 
 
 def test_kmeans_on_a_seeded_sample_is_deterministic_and_recorded(tmp_path):
