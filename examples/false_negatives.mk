@@ -20,7 +20,9 @@ DONE = $(foreach crawl,$(CRAWLS),$(foreach seed,$(SEEDS),$(OUT)/$(crawl)/seed$(s
 .PHONY: all
 all: $(foreach crawl,$(CRAWLS),$(OUT)/$(crawl)/results.md)
 
-# A seed's learners on one crawl: a sub-make sharing this make's job slots.
+# A seed's learners on one crawl: a sub-make sharing this make's job slots. Precious: made by a pattern
+# rule, make would otherwise delete the stamps as intermediates, and a re-run would redo every sub-make.
+.PRECIOUS: $(OUT)/%/.learners
 $(OUT)/%/.learners:
 	+$(MAKE) --no-print-directory -f examples/pipeline.mk OUT=$(@D) SEED=$(subst seed,,$(notdir $(@D))) \
 		CURATE=$(CURATE) LEARNERS="$(LEARNERS)" SYNTH_FLAGS="$(SYNTH_$(notdir $(patsubst %/,%,$(dir $*))))" \
