@@ -250,3 +250,15 @@ def test_kmeans_on_a_seeded_sample_is_deterministic_and_recorded(tmp_path):
     assert first.sample == 50 and first.clusters == 2  # √N capped at 20 sample rows per centroid
     assert keep_file(tmp_path / "a").read_bytes() == keep_file(tmp_path / "b").read_bytes()
     assert (first.kept, first.groups) == (second.kept, second.groups)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_the_same_rows_are_kept_as_on_the_cpu(tmp_path):
+    # one cluster, so k-means's float order cannot move a row between clusters: only the pairs decide
+    planted_folder(tmp_path / "scores")
+    cpu = run(tmp_path / "scores", tmp_path / "cpu", 0.9, clusters=1)
+    cuda = dedup(
+        str(tmp_path / "scores"), str(tmp_path / "cuda"), DedupConfig(0.9, clusters=1, device="cuda")
+    )
+    assert cuda.device.startswith("cuda") and cuda.removed == cpu.removed > 0
+    assert kept_keys(tmp_path / "cuda") == kept_keys(tmp_path / "cpu")
