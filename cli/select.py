@@ -209,6 +209,11 @@ def select_command(
         )
     if len(summary.partitions) > 1:
         note += f"; {len(summary.partitions)} partitions"
+    if summary.masked_share:
+        share = summary.masked_share
+        note += (
+            f"; false negative pairs masked {share['selected']:.1%} selected vs {share['random']:.1%} random"
+        )
     out.print(
         f"selected {summary.selected} of {counts['seen']} samples ({counts['eligible']} eligible, "
         f"in {batches} batch{'es' if batches != 1 else ''} of {config.batch_size} from super-batches of "

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from curate.errors import CurateError
 from curate.jest import (
+    FalseNegatives,
     PairEmbeddings,
     batch_score,
     choose,
@@ -478,6 +479,18 @@ def test_masked_cross_sums_and_draws_equal_the_dense_masked_twin(criterion):
         slow = dense_jest(masked, 64, chunks=8, generator=torch.Generator().manual_seed(seed))
         assert torch.equal(fast.indices, slow.indices)
     assert not torch.equal(twin, dense_matrix(plain, F64))  # the mask took something away
+
+
+def test_masked_share_counts_the_dense_twins_masked_pairs_of_a_sub_batch():
+    reference, _ = near_duplicates()
+    _, same = masked_twin(torch.zeros(384, 384, dtype=F64), reference, 0.9)
+    masked = FalseNegatives(reference, 0.9)
+    for seed, size in [(0, 64), (1, 200), (2, 1)]:
+        batch = torch.randperm(384, generator=torch.Generator().manual_seed(seed))[:size]
+        expected = same[batch][:, batch].sum().item() / max(size * (size - 1), 1)
+        assert (expected > 0) == (size > 1)  # some of a group's copies are drawn together
+        share = masked.masked_share(batch, F64, block_rows=7)  # uneven row blocks
+        assert share.dtype == F64 and share.item() == pytest.approx(expected, abs=1e-12)
 
 
 def test_mask_at_one_is_plain_jest_index_for_index():

@@ -579,6 +579,19 @@ def test_false_negatives_mask_is_recorded_and_mask_at_one_changes_nothing(tmp_pa
     assert (tmp_path / "one" / manifest).read_bytes() == (tmp_path / "plain" / manifest).read_bytes()
     assert manifest_metadata(tmp_path / "masked")["curate.false_negatives"] == "mask:0.2"
     assert "curate.false_negatives" not in manifest_metadata(tmp_path / "plain")
+    # how much the mask took, per super-batch and overall, for the chosen and a random batch
+    summary = json.loads((tmp_path / "masked/summary.json").read_text())
+    lines = summary["super_batch_results"]
+    assert summary["masked_share"] == pytest.approx(
+        {k: np.mean([r[f"{k}_masked"] for r in lines]) for k in ("selected", "random")}
+    )
+    assert all(0 < r["random_masked"] < 1 for r in lines)
+    assert "false negative pairs masked" in masked.stdout
+    plain_summary = json.loads((tmp_path / "plain/summary.json").read_text())
+    assert (
+        "masked_share" not in plain_summary
+        and "selected_masked" not in plain_summary["super_batch_results"][0]
+    )
     assert (
         read_manifest(tmp_path / "masked")["key"].to_pylist()
         != read_manifest(tmp_path / "plain")["key"].to_pylist()

@@ -343,6 +343,11 @@ def test_online_jest_false_negative_mask_at_one_changes_nothing_and_below_it_cha
         train(fast(f"{small_synth}/web", tmp_path / name, steps=3, online=online))
         trained[name] = read_batches(tmp_path / name)["key"].to_pylist()
     assert trained["one"] == trained["plain"] and trained["masked"] != trained["plain"]
+    logged = {name: [m for m in read_metrics(tmp_path / name) if "loss" in m] for name in trained}
+    assert len(logged["masked"]) > 0 and all(
+        0 <= m["selected_masked_share"] <= 1 and 0 < m["random_masked_share"] < 1 for m in logged["masked"]
+    )
+    assert not any("selected_masked_share" in m for m in logged["plain"] + logged["one"])
     with pytest.raises(CurateError, match="mask:T"):
         OnlineJestConfig(ref=str(reference), false_negatives="mask:high")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from curate.jest.losses import PairEmbeddings, batch_score
+from curate.jest.losses import FalseNegatives, PairEmbeddings, batch_score
 from curate.jest.samplers import Selection, select_batch
 
 
@@ -21,6 +21,9 @@ class Choice:
     selection: Selection
     selected_score: Tensor  # mean A_ij over the chosen batch's b x b pairs (0-d float64, on the device)
     random_score: Tensor  # the same for a uniformly random batch of the same size
+    # --false-negatives mask:T only: the share of each batch's off-diagonal pairs the mask zeroes
+    selected_masked: Tensor | None = None
+    random_masked: Tensor | None = None
 
 
 @torch.no_grad()
@@ -50,6 +53,7 @@ def choose(
     device = selection.indices.device
     random = torch.randperm(n, generator=random_generator, device=device)[:size]
     pairs = size * size
+    masked = FalseNegatives(reference, false_negatives) if false_negatives is not None else None
     return Choice(
         selection=selection,
         selected_score=batch_score(
@@ -58,4 +62,6 @@ def choose(
         / pairs,
         random_score=batch_score(random, reference, learner, criterion, false_negatives=false_negatives)
         / pairs,
+        selected_masked=masked.masked_share(selection.indices) if masked else None,
+        random_masked=masked.masked_share(random) if masked else None,
     )

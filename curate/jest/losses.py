@@ -74,6 +74,22 @@ class FalseNegatives:
         texts = _mm(ref.text[rows], ref.text[cols], dtype)
         return (images > self.threshold).logical_or_(texts > self.threshold)
 
+    @torch.no_grad()
+    def masked_share(
+        self, indices: Tensor, dtype: torch.dtype = torch.float32, block_rows: int = 1024
+    ) -> Tensor:
+        """Share of the b(b - 1) off-diagonal pairs of the sub-batch `indices` that are the same thing (what
+        the mask zeroes): a 0-d float64 tensor on the device, in blocks of rows, with no host sync. It
+        tells whether T is sane: near 1, nearly every cross term is gone."""
+        b = len(indices)
+        total = torch.zeros((), dtype=torch.float64, device=indices.device)
+        for lo in range(0, b, block_rows):
+            same = self.same(indices[lo : lo + block_rows], indices, dtype)
+            rows = torch.arange(len(same), device=same.device)
+            same[rows, rows + lo] = False
+            total += same.sum(dtype=torch.float64)
+        return total / max(b * (b - 1), 1)
+
 
 def false_negatives(spec: str | None) -> float | None:
     """`--false-negatives`: "none" (or None) -> None, "mask:T" -> T, a cosine in [-1, 1]. T = 1 is None:

@@ -66,6 +66,17 @@ class SelectSummary:
         )
 
     @property
+    def masked_share(self) -> dict[str, float] | None:
+        """--false-negatives mask:T: the mean share of off-diagonal pairs masked, selected and random."""
+        masked = [r for r in self.super_batches if r.selected_masked is not None]
+        if not masked:
+            return None
+        return {
+            "selected": float(np.mean([r.selected_masked for r in masked])),
+            "random": float(np.mean([r.random_masked for r in masked])),
+        }
+
+    @property
     def last(self) -> SuperBatchResult | None:
         return self.super_batches[-1] if self.super_batches else None
 
@@ -147,8 +158,14 @@ def summary_json(
         ),
         "selected_score": summary.selected_score,
         "random_score": summary.random_score,
-        "super_batch_results": [asdict(r) for r in summary.super_batches],
+        **({"masked_share": summary.masked_share} if summary.masked_share else {}),
+        "super_batch_results": [_without_nulls(asdict(r)) for r in summary.super_batches],
     }
+
+
+def _without_nulls(result: dict) -> dict:
+    """A super-batch's line, without the masked shares of a selection that masked nothing."""
+    return {k: v for k, v in result.items() if v is not None}
 
 
 def _last(summary: SelectSummary, config: SelectConfig) -> dict | None:

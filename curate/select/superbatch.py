@@ -29,6 +29,9 @@ class SuperBatchResult:
     shards: int
     selected_score: float  # mean A_ij over the b x b pairs of the selected batch
     random_score: float  # the same for a random batch of the same size
+    # --false-negatives mask:T only: the share of the selected (random) batch's off-diagonal pairs masked
+    selected_masked: float | None = None
+    random_masked: float | None = None
 
 
 @dataclass
@@ -81,6 +84,8 @@ def select_super_batch(
         shards=batch.shards,
         selected_score=float(choice.selected_score),
         random_score=float(choice.random_score),
+        selected_masked=_float(choice.selected_masked),
+        random_masked=_float(choice.random_masked),
     )
     rows = pa.table(
         {
@@ -109,3 +114,7 @@ def pair_embeddings(embeddings: Embeddings, meta: ScoreMetadata, device: torch.d
 
 def _generator(device: torch.device, seed: int, super_batch: int, stream: int) -> torch.Generator:
     return torch.Generator(device).manual_seed(stream_seed(seed, super_batch, stream))
+
+
+def _float(value: torch.Tensor | None) -> float | None:
+    return None if value is None else float(value)

@@ -61,6 +61,7 @@ class Window:
     def reset(self) -> None:
         self.selected: list[torch.Tensor] = []
         self.random: list[torch.Tensor] = []
+        self.masked: list[torch.Tensor] = []  # --false-negatives: selected then random share, per step
         self.seconds: Counter = Counter()
 
     def start(self, phase: str) -> None:
@@ -76,14 +77,19 @@ class Window:
     def add(self, choice: Choice) -> None:
         self.selected.append(choice.selected_score)
         self.random.append(choice.random_score)
+        if choice.selected_masked is not None:
+            self.masked.append(torch.stack([choice.selected_masked, choice.random_masked]))
 
     def report(self) -> dict:
-        """The window's LogRecord fields (selected_learnability, random_learnability, time_share), then a
-        fresh window."""
+        """The window's LogRecord fields (selected_learnability, random_learnability, the masked shares,
+        time_share), then a fresh window."""
         out: dict = {}
         if self.selected:
             out["selected_learnability"] = float(torch.stack(self.selected).mean())
             out["random_learnability"] = float(torch.stack(self.random).mean())
+        if self.masked:
+            selected, random = torch.stack(self.masked).mean(0).tolist()
+            out["selected_masked_share"], out["random_masked_share"] = selected, random
         total = sum(self.seconds.values())
         if total and "score" in self.seconds:
             out["time_share"] = {k: v / total for k, v in sorted(self.seconds.items())}

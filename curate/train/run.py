@@ -88,6 +88,9 @@ class LogRecord(_LogFields, total=False):
     # size from the same super-batch (the units of select's summary.json), averaged over the window.
     selected_learnability: float
     random_learnability: float
+    # --false-negatives mask:T: the share of those batches' off-diagonal pairs the mask zeroed
+    selected_masked_share: float
+    random_masked_share: float
     time_share: dict[str, float]  # "score" vs "train" share of the window's time
     # --order batches only: how many times the manifest's batches had started over at the window's last
     # step (0 in the first pass through them)
