@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -587,6 +588,13 @@ def test_false_negatives_mask_is_recorded_and_mask_at_one_changes_nothing(tmp_pa
     )
     assert all(0 < r["random_masked"] < 1 for r in lines)
     assert "false negative pairs masked" in masked.stdout
+    # examples/false_negative_pairs.sql counts the same pairs from the manifest and the scores
+    sql = (Path(__file__).parents[1] / "examples/false_negative_pairs.sql").read_text().replace("0.99", "0.2")
+    query = ["query", "--manifest", str(tmp_path / "masked"), "--scores", str(scores), "--format", "csv"]
+    counted = run_cli(*query, "--", sql)
+    batches, share = counted.stdout.strip().splitlines()[1].split(",")
+    assert int(batches) == len(lines) == 3 and all(r["selected"] == 10 for r in lines)  # equal batches
+    assert float(share) > 0 and float(share) == pytest.approx(summary["masked_share"]["selected"], abs=1e-9)
     plain_summary = json.loads((tmp_path / "plain/summary.json").read_text())
     assert (
         "masked_share" not in plain_summary
