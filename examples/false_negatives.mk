@@ -9,7 +9,8 @@ OUT ?= false-negatives
 SEEDS ?= 0 1 2
 CONCEPTS ?= 10
 CRAWLS = default concepts
-LEARNERS ?= uniform independent jest jest-mask independent-dedup jest-dedup jest-mask-dedup
+LEARNERS ?= uniform independent jest jest-mask learnability learnability-mask independent-dedup jest-dedup \
+	jest-mask-dedup
 # pipeline.mk's hard crawl; the few-concept crawl adds --concepts
 HARD = --zipf 1.5 --misaligned 0.25 --junk 0.12 --partial 0.12 --duplicate 0.08 --eval-per-class 16
 SYNTH_default = $(HARD)

@@ -83,13 +83,16 @@ $(OUT)/manifests/learnability/manifest.parquet: $(OUT)/scores/reference/.done $(
 # False negatives and near duplicates (beyond the paper): the reference's near-duplicate groups removed
 # first (`curate dedup`, cosine of reference image embeddings above DEDUP_T), and/or JEST's cross terms
 # masked where the reference sees two samples as the same thing (image-image or text-text cosine above
-# MASK_T). Learners jest-mask, independent-dedup, jest-dedup and jest-mask-dedup.
+# MASK_T). Learners jest-mask, learnability-mask, independent-dedup, jest-dedup and jest-mask-dedup.
 DEDUP_T ?= 0.998
 MASK_T ?= 0.99
 $(OUT)/keep/keep.parquet: $(OUT)/scores/reference/.done
 	$(CURATE) dedup $(OUT)/scores/reference -o $(OUT)/keep --threshold $(DEDUP_T) --seed $(SEED)
 $(OUT)/manifests/jest-mask/manifest.parquet: $(OUT)/scores/reference/.done
 	$(SELECT) -o $(OUT)/manifests/jest-mask --method jest --criterion easy --false-negatives mask:$(MASK_T)
+$(OUT)/manifests/learnability-mask/manifest.parquet: $(OUT)/scores/reference/.done $(OUT)/scores/learner/.done
+	$(SELECT) -o $(OUT)/manifests/learnability-mask --method jest --criterion learnability \
+		--learner $(OUT)/scores/learner --false-negatives mask:$(MASK_T)
 # Made by a pattern rule, so make would delete them as intermediates once their run is trained: the report
 # and the cost of a -dedup learner need them.
 .PRECIOUS: $(OUT)/manifests/%-dedup/manifest.parquet $(OUT)/keep/keep.parquet
