@@ -2,6 +2,7 @@
 
 import io
 import json
+import tempfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -47,8 +48,12 @@ def url_table(tmp_path, base: str) -> str:
     return path
 
 
-def test_download_then_retry_failed_merges_recovered_rows(tmp_path, server):
+def test_download_then_retry_failed_merges_recovered_rows(tmp_path, server, monkeypatch):
     root, base = server
+    temporary = tmp_path / "tmp"  # what the download leaves in the temp folder: nothing, checked at the end
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     put_image(root, "red.png", (255, 0, 0))
     put_image(root, "green.jpg", (0, 255, 0), fmt="JPEG")
     put_image(root, "gray.png", 128, mode="L")
@@ -90,6 +95,7 @@ def test_download_then_retry_failed_merges_recovered_rows(tmp_path, server):
     again = retry_failed(f"file://{out}", config)  # nothing new to find, nothing duplicated
     assert (again.successes, again.recovered) == (4, 0)
     assert len(list(iter_samples(str(out)))) == 4
+    assert list(temporary.iterdir()) == []  # not even wandb's folders from img2dataset's workers
 
 
 def test_bad_url_tables_are_refused_in_one_line(tmp_path):

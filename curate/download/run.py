@@ -112,7 +112,12 @@ def run_img2dataset(
     out.mkdir(parents=True, exist_ok=True)
     log = str(out / "download.log")
     shards = max(1, math.ceil(rows / config.samples_per_shard))
-    child = multiprocessing.get_context("spawn").Process(target=_img2dataset_child, args=(kwargs, log))
+    # img2dataset imports wandb, which makes two temporary folders at import and removes them at exit;
+    # img2dataset's worker processes end without that exit, so the child's temp folder is ours to remove.
+    private_tmp = tempfile.TemporaryDirectory(prefix="curate-img2dataset-")
+    child = multiprocessing.get_context("spawn").Process(
+        target=_img2dataset_child, args=(kwargs, log, private_tmp.name)
+    )
     _start_resource_tracker(log)
     with _sigint_ignored():  # inherited by the child and by img2dataset's worker processes
         child.start()
@@ -135,6 +140,7 @@ def run_img2dataset(
         watcher.join()
         if child.is_alive():  # this process was interrupted (Ctrl-C) or failed: stop the whole download
             _kill_tree(child)
+        private_tmp.cleanup()
     if progress:
         progress(finished(), shards)
     if child.exitcode != 0:
@@ -181,8 +187,9 @@ def _start_resource_tracker(log: str) -> None:
         os.close(saved)
 
 
-def _img2dataset_child(kwargs: dict, log: str) -> None:
+def _img2dataset_child(kwargs: dict, log: str, private_tmp: str) -> None:
     os.setpgrp()  # a group of its own, with every process img2dataset starts: `_kill_tree` stops them all
+    os.environ["TMPDIR"] = tempfile.tempdir = private_tmp  # its workers inherit both
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home at import
     with open(log, "ab") as handle:
         os.dup2(handle.fileno(), 1)
