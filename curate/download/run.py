@@ -114,7 +114,7 @@ def run_img2dataset(
     shards = max(1, math.ceil(rows / config.samples_per_shard))
     # img2dataset imports wandb, which makes two temporary folders at import and removes them at exit;
     # img2dataset's worker processes end without that exit, so the child's temp folder is ours to remove.
-    private_tmp = tempfile.TemporaryDirectory(prefix="curate-img2dataset-")
+    private_tmp = tempfile.TemporaryDirectory(prefix="curate-img2dataset-", ignore_cleanup_errors=True)
     child = multiprocessing.get_context("spawn").Process(
         target=_img2dataset_child, args=(kwargs, log, private_tmp.name)
     )
