@@ -11,6 +11,8 @@ import contextlib
 import errno
 import functools
 import hashlib
+import json
+import math
 import os
 import re
 import socket
@@ -97,6 +99,24 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
 
 
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def write_json(path: str, value: dict) -> None:
+    """`value` as strict, indented JSON, atomically. json.dump would write a NaN or an infinity as a bare
+    `NaN`, which no JSON reader but Python's accepts, so those become null."""
+    with atomic_open(path, "w") as handle:
+        json.dump(_finite(value), handle, indent=2, allow_nan=False)
+        handle.write("\n")
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def temporary_name(name: str) -> str:

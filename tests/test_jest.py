@@ -8,9 +8,8 @@ import torch.nn.functional as F
 
 from curate.errors import CurateError
 from curate.jest import (
-    FalseNegatives,
     PairEmbeddings,
-    batch_score,
+    batch_totals,
     choose,
     chunk_sizes,
     false_negatives,
@@ -130,7 +129,7 @@ def test_streaming_equals_dense_in_fp32(models, criterion):
 def test_batch_score_is_the_sum_over_the_subset_block(models):
     indices = torch.tensor([3, 99, 7, 400, 12])
     matrix = dense_matrix(scores_for("learnability", models), F64)
-    got = batch_score(indices, *models, criterion="learnability", dtype=F64)
+    got = batch_totals(indices, *models, criterion="learnability", dtype=F64).score
     torch.testing.assert_close(got, matrix[indices][:, indices].sum())
 
 
@@ -139,7 +138,7 @@ def test_batch_score_in_row_blocks_equals_the_dense_block(models, criterion):
     indices = torch.randperm(512, generator=torch.Generator().manual_seed(1))[:300]
     matrix = dense_matrix(scores_for(criterion, models), F64)
     # 300 rows in blocks of 64: four full blocks and an uneven last one.
-    got = batch_score(indices, *models, criterion=criterion, dtype=F64, block_rows=64)
+    got = batch_totals(indices, *models, criterion=criterion, dtype=F64, block_rows=64).score
     torch.testing.assert_close(got, matrix[indices][:, indices].sum(), rtol=1e-12, atol=1e-9)
 
 
@@ -295,7 +294,9 @@ def test_planted_structure_jest_beats_independent_beats_random():
     totals, noisy_share = {}, {}
     for method in ("jest", "independent", "random"):
         runs = [select_batch(method, reference, learner, ratio=0.8, generator=g) for _ in range(16)]
-        totals[method] = torch.stack([batch_score(r.indices, reference, learner) for r in runs]).mean().item()
+        totals[method] = (
+            torch.stack([batch_totals(r.indices, reference, learner).score for r in runs]).mean().item()
+        )
         noisy_share[method] = sum(torch.isin(r.indices, noise).sum().item() for r in runs) / (16 * 102)
     assert totals["jest"] > 1.5 * totals["independent"], totals
     assert totals["independent"] > totals["random"] + 50.0, (
@@ -481,16 +482,20 @@ def test_masked_cross_sums_and_draws_equal_the_dense_masked_twin(criterion):
     assert not torch.equal(twin, dense_matrix(plain, F64))  # the mask took something away
 
 
-def test_masked_share_counts_the_dense_twins_masked_pairs_of_a_sub_batch():
-    reference, _ = near_duplicates()
-    _, same = masked_twin(torch.zeros(384, 384, dtype=F64), reference, 0.9)
-    masked = FalseNegatives(reference, 0.9)
+def test_batch_totals_count_the_dense_twins_masked_pairs_of_a_sub_batch():
+    reference, learner = near_duplicates()
+    plain = pair_scores("easy", reference, learner)
+    twin, same = masked_twin(dense_matrix(plain, F64), reference, 0.9)
     for seed, size in [(0, 64), (1, 200), (2, 1)]:
         batch = torch.randperm(384, generator=torch.Generator().manual_seed(seed))[:size]
-        expected = same[batch][:, batch].sum().item() / max(size * (size - 1), 1)
+        expected = same[batch][:, batch].sum().item()
         assert (expected > 0) == (size > 1)  # some of a group's copies are drawn together
-        share = masked.masked_share(batch, F64, block_rows=7)  # uneven row blocks
-        assert share.dtype == F64 and share.item() == pytest.approx(expected, abs=1e-12)
+        totals = batch_totals(batch, reference, None, "easy", F64, block_rows=7, false_negatives=0.9)
+        assert totals.masked.dtype == F64 and totals.masked.item() == expected  # uneven row blocks
+        torch.testing.assert_close(
+            totals.score.item(), twin[batch][:, batch].sum().item(), rtol=1e-12, atol=0
+        )
+    assert batch_totals(batch, reference, None, "easy", F64).masked is None  # no mask, nothing counted
 
 
 def test_mask_at_one_is_plain_jest_index_for_index():

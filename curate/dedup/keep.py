@@ -15,14 +15,13 @@ made from; `summary.json` beside it the counts and time. `curate select --keep K
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.errors import CurateError, first_line
-from curate.fileio import atomic_open, local_path, read_table_with_schema
+from curate.fileio import atomic_open, local_path, read_table_with_schema, write_json
 
 KEEP_FILE = "keep.parquet"
 SUMMARY_FILE = "summary.json"
@@ -51,9 +50,7 @@ def write_keep(folder: Path, table: pa.Table, metadata: dict[str, str]) -> Path:
 
 
 def write_summary(folder: Path, summary: dict) -> None:
-    with atomic_open(str(folder / SUMMARY_FILE), "w") as handle:
-        json.dump(summary, handle, indent=2, allow_nan=False)
-        handle.write("\n")
+    write_json(str(folder / SUMMARY_FILE), summary)
 
 
 def keep_file(keep: str | Path) -> Path:

@@ -3,11 +3,12 @@
 from curate.jest.choice import Choice, choose
 from curate.jest.losses import (
     CRITERIA,
+    BatchTotals,
     FalseNegatives,
     PairEmbeddings,
     PairScores,
     SelectionError,
-    batch_score,
+    batch_totals,
     false_negatives,
     pair_losses,
     pair_scores,
@@ -36,7 +37,8 @@ __all__ = [
     "PairScores",
     "Selection",
     "SelectionError",
-    "batch_score",
+    "BatchTotals",
+    "batch_totals",
     "chunk_sizes",
     "false_negatives",
     "pair_losses",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from curate.jest.losses import FalseNegatives, PairEmbeddings, batch_score
+from curate.jest.losses import PairEmbeddings, batch_totals
 from curate.jest.samplers import Selection, select_batch
 
 
@@ -53,15 +53,13 @@ def choose(
     device = selection.indices.device
     random = torch.randperm(n, generator=random_generator, device=device)[:size]
     pairs = size * size
-    masked = FalseNegatives(reference, false_negatives) if false_negatives is not None else None
+    chosen = batch_totals(selection.indices, reference, learner, criterion, false_negatives=false_negatives)
+    drawn = batch_totals(random, reference, learner, criterion, false_negatives=false_negatives)
+    off_diagonal = max(size * (size - 1), 1)
     return Choice(
         selection=selection,
-        selected_score=batch_score(
-            selection.indices, reference, learner, criterion, false_negatives=false_negatives
-        )
-        / pairs,
-        random_score=batch_score(random, reference, learner, criterion, false_negatives=false_negatives)
-        / pairs,
-        selected_masked=masked.masked_share(selection.indices) if masked else None,
-        random_masked=masked.masked_share(random) if masked else None,
+        selected_score=chosen.score / pairs,
+        random_score=drawn.score / pairs,
+        selected_masked=None if chosen.masked is None else chosen.masked / off_diagonal,
+        random_masked=None if drawn.masked is None else drawn.masked / off_diagonal,
     )

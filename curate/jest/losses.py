@@ -74,22 +74,6 @@ class FalseNegatives:
         texts = _mm(ref.text[rows], ref.text[cols], dtype)
         return (images > self.threshold).logical_or_(texts > self.threshold)
 
-    @torch.no_grad()
-    def masked_share(
-        self, indices: Tensor, dtype: torch.dtype = torch.float32, block_rows: int = 1024
-    ) -> Tensor:
-        """Share of the b(b - 1) off-diagonal pairs of the sub-batch `indices` that are the same thing (what
-        the mask zeroes): a 0-d float64 tensor on the device, in blocks of rows, with no host sync. It
-        tells whether T is sane: near 1, nearly every cross term is gone."""
-        b = len(indices)
-        total = torch.zeros((), dtype=torch.float64, device=indices.device)
-        for lo in range(0, b, block_rows):
-            same = self.same(indices[lo : lo + block_rows], indices, dtype)
-            rows = torch.arange(len(same), device=same.device)
-            same[rows, rows + lo] = False
-            total += same.sum(dtype=torch.float64)
-        return total / max(b * (b - 1), 1)
-
 
 def false_negatives(spec: str | None) -> float | None:
     """`--false-negatives`: "none" (or None) -> None, "mask:T" -> T, a cosine in [-1, 1]. T = 1 is None:
@@ -173,11 +157,18 @@ class PairScores:
 
     def block(self, rows: Tensor, cols: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         """A[rows][:, cols], exact (diagonal entries included)."""
+        return self.masked_block(rows, cols, dtype)[0]
+
+    def masked_block(
+        self, rows: Tensor, cols: Tensor, dtype: torch.dtype = torch.float32
+    ) -> tuple[Tensor, Tensor | None]:
+        """A[rows][:, cols] and where the mask zeroed it (None without a mask): off the diagonal, the pairs
+        the reference sees as one thing."""
         block = sum(sign * pair_losses(emb, rows, cols, dtype) for sign, emb in self.terms)
         if self.masked is None:
-            return block
-        off_diagonal = rows[:, None] != cols[None, :]
-        return block.masked_fill(self.masked.same(rows, cols, dtype).logical_and_(off_diagonal), 0.0)
+            return block, None
+        same = self.masked.same(rows, cols, dtype).logical_and_(rows[:, None] != cols[None, :])
+        return block.masked_fill(same, 0.0), same
 
     def cross_sums(
         self, chunk: Tensor, dtype: torch.dtype = torch.float32, block_elements: int = DEFAULT_BLOCK_ELEMENTS
@@ -270,8 +261,14 @@ def pair_scores(
     return PairScores(terms, masked)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class BatchTotals:
+    score: Tensor  # the sum over i, j in S of A_ij (0-d float64)
+    masked: Tensor | None  # the off-diagonal pairs of S the mask zeroed (0-d float64; None: no mask)
+
+
 @torch.no_grad()
-def batch_score(
+def batch_totals(
     indices: Tensor,
     reference: PairEmbeddings | None,
     learner: PairEmbeddings | None,
@@ -279,12 +276,16 @@ def batch_score(
     dtype: torch.dtype = torch.float32,
     block_rows: int = 1024,
     false_negatives: float | None = None,
-) -> Tensor:
-    """score(S) = the sum over i, j in S of A_ij for the sub-batch S = `indices` (a 0-d float64 tensor on
-    the embeddings' device). Rows go in blocks of `block_rows`, so memory is O(block_rows * b), never b x b
-    for a large b; the sum stays on the device (no host sync)."""
+) -> BatchTotals:
+    """score(S) = the sum over i, j in S of A_ij for the sub-batch S = `indices` and, with a mask, how many
+    of its pairs the mask zeroed, in one pass on the embeddings' device. Rows go in blocks of `block_rows`,
+    so memory is O(block_rows * b), never b x b for a large b; nothing syncs with the host."""
     scores = pair_scores(criterion, reference, learner, false_negatives)
     total = torch.zeros((), dtype=torch.float64, device=indices.device)
+    masked = torch.zeros((), dtype=torch.float64, device=indices.device) if scores.masked else None
     for lo in range(0, len(indices), block_rows):
-        total += scores.block(indices[lo : lo + block_rows], indices, dtype).sum(dtype=torch.float64)
-    return total
+        block, same = scores.masked_block(indices[lo : lo + block_rows], indices, dtype)
+        total += block.sum(dtype=torch.float64)
+        if same is not None:
+            masked += same.sum(dtype=torch.float64)
+    return BatchTotals(total, masked)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 from collections.abc import Iterable
@@ -42,7 +41,7 @@ import pyarrow.parquet as pq
 
 from curate import __version__
 from curate.errors import CurateError, first_line
-from curate.fileio import absolute, atomic_open, local_path, temporary_name
+from curate.fileio import absolute, atomic_open, local_path, temporary_name, write_json
 from curate.score.schema import ScoreFolder
 from curate.select.config import SelectConfig
 
@@ -171,21 +170,8 @@ def discard(folder: Path, staged: list[str]) -> None:
 
 
 def write_summary(folder: Path, summary: dict) -> None:
-    """summary.json, strict JSON: json.dump would write a NaN or infinity as a bare `NaN`, which no JSON
-    reader but Python's accepts, so those become null."""
-    with atomic_open(str(folder / SUMMARY_FILE), "w") as handle:
-        json.dump(_finite(summary), handle, indent=2, allow_nan=False)
-        handle.write("\n")
-
-
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
+    """summary.json, strict JSON (a NaN score is null)."""
+    write_json(str(folder / SUMMARY_FILE), summary)
 
 
 # ---------------------------------------------------------------------------------------------- readers
