@@ -34,7 +34,9 @@ from curate.runtime import resolve_device, resolve_precision  # noqa: E402
 from curate.shards.paths import expand_shards  # noqa: E402
 from curate.synth import NoiseRates, SynthConfig, synthesize  # noqa: E402
 from curate.train import DataConfig, OnlineJestConfig, OptimConfig, TrainConfig  # noqa: E402
-from curate.train.data import MemoryData, load_memory_data  # noqa: E402
+from curate.train.batch import Batch  # noqa: E402
+from curate.train.cache import decode  # noqa: E402
+from curate.train.data import EpochOrder  # noqa: E402
 from curate.train.loop import _optimizer, flops_per_step, train_step  # noqa: E402
 from curate.train.online import choose  # noqa: E402
 
@@ -76,7 +78,8 @@ def main() -> None:
         synth = SynthConfig(n=n, seed=0, noise=NoiseRates(corrupt=0.0), samples_per_shard=n, eval_per_class=1)
         synthesize(synth, f"{scratch}/data", workers=1)
         paths = expand_shards([f"{scratch}/data/web"])
-        data: MemoryData = load_memory_data(paths, model.preprocess, model.tokenizer, None, 0, seed=0)
+        rows, _ = decode(paths, model.preprocess, model.tokenizer, None, 0, None, None, lambda batch: None)
+        order = EpochOrder(len(rows), seed=0)  # the trainer's uniform order over the memory cache
 
         def config(score: int | None = None, multi: int | None = None, online: bool = True) -> TrainConfig:
             jest = (
@@ -99,7 +102,7 @@ def main() -> None:
             )
 
         flops = {name: flops_per_step(model, v) for name, v in variants.items()}
-        data.reference = random_reference(len(data), model.embed_dim)  # travels with each batch
+        rows.reference = random_reference(len(rows), model.embed_dim)  # travels with each batch
         optimizer = _optimizer(model, OptimConfig())
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         loss_fn = SigLipLoss()
@@ -108,15 +111,20 @@ def main() -> None:
         def step(settings: TrainConfig) -> torch.Tensor:
             number = counter["step"]
             counter["step"] += 1
-            batch = data.batch(number, settings.super_batch).to(device)  # the trainer's one copy
+            size = settings.super_batch
+            drawn = rows.take(order.rows(order.positions(number, size, slice(0, size))))
+            batch = Batch(drawn.images, drawn.tokens, drawn.keys, drawn.reference).to(device)  # the one copy
             images, tokens = batch.images, batch.tokens
             if settings.online is not None:
                 generator = torch.Generator(device=device).manual_seed(number)
                 reference = PairEmbeddings(*batch.reference, 10.0, -10.0)
                 choice = choose(model, reference, batch, settings.online, generator, precision)
-                rows = choice.selection.indices
-                images, tokens = images[rows], tokens[rows]
-            return train_step(model, optimizer, scaler, loss_fn, images, tokens, settings, number, precision)
+                chosen = choice.selection.indices
+                images, tokens = images[chosen], tokens[chosen]
+            forward = model.training_forward()
+            return train_step(
+                forward, optimizer, scaler, loss_fn, images, tokens, settings, number, precision
+            )
 
         def timed(settings: TrainConfig, steps: int) -> float:
             started = time.perf_counter()

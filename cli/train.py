@@ -88,6 +88,20 @@ def train_command(
             metavar="R", help="Online JEST: the learner scores each super-batch at R px (ViTs; Flexi-JEST)."
         ),
     ] = None,
+    online_scope: Annotated[
+        str,
+        typer.Option(
+            help="Online JEST under several processes: global chooses b of the whole super-batch (the "
+            "chosen pairs move between processes); local has each process keep b/W of its own B/W.",
+        ),
+    ] = "global",
+    collective_timeout: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            help="Under torchrun or srun: how long a process waits for the others before failing.",
+        ),
+    ] = 600.0,
     multi_resolution: Annotated[
         int | None,
         typer.Option(
@@ -140,7 +154,7 @@ def train_command(
     if online_jest:
         ref = absolute(ref) if ref else None
         online = OnlineJestConfig(
-            ref, ratio, chunks, criterion, temperature, score_resolution, false_negatives
+            ref, ratio, chunks, criterion, temperature, score_resolution, false_negatives, online_scope
         )
     elif score_resolution is not None or false_negatives is not None:
         option = "--score-resolution" if score_resolution is not None else "--false-negatives"
@@ -171,6 +185,7 @@ def train_command(
         device=device,
         precision=precision,
         resume=resume,
+        collective_timeout=collective_timeout,
         command=command_line(),
     )
 

@@ -111,6 +111,15 @@ def test_a_meaningless_number_stops_in_one_line_naming_its_option(tmp_path, args
 # ------------------------------------------------------------------------------------------------- Ctrl-C
 
 
+def ctrl_c_restored() -> None:
+    """`preexec_fn` for a process a test presses Ctrl-C in: SIGINT back to its default disposition there.
+
+    A shell runs a background job (`make test &`) with SIGINT ignored, its children inherit that, and Python
+    installs its KeyboardInterrupt handler at startup only where SIGINT is not ignored: the test's Ctrl-C
+    would do nothing. Reset to SIG_DFL before exec, the child's Python installs that handler itself."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt(args: list[str], started: Callable[[], bool], cwd: Path) -> subprocess.CompletedProcess:
     """Run `curate ARGS` in a process group of its own and, once `started()`, press Ctrl-C: SIGINT to the
     whole group, as a terminal sends it (so worker processes get it too)."""
@@ -121,6 +130,7 @@ def interrupt(args: list[str], started: Callable[[], bool], cwd: Path) -> subpro
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=ctrl_c_restored,
     )
     try:
         deadline = time.monotonic() + 180
@@ -162,7 +172,12 @@ def test_ctrl_c_while_the_cli_imports_gives_the_one_line(tmp_path):
         """
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=ctrl_c_restored,
     )
     assert_interrupted(result)
     assert not (tmp_path / "out").exists()

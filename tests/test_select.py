@@ -18,6 +18,7 @@ from conftest import run_cli
 from curate.dedup.keep import write_keep
 from curate.errors import CurateError
 from curate.score.schema import OK, open_score_folder
+from curate.seeds import negclip_pass_seed
 from curate.select import (
     GLOBAL_METHODS,
     MANIFEST_SCHEMA,
@@ -31,7 +32,6 @@ from curate.select import (
     super_batch_for,
 )
 from curate.select.global_filter import NEGCLIP_BATCHES
-from curate.select.seeds import negclip_pass_seed
 
 DIM = 16
 

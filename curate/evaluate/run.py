@@ -40,16 +40,16 @@ def evaluate(
     if isinstance(evalset, str):
         evalset = EvalSet.load(evalset)
     if device is None:
-        device = next(model.module.parameters()).device
+        device = model.device
     device = resolve_device(device) if isinstance(device, str) else device
     precision = resolve_precision(precision, device)
-    training = model.module.training
-    model.module.eval()
+    training = model.training
+    model.train(False)
     try:
         with torch.no_grad():
             return _evaluate(model, evalset, batch_size, device, precision, progress)
     finally:
-        model.module.train(training)
+        model.train(training)
 
 
 def _evaluate(model, evalset: EvalSet, batch_size, device, precision, progress) -> dict[str, float | int]:

@@ -42,6 +42,7 @@ class ImageTextModel:
     _forward_flops: dict[int, float] = field(default_factory=dict, repr=False)  # image size -> FLOPs
     _fingerprint: str | None = field(default=None, repr=False)
     _low_resolution: LowResolution | None = field(default=None, repr=False)
+    _forward: PairForward | None = field(default=None, repr=False)
 
     @property
     def image_size(self) -> int:
@@ -51,6 +52,41 @@ class ImageTextModel:
     @property
     def embed_dim(self) -> int:
         return int(self.config["embed_dim"])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    @property
+    def training(self) -> bool:
+        return self.module.training
+
+    def train(self, mode: bool = True) -> None:
+        """Training mode (or, with False, eval mode) for the whole model."""
+        self.module.train(mode)
+
+    def named_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        return self.module.named_parameters()
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        return self.module.parameters()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.module.load_state_dict(state)
+
+    def pair_logits(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(t, b) as 0-d tensors on the device (b None for a model without a bias): reading them as floats
+        would sync every step."""
+        return self.module.logit_scale.exp(), getattr(self.module, "logit_bias", None)
+
+    def training_forward(self) -> PairForward:
+        """The one forward a training step runs (both towers, t and b): the module DDP wraps."""
+        if self._forward is None:
+            self._forward = PairForward(self)
+        return self._forward
 
     @property
     def logit_scale(self) -> float:
@@ -165,6 +201,38 @@ class ImageTextModel:
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
         return counter.get_total_flops() / 2
+
+
+class PairForward(torch.nn.Module):
+    """Both towers and the logit parameters in one `forward`, so that DDP can wrap it: DDP reduces the
+    gradients of the parameters its wrapped module's forward used, so a step must run through it.
+
+    `split` (Flexi-JEST's --multi-resolution): (full, low) index tensors; images[full] are encoded at the
+    model's own size and images[low] at `resolution`, and the features come back in the order full + low,
+    the texts gathered the same way, so pair i is still image i with caption i."""
+
+    def __init__(self, model: ImageTextModel):
+        super().__init__()
+        self.clip = model.module  # registered: the parameters DDP sees are the model's own
+        self._model = [model]  # not a submodule: its encode methods, around the same module
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        tokens: torch.Tensor,
+        split: tuple[torch.Tensor, torch.Tensor] | None = None,
+        resolution: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        model = self._model[0]
+        if split is None:
+            image_features, text_features = model.encode(images, tokens)
+        else:
+            full, low = split
+            image_features = torch.cat(
+                [model.encode_images(images[full]), model.encode_images(images[low], resolution)]
+            )
+            text_features = model.encode_texts(tokens[torch.cat([full, low])])
+        return (image_features, text_features, *model.pair_logits())
 
 
 def load_model(

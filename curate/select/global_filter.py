@@ -25,10 +25,10 @@ from curate.errors import CurateError
 from curate.jest.negclip import batch_logsumexp, diagonal_logits
 from curate.runtime import Progress
 from curate.score.schema import ScoreFolder
+from curate.seeds import negclip_pass_seed, shuffle_seed
 from curate.select.config import SelectConfig
 from curate.select.index import SampleIndex
 from curate.select.manifest import MANIFEST_SCHEMA
-from curate.select.seeds import negclip_pass_seed, shuffle_seed
 from curate.select.sketch import bin_floor, score_bins
 from curate.select.superbatch import pair_embeddings
 from curate.select.window import Embeddings, PassCounts, iter_super_batches

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from curate.errors import CurateError
 from curate.runtime import Progress, resolve_device
 from curate.score.schema import ScoreFolder
+from curate.seeds import partition_seed
 from curate.select.config import SelectConfig
 from curate.select.global_filter import FilterResult, filter_scores, global_filter
 from curate.select.index import SampleIndex, build_index
@@ -32,7 +33,6 @@ from curate.select.manifest import (
     write_manifest,
 )
 from curate.select.plan import Partition
-from curate.select.seeds import partition_seed
 from curate.select.sketch import sketch
 from curate.select.superbatch import SelectedBatch, SuperBatchResult, select_super_batch
 from curate.select.window import PassCounts, SuperBatch, iter_passes

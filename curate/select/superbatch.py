@@ -15,9 +15,9 @@ import torch
 
 from curate.jest import PairEmbeddings, choose
 from curate.score.schema import ScoreFolder, ScoreMetadata
+from curate.seeds import DRAW, RANDOM_BATCH, stream_seed
 from curate.select.config import SelectConfig
 from curate.select.manifest import MANIFEST_SCHEMA
-from curate.select.seeds import DRAW, RANDOM_BATCH, stream_seed
 from curate.select.window import Embeddings, SuperBatch
 
 

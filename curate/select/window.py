@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 
 from curate.errors import CurateError
 from curate.score.schema import ScoreFolder
+from curate.seeds import pass_seed
 from curate.select.index import SampleIndex
-from curate.select.seeds import pass_seed
 
 # A buffered part of a window: aligned columns, row i of each is one sample. `position` is its row in the
 # SampleIndex; the embeddings are float16 [n, D]; the learner's are absent without a learner.

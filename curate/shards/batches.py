@@ -32,6 +32,7 @@ class ShardBatch:
     last: bool  # the shard's final batch
     damage: str = ""  # why the shard could not be read whole, if it could not (on its last batch)
     unread: int = 0  # samples its _stats.json counts that the damaged tar did not hold (on its last batch)
+    source: str = ""  # the path it was read from, as given (two folders may both hold a 00000.tar)
 
 
 class ShardBatches(IterableDataset):
@@ -58,7 +59,7 @@ class ShardBatches(IterableDataset):
             yield from self._shard(path)
 
     def _shard(self, path: str) -> Iterator[ShardBatch]:
-        shard = basename(path)
+        shard, source = basename(path), path
         stats = ReadStats()
         rows: list[tuple[str, str, str, torch.Tensor | None, dict, str | None]] = []
 
@@ -80,14 +81,16 @@ class ShardBatches(IterableDataset):
             except Exception:  # PIL raises many types for bad bytes; the row says why, the run goes on
                 rows.append((sample.key, sample.caption, "undecodable_image", None, sample.meta, digest))
             if len(rows) >= self.batch_size:
-                yield self._batch(shard, rows, last=False)
+                yield self._batch(shard, rows, last=False, source=source)
                 rows = []
         damage = "; ".join(why for _, why in stats.bad_shards)
         # The rows hold the half-read sample of a damaged tar; the stats also count those never reached.
         unread = stats.skipped["truncated_tar"] - truncated_rows
-        yield self._batch(shard, rows, last=True, damage=damage, unread=unread)
+        yield self._batch(shard, rows, last=True, damage=damage, unread=unread, source=source)
 
-    def _batch(self, shard: str, rows: list, last: bool, damage: str = "", unread: int = 0) -> ShardBatch:
+    def _batch(
+        self, shard: str, rows: list, last: bool, damage: str = "", unread: int = 0, source: str = ""
+    ) -> ShardBatch:
         ok = [row for row in rows if row[3] is not None]
         images = torch.stack([row[3] for row in ok]) if ok else torch.zeros(0)
         tokens = self.tokenizer([row[1] for row in ok]) if ok else torch.zeros(0, dtype=torch.long)
@@ -103,6 +106,7 @@ class ShardBatches(IterableDataset):
             last=last,
             damage=damage,
             unread=unread,
+            source=source,
         )
 
 

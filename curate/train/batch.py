@@ -16,6 +16,11 @@ class Batch:
     # online JEST: the reference's (image, text) embeddings of each pair, (n, D) float16 each
     reference: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    def head(self, n: int) -> Batch:
+        """The first `n` pairs."""
+        reference = None if self.reference is None else tuple(t[:n] for t in self.reference)
+        return Batch(self.images[:n], self.tokens[:n], self.keys[:n], reference)
+
     def to(self, device: torch.device) -> Batch:
         """On the device, images as float32: float16 crosses the bus at half the bytes and is widened there
         (exactly: every float16 is a float32)."""

@@ -44,7 +44,7 @@ def save(
         path,
         model.open_clip_name,
         model.config,
-        model.module.state_dict(),
+        model.state_dict(),
         step=step,
         optimizer=optimizer.state_dict(),
         scaler=scaler.state_dict(),
@@ -70,16 +70,17 @@ class Resumed:
     def restore(self, model: ImageTextModel, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler):
         """Load the weights and the optimizer's, the scaler's and the RNG's state. Call it once the data is
         ready: decoding draws from torch's RNG, as it did in the run before the checkpoint was written."""
-        model.module.load_state_dict(self.payload["state_dict"])
+        model.load_state_dict(self.payload["state_dict"])
         optimizer.load_state_dict(self.payload["optimizer"])
         if scaler.is_enabled() and self.payload.get("scaler"):  # empty when saved under bf16 or fp32
             scaler.load_state_dict(self.payload["scaler"])
         torch.set_rng_state(self.payload["rng"])
 
 
-def resume(run: Path, config: TrainConfig) -> Resumed:
-    """Open RUN/latest.pt for --resume: refuse it if it is another run, then cut metrics.jsonl and
-    batches.parquet back to its step. The weights are loaded later, by `Resumed.restore`."""
+def resume(run: Path, config: TrainConfig, write: bool = True) -> Resumed:
+    """Open RUN/latest.pt for --resume: refuse it if it is another run or was trained by another number of
+    processes, then (`write`: rank 0 only) cut metrics.jsonl and batches.parquet back to its step. The
+    weights are loaded later, by `Resumed.restore`, on every rank."""
     latest = run / LATEST_FILE
     payload = load_checkpoint(latest)
     if "step" not in payload or "optimizer" not in payload:
@@ -88,12 +89,19 @@ def resume(run: Path, config: TrainConfig) -> Resumed:
         saved = TrainConfig.from_dict(payload.get("train_config"))
     except CurateError as error:
         raise CurateError(f"--resume: {latest} holds settings this version cannot read ({error})") from None
+    if saved.world_size != config.world_size:
+        raise CurateError(
+            f"--resume under {config.world_size} process(es): {latest} was trained by {saved.world_size}, "
+            f"and a step's data depends on it; resume with {saved.world_size} (torchrun --nproc-per-node)"
+        )
     changed = trajectory_changes(saved, config)
     if changed:
         raise CurateError(
             f"--resume with settings other than {latest}'s ({', '.join(changed)}): not the same run"
         )
     step = int(payload["step"])
+    if not write:
+        return Resumed(step, BatchLog(), payload)
     truncate_metrics(run, step)
     batches = BatchLog.resumed(run, step)
     batches.write(run)

@@ -20,6 +20,7 @@ from curate.validate import check as _check
 from curate.validate import positive as _positive
 
 CACHES = ("auto", "memory", "stream")
+SCOPES = ("global", "local")
 ORDERS = ("batches", "shuffle")
 DEFAULT_BATCH_SIZE = 256
 
@@ -92,9 +93,15 @@ class OnlineJestConfig:
     score_resolution: int | None = trajectory(None)
     # "mask:T": pairs the reference sees as one thing leave the cross terms (curate.jest.FalseNegatives)
     false_negatives: str | None = trajectory(None)
+    # Under several processes: global chooses b of the whole super-batch B (every cross-rank pair counts;
+    # the chosen pairs move to the rank that trains them); local has each rank keep b/W of its own B/W.
+    scope: str = trajectory("global")
 
     def __post_init__(self) -> None:
-        jest_false_negatives(self.false_negatives)  # a bad spec fails in one line, before anything runs
+        jest_false_negatives(self.false_negatives)
+        _check(
+            self.scope in SCOPES, "--online-scope", "global or local", repr(self.scope)
+        )  # a bad spec fails in one line, before anything runs
         if not self.ref:
             raise CurateError("--online-jest needs --ref SCORES (the reference model's scores)")
         _check_pixels(self.score_resolution, "--score-resolution")
@@ -138,6 +145,10 @@ class TrainConfig:
     device: str = operational("auto")
     precision: str = operational("auto")
     resume: bool = operational(False)
+    # Processes training together (torchrun, srun): b is split over them. Set by the trainer from the
+    # launcher's environment, never by an option; a run resumes only under the same number.
+    world_size: int = trajectory(1)
+    collective_timeout: float = operational(600.0)  # seconds a rank waits for the others before failing
     command: str = operational("", compare=False)  # the command line, for the record
 
     def __post_init__(self) -> None:
@@ -156,6 +167,10 @@ class TrainConfig:
         if self.batch_size is not None:
             _check(self.batch_size >= 1, "--batch-size", "at least 1", self.batch_size)
         _check(self.log_every >= 1, "--log-every", "at least 1", self.log_every)
+        _check(self.world_size >= 1, "world_size", "at least 1", self.world_size)
+        _check(
+            _positive(self.collective_timeout), "--collective-timeout", "seconds > 0", self.collective_timeout
+        )
         _check(self.seed >= 0, "--seed", "0 or more", self.seed)
         _check(self.eval_every >= 0, "--eval-every", "0 or more", self.eval_every)
         _check(self.save_every >= 0, "--save-every", "0 or more", self.save_every)

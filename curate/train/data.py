@@ -1,24 +1,33 @@
-"""Training data: a decoded in-memory cache when it fits (the demo's case), else streaming from tars.
+"""Training data: one interface (`TrainData`: `batch(step)` and a `DataReport`), four ways to fill it.
 
-Two orders. Uniform (no manifest, or `--order shuffle`): the cache gives the batch of a step as a function
-of (seed, step) alone, so a resumed run sees exactly the batches an uninterrupted one would; the stream
-(stream.py, webdataset's pipeline) replays its seeded order up to the step it resumes at, so it is exact
-too. A manifest's batches (`--order batches`, order.py): step t trains the plan's batch for t, from the
-cache or from a stream that decodes, a few batches ahead, only the shards those batches live in; both are
-exact on resume, because the plan is a function of the step.
+What a step draws is global; what a rank gets is its part. `--batch-size b` is the global batch (online
+JEST's super-batch B likewise); rank r of W trains positions [r·b/W, (r+1)·b/W) of it. The ranks and the
+world size enter here once, through the job's `Group`.
+
+- Memory, uniform (and online JEST's super-batches): the batch of a step is a function of (seed, step)
+  alone over the catalogue of decoded samples (cache.py), so a resumed run, or a run under another W,
+  sees exactly the batches an uninterrupted one-process run would. Each rank decodes a share of the
+  shards and keeps the rows of its part of the steps still to run.
+- Memory, a manifest's batches (`--order batches`, order.py): step t trains the plan's batch for t; its
+  decodable samples are split over the ranks (a batch short of a multiple of W leaves its last few out,
+  counted as `trimmed`).
+- Stream, uniform (stream.py, webdataset's pipeline): shards split over (rank, worker); exact on resume
+  under the same W and --workers.
+- Stream, a manifest's batches: each rank decodes, a few batches ahead, only its part of them.
 
 The cache and the planned stream read with curate's own reader (`ShardBatches`), which counts every
-skipped sample by reason into the run's summary; the uniform stream cannot report back from its workers and
-logs instead. Under online JEST each sample carries its reference embeddings from the worker that decoded
-it (reference.py), and a sample without them is skipped as `no_reference_score`.
+skipped sample by reason into the report; the uniform stream cannot report back from its workers and logs
+instead. Under online JEST each sample carries its reference embeddings from the worker that decoded it
+(reference.py), and a sample without them is skipped as `no_reference_score`.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,20 +35,76 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from curate.distributed import Group
 from curate.errors import CurateError
 from curate.fileio import filesystem, local_path
 from curate.models import ImageTextModel
 from curate.runtime import Progress
+from curate.seeds import epoch_seed
 from curate.select.manifest import read_manifest, require_found
 from curate.shards.batches import ShardBatch, ShardBatches, already_batched, single_threaded_worker
 from curate.shards.paths import count_samples, shard_sibling, shards_by_name
 from curate.shards.reader import ReadStats, iter_members
 from curate.shards.schema import OK, SUCCESS
 from curate.train.batch import Batch
+from curate.train.cache import Catalogue, Rows, assemble, decode
 from curate.train.config import TrainConfig
 from curate.train.order import BatchPlan
-from curate.train.reference import NO_REFERENCE, Reference, with_reference
+from curate.train.reference import NO_REFERENCE, Reference
 from curate.train.stream import UniformStream
+
+
+@dataclass
+class DataReport:
+    """What the data holds and what decoding met, for the run's summary (merged over ranks by `merge`)."""
+
+    mode: str = "memory"  # or "stream"
+    samples: int | None = None  # in the memory cache, over all ranks; None when streaming
+    # --order batches: manifest samples not in the data or undecodable (distinct keys in memory; rows
+    # trained without, when streaming), and those left out so that a batch splits evenly over the ranks
+    missing: int = 0
+    trimmed: int = 0
+    manifest_batches: int | None = None
+    found: tuple[int, int] | None = None  # with a manifest: its distinct keys the data holds, of how many
+    skipped: Counter = field(default_factory=Counter)  # samples skipped, by reason
+    damaged: dict[str, str] = field(default_factory=dict)  # shard -> why it could not be read whole
+
+    def add(self, batch: ShardBatch) -> None:
+        self.skipped.update(status for status in batch.status if status != OK)
+        if batch.damage and batch.shard not in self.damaged:  # a plan reads a shard once per group
+            self.damaged[batch.shard] = batch.damage
+            self.skipped["truncated_tar"] += batch.unread
+
+    @staticmethod
+    def merge(reports: list[DataReport]) -> DataReport:
+        """The job's report from each rank's: counts summed (the ranks decode disjoint shares), the rest
+        as rank 0 has it."""
+        first = reports[0]
+        skipped: Counter = Counter()
+        damaged: dict[str, str] = {}
+        for report in reports:
+            skipped.update(report.skipped)
+            damaged.update(report.damaged)
+        return DataReport(
+            first.mode,
+            first.samples,
+            sum(r.missing for r in reports),
+            sum(r.trimmed for r in reports),
+            first.manifest_batches,
+            first.found,
+            skipped,
+            damaged,
+        )
+
+
+class TrainData(Protocol):
+    report: DataReport
+    # Whether every rank's batch of a step has the same size by construction (else the loop evens them)
+    even: bool
+
+    def batch(self, step: int) -> Batch:
+        """This rank's part of the batch (online JEST: the super-batch) of `step`, on the host."""
+        ...
 
 
 def load_plan(manifest: str, seed: int) -> BatchPlan:
@@ -54,69 +119,55 @@ def make_data(
     model: ImageTextModel,
     reference: Reference | None,
     start_step: int,
+    group: Group,
     progress: Progress | None = None,
     plan: BatchPlan | None = None,
-    report: DecodeReport | None = None,
-) -> tuple[TrainData, tuple[int, int] | None]:
-    """The run's data and, with a manifest, how many of its distinct keys the data holds, of how many.
+) -> TrainData:
+    """This rank's data for steps [start_step, config.steps).
 
     `reference` (online JEST): each sample carries its embeddings, and one without them is never drawn (it
     cannot be scored). `plan` (a manifest's batches) fixes what each step trains. Memory or stream as
-    --cache says (auto: memory when the decoded set fits in a quarter of RAM). A manifest of which the data
-    holds under 99% is refused (`require_found`: the wrong shards) unless --allow-missing: in memory once
-    decoded, when streaming by the shards' tables before any decoding. `report` hears of the samples
-    skipped and the shards damaged as they are decoded (in this process: not by the uniform stream's
-    workers, which log them).
+    --cache says (auto: memory when this node's ranks' shares of the decoded set fit in a quarter of RAM).
+    A manifest of which the data holds under 99% is refused (`require_found`: the wrong shards) unless
+    --allow-missing: in memory once decoded, when streaming by the shards' tables before any decoding.
     """
-    settings = config.data
+    settings, ranks = config.data, group.ranks
+    steps = range(start_step, config.steps)
+    size = config.super_batch  # the global batch a step draws (B under online JEST)
+    ranks.share(size, "--batch-size" if not config.online else "the super-batch b / (1 - ratio)")
+    if config.online and ranks.world_size > 1 and config.online.scope == "global":
+        ranks.share(config.batch_size, "--batch-size")
     memory = settings.cache == "memory" or (
-        settings.cache == "auto" and fits_in_memory(paths, model.image_size)
+        settings.cache == "auto" and fits_in_memory(paths, model.image_size, len(steps) * size, ranks)
     )
+    report = DataReport(mode="memory" if memory else "stream")
     if plan is not None:  # never with a reference: the config refuses --order batches under online JEST
+        report.manifest_batches = len(plan)
         if memory:
-            keys = frozenset(plan.keys)
-            cache, found = _load_manifest_samples(config, paths, model, keys, None, progress, report)
-            return PlannedMemoryData(cache, plan), found
+            return PlannedMemoryData(config, paths, model, plan, steps, group, progress, report)
         by_name = shards_by_name(paths, plan.shards, "the training data")
-        found = _listed(frozenset(plan.keys), list(by_name.values()), settings.allow_missing)
-        steps = range(start_step, config.steps)
-        stream = PlannedStreamData(
-            plan, by_name, model.preprocess, model.tokenizer, steps, settings.workers, report
+        report.found = _listed(frozenset(plan.keys), list(by_name.values()), settings.allow_missing)
+        return PlannedStreamData(
+            plan, by_name, model.preprocess, model.tokenizer, steps, settings.workers, ranks, report
         )
-        return stream, found
-    manifest = _manifest_keys(settings.manifest) if settings.manifest else None
+    keep = _manifest_keys(settings.manifest) if settings.manifest else None
     if memory:
-        if manifest is not None:
-            return _load_manifest_samples(config, paths, model, manifest, reference, progress, report)
-        data = load_memory_data(
-            paths,
-            model.preprocess,
-            model.tokenizer,
-            None,
-            settings.workers,
-            config.seed,
-            progress,
-            report,
-            reference=reference,
-        )
-        return data, None
-    found = _listed(manifest, paths, settings.allow_missing) if manifest is not None else None
+        return MemoryData(config, paths, model, reference, keep, steps, group, progress, report)
+    if keep is not None:
+        report.found = _listed(keep, paths, settings.allow_missing)
     stream = UniformStream(
         paths,
         model.preprocess,
         model.tokenizer,
-        manifest,
+        keep,
         reference,
         settings.shuffle_buffer,
         config.seed,
-        config.super_batch,
+        size // ranks.world_size,
         start_step,
+        ranks,
     )
-    return StreamData(stream, settings.workers, pin=_on_cuda(model)), found
-
-
-def _on_cuda(model: ImageTextModel) -> bool:
-    return next(model.module.parameters()).is_cuda
+    return StreamData(stream, settings.workers, report, pin=model.device.type == "cuda")
 
 
 def _manifest_keys(manifest: str) -> frozenset[str]:
@@ -133,37 +184,6 @@ def _listed(manifest: frozenset[str], shards: list[str], allow_missing: bool) ->
     """How many of the manifest's keys the shards hold, by their tables, refused below MIN_FOUND unless
     --allow-missing: a stream meets the keys a batch at a time, a whole pass later, so it counts up front."""
     return _found(len(manifest & keys_in_shards(shards)), len(manifest), allow_missing)
-
-
-def _load_manifest_samples(
-    config: TrainConfig,
-    paths: list[str],
-    model: ImageTextModel,
-    manifest: frozenset[str],
-    reference: Reference | None,
-    progress: Progress | None,
-    report: DecodeReport | None,
-) -> tuple[MemoryData, tuple[int, int]]:
-    """The manifest's samples decoded into memory, and how many of its keys the tars held (decodable or
-    not), refused below MIN_FOUND unless --allow-missing."""
-    settings, read = config.data, set()
-    try:
-        data = load_memory_data(
-            paths,
-            model.preprocess,
-            model.tokenizer,
-            manifest,
-            settings.workers,
-            config.seed,
-            progress,
-            report,
-            read,
-            reference,
-        )
-    except CurateError:  # nothing decoded: the wrong shards, if so few of the manifest's keys were there
-        _found(len(read), len(manifest), settings.allow_missing)
-        raise
-    return data, _found(len(read), len(manifest), settings.allow_missing)
 
 
 def keys_in_shards(paths: list[str]) -> set[str]:
@@ -184,150 +204,211 @@ def keys_in_shards(paths: list[str]) -> set[str]:
     return keys
 
 
-@dataclass
-class DecodeReport:
-    """What decoding the training data met: samples skipped by reason, and the shards that could not be
-    read whole (a damaged tar's unread samples count as `truncated_tar`)."""
-
-    skipped: Counter = field(default_factory=Counter)
-    damaged: dict[str, str] = field(default_factory=dict)  # shard -> why
-
-    def add(self, batch: ShardBatch) -> None:
-        self.skipped.update(status for status in batch.status if status != OK)
-        if batch.damage and batch.shard not in self.damaged:  # a plan reads a shard once per group
-            self.damaged[batch.shard] = batch.damage
-            self.skipped["truncated_tar"] += batch.unread
-
-
-class MemoryData:
-    """Every kept sample decoded once into one float16 tensor; batches are indexed by a seeded permutation.
-    Under online JEST it holds each sample's reference embeddings too ((N, D) float16 each)."""
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        tokens: torch.Tensor,
-        keys: list[str],
-        seed: int,
-        reference: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ):
-        self.images, self.tokens, self.keys, self.seed = images, tokens, keys, seed
-        self.reference = reference
-        self._permutations: dict[int, torch.Tensor] = {}
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def rows(self, step: int, size: int) -> torch.Tensor:
-        """Rows for `step`: positions [step·size, (step+1)·size) of an endless sequence of epochs, each a
-        fresh permutation seeded by (seed, epoch)."""
-        n = len(self)
-        positions = torch.arange(step * size, (step + 1) * size)
-        epochs = positions // n
-        out = torch.empty(size, dtype=torch.long)
-        for epoch in epochs.unique().tolist():
-            mask = epochs == epoch
-            out[mask] = self._permutation(epoch)[positions[mask] % n]
-        return out
-
-    def batch(self, step: int, size: int) -> Batch:
-        return self.take(self.rows(step, size))
-
-    def take(self, rows: torch.Tensor) -> Batch:
-        reference = None if self.reference is None else (self.reference[0][rows], self.reference[1][rows])
-        return Batch(self.images[rows], self.tokens[rows], [self.keys[i] for i in rows.tolist()], reference)
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._permutations:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._permutations = {epoch: torch.randperm(len(self), generator=generator)}  # keep one epoch
-        return self._permutations[epoch]
-
-
-class ReferencedBatches(IterableDataset):
-    """`ShardBatches` whose batches carry their decoded samples' reference embeddings: items are (batch,
-    (image, text) embeddings of its decoded samples); a decoded sample without a reference row is marked
-    NO_REFERENCE and dropped. Each worker reads the score file of the shard it decodes, once."""
-
-    def __init__(self, batches: ShardBatches, reference: Reference):
-        self.batches, self.reference = batches, reference
-
-    def __iter__(self) -> Iterator[tuple[ShardBatch, tuple[torch.Tensor, torch.Tensor]]]:
-        shard, rows = None, None
-        for batch in self.batches:  # ShardBatches shares the shards out among the workers itself
-            if batch.shard != shard:  # a worker's batches of a shard come together
-                shard, rows = batch.shard, self.reference.shard(batch.shard)
-            yield with_reference(batch, rows)
-
-
-def load_memory_data(
-    paths: list[str],
-    preprocess: Callable,
-    tokenizer: Callable,
-    keep: frozenset[str] | None,
-    workers: int,
-    seed: int,
-    progress: Progress | None = None,
-    report: DecodeReport | None = None,
-    read: set[str] | None = None,
-    reference: Reference | None = None,
-) -> MemoryData:
-    """The samples of `paths` (only `keep`'s keys, when given) decoded into memory; `read` collects every
-    key the tars held, decodable or not, and `report` what could not be decoded (or, with `reference`, had
-    no reference row: those are left out)."""
-    decoded: IterableDataset = ShardBatches(paths, preprocess, tokenizer, batch_size=512, keep=keep)
-    if reference is not None:
-        decoded = ReferencedBatches(decoded, reference)
-    loader = DataLoader(
-        decoded,
-        batch_size=None,
-        num_workers=min(workers, len(paths)),
-        worker_init_fn=single_threaded_worker,
-        collate_fn=already_batched,
-    )
-    images, tokens, keys, embeddings = [], [], [], []
-    total, seen = count_samples(paths), 0
-    for item in loader:
-        batch, rows = item if reference is not None else (item, None)
-        ok = [i for i, status in enumerate(batch.status) if status == OK]
-        if ok:
-            images.append(batch.images.half())  # half the memory; values are normalised pixels, well in range
-            tokens.append(batch.tokens)
-            keys += [batch.keys[i] for i in ok]
-            embeddings.append(rows)
-        seen += len(batch.keys)
-        if read is not None:
-            read.update(batch.keys)
-        if report is not None:
-            report.add(batch)
-        if progress:
-            progress(seen, total)
-    if not keys:
-        where = f"{', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''}"
-        if reference is not None and report is not None and report.skipped[NO_REFERENCE]:
-            raise CurateError(
-                f"no sample of {where} has a reference score: do --ref and the data hold the same keys?"
-            )
-        raise CurateError(f"no trainable samples in {where}")
-    stacked = None
-    if reference is not None:
-        stacked = (torch.cat([e[0] for e in embeddings]), torch.cat([e[1] for e in embeddings]))
-    return MemoryData(torch.cat(images), torch.cat(tokens), keys, seed, stacked)
-
-
-def fits_in_memory(paths: list[str], image_size: int) -> bool:
-    """Decoded float16 images plus tokens under a quarter of this machine's RAM (unknown size: stream)."""
+def fits_in_memory(paths: list[str], image_size: int, draws: int, ranks) -> bool:
+    """Whether this node's ranks' caches fit in a quarter of its RAM: each holds decoded float16 images
+    plus tokens for at most its part of the `draws` still to make, and never more than every sample."""
     samples = count_samples(paths)
     if samples is None:
         return False
+    held = min(samples, -(-draws // ranks.world_size)) if ranks.world_size > 1 else samples
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return samples * (3 * image_size * image_size * 2 + 512) < ram // 4
+    return ranks.local_world_size * held * (3 * image_size * image_size * 2 + 512) < ram // 4
+
+
+class EpochOrder:
+    """Positions of an endless sequence of epochs over `n` rows, each epoch a fresh permutation seeded by
+    (seed, epoch): step t of a batch of `size` draws positions [t·size, (t+1)·size)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self._permutation: tuple[int, torch.Tensor] | None = None  # the last epoch's, kept
+
+    def rows(self, positions: torch.Tensor) -> torch.Tensor:
+        epochs = positions // self.n
+        out = torch.empty(len(positions), dtype=torch.long)
+        for epoch in epochs.unique().tolist():
+            mask = epochs == epoch
+            out[mask] = self._epoch(epoch)[positions[mask] % self.n]
+        return out
+
+    def positions(self, step: int, size: int, part: slice) -> torch.Tensor:
+        return torch.arange(step * size + part.start, step * size + part.stop)
+
+    def needed(self, steps: range, size: int, part: slice) -> torch.Tensor:
+        """The sorted rows `part` of the batches of `steps` draws: every row once they span an epoch."""
+        per_step = part.stop - part.start
+        if len(steps) * per_step >= self.n:
+            return torch.arange(self.n)
+        positions = torch.cat([self.positions(step, size, part) for step in steps])
+        return self.rows(positions).unique()
+
+    def _epoch(self, epoch: int) -> torch.Tensor:
+        if self._permutation is None or self._permutation[0] != epoch:
+            generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+            self._permutation = (epoch, torch.randperm(self.n, generator=generator))
+        return self._permutation[1]
+
+
+def _decode_share(
+    config: TrainConfig,
+    paths: list[str],
+    share: list[str],
+    model: ImageTextModel,
+    reference: Reference | None,
+    keep: frozenset[str] | None,
+    group: Group,
+    progress: Progress | None,
+    report: DataReport,
+) -> tuple[Rows, Catalogue, set[str]]:
+    """Decode this rank's `share` of `paths` (only `keep`'s keys), then agree with the other ranks on the
+    catalogue of what every rank decoded. Also returns the keys the tars held, decodable or not, over all
+    ranks."""
+    read: set[str] = set()
+
+    def heard(batch: ShardBatch) -> None:
+        report.add(batch)
+        read.update(batch.keys)
+
+    decoded, shards = decode(
+        share, model.preprocess, model.tokenizer, keep, config.data.workers, reference, progress, heard
+    )
+    catalogue = Catalogue.gather(group, paths, shards, decoded.keys)
+    if group.ranks.world_size > 1:
+        read = set().union(*group.gather_objects(read))
+    return decoded, catalogue, read
+
+
+def _require_samples(catalogue: Catalogue, config: TrainConfig, group: Group, report: DataReport) -> None:
+    """One line when no rank decoded anything (every rank finds it at once: they share the catalogue)."""
+    if len(catalogue):
+        return
+    unscored = sum(skipped[NO_REFERENCE] for skipped in group.gather_objects(report.skipped))
+    where = ", ".join(config.data.paths[:3]) + (" ..." if len(config.data.paths) > 3 else "")
+    if unscored:
+        raise CurateError(
+            f"no sample of {where} has a reference score: do --ref and the data hold the same keys?"
+        )
+    raise CurateError(f"no trainable samples in {where}")
+
+
+class MemoryData:
+    """Uniform batches from the memory cache: the rows of a step are a function of (seed, step) over the
+    catalogue, and this rank holds the rows of its part of the steps it will run."""
+
+    even = True
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        paths: list[str],
+        model: ImageTextModel,
+        reference: Reference | None,
+        keep: frozenset[str] | None,
+        steps: range,
+        group: Group,
+        progress: Progress | None,
+        report: DataReport,
+    ):
+        ranks = group.ranks
+        share = paths[ranks.rank :: ranks.world_size]  # each rank decodes its own shards
+        decoded, catalogue, read = _decode_share(
+            config, paths, share, model, reference, keep, group, progress, report
+        )
+        if keep is not None:
+            report.found = _found(len(read), len(keep), config.data.allow_missing)
+        _require_samples(catalogue, config, group, report)
+        self.size, self.part = config.super_batch, ranks.part(config.super_batch)
+        self.order = EpochOrder(len(catalogue), config.seed)
+        held = self.order.needed(steps, self.size, self.part)
+        self.rows = assemble(group, catalogue, decoded, held)
+        self._local = torch.full((len(catalogue),), -1, dtype=torch.long)
+        self._local[held] = torch.arange(len(held))
+        self.report = report
+        report.samples = len(catalogue)
+
+    def batch(self, step: int) -> Batch:
+        rows = self.rows.take(self._local[self.order.rows(self.order.positions(step, self.size, self.part))])
+        return Batch(rows.images, rows.tokens, rows.keys, rows.reference)
+
+
+class PlannedMemoryData:
+    """A manifest's batches from the memory cache: step t trains this rank's part of the plan's batch for
+    t, of the samples of it that decoded (evened over the ranks)."""
+
+    even = True
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        paths: list[str],
+        model: ImageTextModel,
+        plan: BatchPlan,
+        steps: range,
+        group: Group,
+        progress: Progress | None,
+        report: DataReport,
+    ):
+        ranks, self.plan, self.report = group.ranks, plan, report
+        batches = sorted({plan.locate(step)[0] for step in steps})
+        # Decoded where it will most likely train: rank r decodes the keys at its part of each batch.
+        mine = frozenset(
+            key for batch in batches for key in _part(plan.keys_of(batch), ranks.rank, ranks.world_size)
+        )
+        by_name = shards_by_name(paths, [plan.shards[r] for b in batches for r in plan.rows(b)], "the data")
+        wanted = [path for path in paths if path in set(by_name.values())] or paths
+        decoded, catalogue, read = _decode_share(
+            config, wanted, wanted, model, None, mine, group, progress, report
+        )
+        # Under 99% found: the wrong shards (checked first: nothing decoded is the same mistake, mostly)
+        wanted_keys = {key for batch in batches for key in plan.keys_of(batch)}
+        report.found = _found(len(read & wanted_keys), len(wanted_keys), config.data.allow_missing)
+        _require_samples(catalogue, config, group, report)
+        index: dict[str, int] = {}
+        for row, key in enumerate(catalogue.keys):
+            index.setdefault(key, row)
+        self._parts: dict[int, torch.Tensor] = {}
+        self._trimmed: dict[int, int] = {}
+        for batch in batches:
+            rows = [index[key] for key in plan.keys_of(batch) if key in index]
+            if not rows:
+                raise CurateError(f"batch {batch} of the manifest has no sample that could be decoded")
+            even = len(rows) - len(rows) % ranks.world_size
+            if not even:
+                raise CurateError(
+                    f"batch {batch} of the manifest has {len(rows)} decodable samples, fewer than the "
+                    f"{ranks.world_size} processes"
+                )
+            self._trimmed[batch] = len(rows) - even
+            self._parts[batch] = torch.tensor(rows[:even][ranks.part(even)], dtype=torch.long)
+        held = torch.cat(list(self._parts.values())).unique()
+        self.rows = assemble(group, catalogue, decoded, held)
+        self._local = torch.full((len(catalogue),), -1, dtype=torch.long)
+        self._local[held] = torch.arange(len(held))
+        self._main = ranks.main
+        if ranks.main:  # global counts: rank 0 reports them for the job
+            report.missing = len(wanted_keys - index.keys())
+        report.samples = len(catalogue)
+
+    def batch(self, step: int) -> Batch:
+        batch, _ = self.plan.locate(step)
+        if self._main:
+            self.report.trimmed += self._trimmed[batch]
+        rows = self.rows.take(self._local[self._parts[batch]])
+        return Batch(rows.images, rows.tokens, rows.keys)
+
+
+def _part(items: list, rank: int, world_size: int) -> list:
+    """Rank `rank`'s part of `items` split over `world_size` as evenly as they go (sizes differ by one)."""
+    n = len(items)
+    return items[rank * n // world_size : (rank + 1) * n // world_size]
 
 
 class StreamData:
     """Batches of the uniform stream (stream.py) from a DataLoader whose workers batch them."""
 
-    def __init__(self, stream: UniformStream, workers: int, pin: bool = False):
+    even = True
+
+    def __init__(self, stream: UniformStream, workers: int, report: DataReport, pin: bool = False):
         loader = DataLoader(
             stream,
             batch_size=None,  # the workers batch: only whole batches cross processes
@@ -337,30 +418,11 @@ class StreamData:
             pin_memory=pin,  # page-locked, so that the copy to a GPU does not wait for the host
         )
         self._batches = iter(loader)
+        self.report = report
 
-    def batch(self, step: int, size: int) -> Batch:
-        """The next batch of the stream (of the size it was made with; `step` is for MemoryData's sake)."""
+    def batch(self, step: int) -> Batch:
+        """The next batch of the stream (`step` is the caller's: the stream knows where it is)."""
         return next(self._batches)
-
-
-class PlannedMemoryData:
-    """A manifest's batches from the in-memory cache: step t trains the plan's batch for t."""
-
-    def __init__(self, cache: MemoryData, plan: BatchPlan):
-        self.cache, self.plan = cache, plan
-        self._row = {key: row for row, key in enumerate(cache.keys)}
-        self.missing = len(set(plan.keys) - self._row.keys())  # manifest keys absent or undecodable
-
-    def __len__(self) -> int:
-        return len(self.cache)
-
-    def batch(self, step: int, size: int) -> Batch:
-        """The plan's batch for `step` (`size` is the plan's; kept for the uniform data's signature)."""
-        batch, _ = self.plan.locate(step)
-        rows = [self._row[key] for key in self.plan.keys_of(batch) if key in self._row]
-        if not rows:
-            raise CurateError(f"batch {batch} of the manifest has no sample that could be decoded")
-        return self.cache.take(torch.tensor(rows, dtype=torch.long))
 
 
 # The streaming plan decodes this many batches at a time (fewer for big batches): select draws a window of
@@ -387,11 +449,15 @@ class PlannedSamples(IterableDataset):
 
 
 class PlannedStreamData:
-    """A manifest's batches streamed from the tars, for plans whose samples do not fit in memory.
+    """A manifest's batches streamed from the tars, for plans whose samples do not fit in memory: each rank
+    decodes only its part of each batch (the ranks' parts of a batch with undecodable samples may then
+    differ in size: the loop evens them).
 
     Memory holds the decoded samples of one group of steps (at most LOOKAHEAD_BATCHES batches or about
     LOOKAHEAD_SAMPLES samples), plus what the DataLoader's workers prefetch of the next group.
     """
+
+    even = False
 
     def __init__(
         self,
@@ -401,16 +467,15 @@ class PlannedStreamData:
         tokenizer,
         steps: range,
         workers: int,
-        report: DecodeReport | None = None,
+        ranks,
+        report: DataReport,
     ):
-        self.plan, self.report = plan, report
-        self.missing = 0  # manifest rows that were not found or did not decode, counted as they come
+        self.plan, self.report, self.ranks = plan, report, ranks
         per_group = max(1, min(LOOKAHEAD_BATCHES, LOOKAHEAD_SAMPLES // max(1, plan.batch_size)))
         self._groups = [steps[i : i + per_group] for i in range(0, len(steps), per_group)]
         needs = []
         for group in self._groups:
-            batches = [plan.locate(step)[0] for step in group]
-            rows = [row for batch in batches for row in plan.rows(batch)]
+            rows = [row for step in group for row in self._part(plan.rows(plan.locate(step)[0]))]
             needs.append((sorted({plan.shards[r] for r in rows}), frozenset(plan.keys[r] for r in rows)))
         self._workers = max(1, workers)
         loader = DataLoader(
@@ -425,19 +490,26 @@ class PlannedStreamData:
         self._loaded: tuple[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] | None = None
         self._early: dict[int, list] = {}  # items of a later group that arrived before this one was done
 
-    def batch(self, step: int, size: int) -> Batch:
+    def _part(self, items):
+        return _part(list(items), self.ranks.rank, self.ranks.world_size)
+
+    def batch(self, step: int) -> Batch:
         number = self._group_of[step]
         if self._loaded is None or self._loaded[0] != number:
             self._loaded = (number, self._load(number))
         samples = self._loaded[1]
         batch, _ = self.plan.locate(step)
-        keys = self.plan.keys_of(batch)
+        keys = self._part(self.plan.keys_of(batch))
         found = [key for key in keys if key in samples]
-        self.missing += len(keys) - len(found)
-        if not found:
+        self.report.missing += len(keys) - len(found)
+        if not found and self.ranks.world_size == 1:
             raise CurateError(f"batch {batch} of the manifest has no sample that could be decoded")
-        images = torch.stack([samples[key][0] for key in found])
-        tokens = torch.stack([samples[key][1] for key in found])
+        images = (
+            torch.stack([samples[key][0] for key in found]) if found else torch.zeros(0, dtype=torch.float16)
+        )
+        tokens = (
+            torch.stack([samples[key][1] for key in found]) if found else torch.zeros(0, dtype=torch.long)
+        )
         return Batch(images, tokens, found)
 
     def _load(self, number: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -454,12 +526,8 @@ class PlannedStreamData:
             if batch is None:
                 done += 1
                 continue
-            if self.report is not None:
-                self.report.add(batch)
+            self.report.add(batch)
             ok = [i for i, status in enumerate(batch.status) if status == OK]
             for row, i in enumerate(ok):
                 samples[batch.keys[i]] = (batch.images[row].half(), batch.tokens[row])
         return samples
-
-
-TrainData = MemoryData | StreamData | PlannedMemoryData | PlannedStreamData

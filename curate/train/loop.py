@@ -4,36 +4,37 @@ Sections: setup → resume → data → steps (online JEST, loss, update, log) �
 folder's files are defined in run.py, checkpoints and resume in checkpoint.py, the data in data.py and
 online JEST in online.py; one update (`train_step`, with Flexi-JEST's multi-resolution split) is a helper
 so that bench/online_jest_step.py times the loop's own step.
+
+Many processes (torchrun, srun): one `Group` built in setup is handed to the data, online JEST and the
+run-folder writes; the model's one forward is wrapped by DDP and the SigLIP loss covers the global batch
+(open_clip's, with its rank and world size). Everything else reads the same with one process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from open_clip.loss import SigLipLoss
+from torch.nn.parallel import DistributedDataParallel
 
+from curate.distributed import Group, Ranks, lost_contact
 from curate.errors import CurateError
 from curate.fileio import local_path, remove_stale_temporaries
-from curate.jest import PairEmbeddings
 from curate.models import ImageTextModel, load_model
 from curate.runtime import StatusProgress, autocast, resolve_device, resolve_precision
+from curate.seeds import split_seed
 from curate.shards.paths import expand_shards
+from curate.train.batch import Batch
 from curate.train.checkpoint import resume, save
 from curate.train.config import OptimConfig, TrainConfig
-from curate.train.data import (
-    DecodeReport,
-    MemoryData,
-    PlannedMemoryData,
-    PlannedStreamData,
-    load_plan,
-    make_data,
-)
-from curate.train.online import Window, choose
+from curate.train.data import DataReport, TrainData, load_plan, make_data
+from curate.train.online import OnlineJest, Window
 from curate.train.reference import Reference
 from curate.train.run import (
     CHECKPOINTS_DIR,
@@ -60,6 +61,8 @@ class TrainSummary:
     # --order batches: manifest samples that could not be decoded (distinct keys in memory; rows trained
     # without, when streaming) and how many batches the manifest holds
     missing_from_manifest: int = 0
+    # samples left out of a manifest's batch so that it splits evenly over the processes
+    trimmed: int = 0
     manifest_batches: int | None = None
     # with a manifest: how many of its distinct keys the data holds, of how many (checked against
     # MIN_FOUND unless --allow-missing)
@@ -71,6 +74,7 @@ class TrainSummary:
     # that could not be read whole, with why
     skipped: dict[str, int] = field(default_factory=dict)
     damaged: dict[str, str] = field(default_factory=dict)
+    world_size: int = 1  # processes that trained together
 
     @property
     def samples_per_second(self) -> float:
@@ -80,8 +84,29 @@ class TrainSummary:
 def train(
     config: TrainConfig, progress: StatusProgress | None = None, warn: Callable[[str], None] | None = None
 ) -> TrainSummary:
+    """Train as one process, or as one rank of a job started by torchrun or srun (their environment says
+    which): the ranks share one global batch, and only rank 0 writes the run folder and reports progress."""
+    ranks = Ranks.from_environment()
+    config = replace(config, world_size=ranks.world_size)
+    device = resolve_device(ranks.device(config.device))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's point-to-point exchanges find their GPU here
+    if not ranks.main:
+        progress = warn = None
+    with Group(ranks, device, config.collective_timeout) as group, lost_contact(ranks):
+        return _train(config, group, device, progress, warn)
+
+
+def _train(
+    config: TrainConfig,
+    group: Group,
+    device: torch.device,
+    progress: StatusProgress | None,
+    warn: Callable[[str], None] | None,
+) -> TrainSummary:
     # ---------------------------------------------------------------- setup
     clock = time.perf_counter()  # the run's seconds count from here: loading and decoding are paid too
+    ranks = group.ranks
     run = local_path(config.out, "--output")
     plan = load_plan(config.data.manifest, config.seed) if config.trains_batches else None
     if plan is not None:
@@ -92,6 +117,7 @@ def train(
                 "they start over in a seeded order (the epoch is in metrics.jsonl); "
                 f"curate select --steps {config.steps} makes one batch per step"
             )
+    ranks.share(config.batch_size, "--batch-size")  # b is global: each of W ranks trains b/W
     latest = run / LATEST_FILE
     if latest.exists() and not config.resume:
         raise CurateError(
@@ -99,7 +125,6 @@ def train(
         )
     if config.resume and not latest.exists():
         raise CurateError(f"--resume: no {latest} to continue from")
-    device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
     paths = expand_shards(list(config.data.paths))
@@ -109,15 +134,17 @@ def train(
     # fp16 autocast needs its loss scaled up, or small gradients underflow to zero (bf16 has fp32's range,
     # so it needs none). Disabled, the scaler passes everything through unchanged.
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    (run / CHECKPOINTS_DIR).mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(run, run / CHECKPOINTS_DIR)  # what a killed run was writing
+    if ranks.main:
+        (run / CHECKPOINTS_DIR).mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run, run / CHECKPOINTS_DIR)  # what a killed run was writing
 
     # ---------------------------------------------------------------- resume
-    resumed = resume(run, config) if config.resume else None  # refuses another run before any decoding
+    # Refuses another run before any decoding; only rank 0 cuts the log back to the checkpoint.
+    resumed = resume(run, config, write=ranks.main) if config.resume else None
     start_step = resumed.step if resumed else 0
     saved_step = start_step if resumed else None  # the last checkpoint written, for a diverged run's error
-    batches = resumed.batches if resumed else BatchLog()
-    if not resumed:
+    batches = resumed.batches if resumed and ranks.main else BatchLog()
+    if not resumed and ranks.main:
         write_config(run, config, model.config)
         # A folder without a checkpoint holds at most the log of a run killed before its first one: start
         # that log over, so a rerun reads as one run.
@@ -126,24 +153,23 @@ def train(
     # ---------------------------------------------------------------- data
     # Its metadata only: each sample brings its own embeddings from the worker that decodes it.
     reference = Reference.open(config.online.ref) if config.online else None
-    decoding = DecodeReport()
-    data, found = make_data(
-        config,
-        paths,
-        model,
-        reference,
-        start_step,
-        progress=(lambda done, total: progress(done, total, "decoding")) if progress else None,
-        plan=plan,
-        report=decoding,
-    )
-    evaluator = _evaluator(config, model, device, precision)  # always at the model's own size
+    decoding = (lambda done, total: progress(done, total, "decoding")) if progress else None
+    data = make_data(config, paths, model, reference, start_step, group, decoding, plan)
+    evaluator = _evaluator(config, model, device, precision) if ranks.main else None  # at the model's size
     step_flops = flops_per_step(model, config)
 
     # ---------------------------------------------------------------- steps
     if resumed:  # now, not earlier: setup draws from torch's RNG, as it did before the checkpoint was written
         resumed.restore(model, optimizer, scaler)
-    loss_fn = SigLipLoss()
+    forward: torch.nn.Module = model.training_forward()
+    if ranks.world_size > 1:  # gradients averaged over the ranks in backward, as DDP does
+        forward = DistributedDataParallel(forward, device_ids=[device] if device.type == "cuda" else None)
+    # Every cross-rank pair is a negative: open_clip's SigLIP loss exchanges the texts between the ranks.
+    loss_fn = SigLipLoss(rank=ranks.rank, world_size=ranks.world_size)
+    online = None
+    if reference is not None:
+        meta = reference.metadata
+        online = OnlineJest(config.online, meta.logit_scale, meta.logit_bias, config.seed, group)
     window = Window()
     losses, samples, last_loss = [], 0, float("nan")
     evals: list[EvalRecord] = []
@@ -154,35 +180,34 @@ def train(
         return earlier_seconds + time.perf_counter() - clock - eval_seconds
 
     started = time.perf_counter()
-    with MetricsWriter(run) as metrics:
+    with MetricsWriter(run) if ranks.main else contextlib.nullcontext() as metrics:
         for step in range(start_step, config.steps):
-            for group in optimizer.param_groups:
-                group["lr"] = _learning_rate(step, config.optim, config.steps)
-            batch = data.batch(step, config.super_batch).to(device)  # the one copy to the device
-            if reference is not None:
+            for group_settings in optimizer.param_groups:
+                group_settings["lr"] = _learning_rate(step, config.optim, config.steps)
+            batch = data.batch(step)
+            if not data.even:
+                batch = _evened(batch, group, data)
+            batch = batch.to(device)  # the one copy to the device
+            if online is not None:
                 window.start("score")
-                generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + step)
-                meta = reference.metadata
-                embeddings = PairEmbeddings(*batch.reference, meta.logit_scale, meta.logit_bias)
-                choice = choose(model, embeddings, batch, config.online, generator, precision)
-                window.add(choice)
-                rows = choice.selection.indices  # on the device: the batch is indexed there
-                batches.add(step, batch.keys, rows)
-                images, tokens = batch.images[rows], batch.tokens[rows]
+                chosen = online(model, batch, step, precision, window)
+                window.add(chosen.choice)
+                batches.add(step, chosen.keys, chosen.rows)
+                images, tokens = chosen.images, chosen.tokens
             else:
                 batches.add(step, batch.keys)
                 images, tokens = batch.images, batch.tokens
             window.start("train")
-            loss = train_step(model, optimizer, scaler, loss_fn, images, tokens, config, step, precision)
+            loss = train_step(forward, optimizer, scaler, loss_fn, images, tokens, config, step, precision)
             window.stop()
             losses.append(loss)
-            samples += len(tokens)
+            samples += len(tokens) * ranks.world_size
             done = step + 1
 
             saving = (config.save_every and done % config.save_every == 0) or done == config.steps
             # A log line at every checkpoint too: a score file of a checkpoint finds its cost there.
             if done % config.log_every == 0 or saving:
-                window_losses = torch.stack(losses)
+                window_losses = group.mean(torch.stack(losses))  # the global batch's loss
                 last_loss = float(window_losses.mean())  # the one host sync of a log window
                 # A NaN or infinite loss makes the mean so; then (only then) find its step. Checked here,
                 # not every step, so that the device never waits for the host.
@@ -190,6 +215,8 @@ def train(
                     first = done - len(losses) + 1 + int((~window_losses.isfinite()).nonzero()[0])
                     raise _diverged(run, f"the loss is not finite at step {first}", saved_step)
                 batches.resolve()  # online JEST's chosen rows come over at the same sync
+                if online is not None:
+                    online.check_agreement()
                 record: LogRecord = {
                     "step": done,
                     "loss": last_loss,
@@ -199,11 +226,12 @@ def train(
                     "logit_bias": model.logit_bias,
                     "flops": step_flops * done,
                     "seconds": seconds(),
-                    **window.report(),
+                    **window.report(group),
                 }
                 if plan is not None:
                     record["epoch"] = plan.locate(step)[1]  # of the manifest's batches
-                metrics.write(record)
+                if metrics is not None:
+                    metrics.write(record)
                 losses = []
                 if progress:
                     progress(
@@ -224,8 +252,11 @@ def train(
                 # gradient under fp32 or bf16): one reduction per save, never a checkpoint of NaNs.
                 if not _finite(model, optimizer):
                     raise _diverged(run, f"the weights are not finite after step {done}", saved_step)
-                save(run, done, model, optimizer, scaler, config, batches, seconds())
+                batches.merge(group.gather_objects(batches.pop_new()), keep=ranks.main)
+                if ranks.main:
+                    save(run, done, model, optimizer, scaler, config, batches, seconds())
                 saved_step = done
+    report = DataReport.merge(group.gather_objects(data.report))
     return TrainSummary(
         run=str(run),
         steps=config.steps,
@@ -233,27 +264,38 @@ def train(
         samples=samples,
         seconds=time.perf_counter() - started,
         final_loss=last_loss,
-        data_samples=len(data) if isinstance(data, MemoryData | PlannedMemoryData) else None,
-        data_mode="memory" if isinstance(data, MemoryData | PlannedMemoryData) else "stream",
-        missing_from_manifest=data.missing if isinstance(data, PlannedMemoryData | PlannedStreamData) else 0,
-        manifest_batches=len(plan) if plan is not None else None,
-        manifest_keys_found=found[0] if found else None,
-        manifest_keys=found[1] if found else None,
+        data_samples=report.samples,
+        data_mode=report.mode,
+        missing_from_manifest=report.missing,
+        trimmed=report.trimmed,
+        manifest_batches=report.manifest_batches,
+        manifest_keys_found=report.found[0] if report.found else None,
+        manifest_keys=report.found[1] if report.found else None,
         evals=evals,
-        skipped=dict(sorted(decoding.skipped.items())),
-        damaged=decoding.damaged,
+        skipped=dict(sorted(report.skipped.items())),
+        damaged=report.damaged,
+        world_size=ranks.world_size,
     )
+
+
+def _evened(batch: Batch, group: Group, data: TrainData) -> Batch:
+    """The ranks' parts of a step cut to the smallest of them (a planned stream's parts lose their
+    undecodable samples independently), so that every rank trains as many pairs: SigLIP's exchange of
+    texts between ranks needs equal parts. A host collective, no GPU sync."""
+    if group.ranks.world_size == 1:
+        return batch
+    smallest = min(group.gather_objects(len(batch.keys)))
+    if not smallest:
+        raise CurateError("a batch of the manifest has no sample that could be decoded on some process")
+    data.report.trimmed += len(batch.keys) - smallest
+    return batch.head(smallest)
 
 
 # -------------------------------------------------------------------- helpers
 
-# XORed into a step's seed for the multi-resolution split, so that its draw is not online JEST's stream
-# (seeded by the same (seed, step), unchanged so that earlier online runs resume as they were).
-_SPLIT_STREAM = 1 << 62
-
 
 def train_step(
-    model: ImageTextModel,
+    forward: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     loss_fn: SigLipLoss,
@@ -263,33 +305,28 @@ def train_step(
     step: int,
     precision: str,
 ) -> torch.Tensor:
-    """One AdamW update on the pairs (images, tokens), already on the device. Returns the loss, still on
-    the device: reading it here would sync every step.
+    """One AdamW update on the pairs (images, tokens), already on the device, through `forward` (the
+    model's `training_forward()`, or DDP around it). Returns this rank's loss, still on the device: reading
+    it here would sync every step.
 
     With --multi-resolution R, a random half of the batch is encoded at R and the rest at the model's own
     size, and both go into one SigLIP loss (every pair is still a negative of every other). The split is
     drawn from a generator seeded by (seed, step) alone, so a resumed run draws the same split.
     """
-    model.module.train()
+    forward.train()
     with autocast(precision, images.device):
-        if config.multi_resolution is None:
-            image_features, text_features = model.encode(images, tokens)
-        else:
-            seed = (config.seed * 1_000_003 + step) ^ _SPLIT_STREAM
-            generator = torch.Generator(device=images.device).manual_seed(seed)
+        split = None
+        if config.multi_resolution is not None:
+            generator = torch.Generator(device=images.device).manual_seed(split_seed(config.seed, step))
             order = torch.randperm(len(tokens), generator=generator, device=images.device)
-            full, low = order.split([len(order) - len(order) // 2, len(order) // 2])
-            # Features in the split's order (full half first): the texts are gathered the same way, so
-            # pair i is still image i with caption i, and SigLIP's loss is the same in any order.
-            image_features = torch.cat(
-                [model.encode_images(images[full]), model.encode_images(images[low], config.multi_resolution)]
-            )
-            text_features = model.encode_texts(tokens[order])
-        loss = loss_fn(image_features, text_features, model.module.logit_scale.exp(), model.module.logit_bias)
+            split = order.split([len(order) - len(order) // 2, len(order) // 2])
+        image_features, text_features, scale, bias = forward(images, tokens, split, config.multi_resolution)
+        loss = loss_fn(image_features, text_features, scale, bias)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-    torch.nn.utils.clip_grad_norm_(model.module.parameters(), config.optim.grad_clip)
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    torch.nn.utils.clip_grad_norm_(parameters, config.optim.grad_clip)
     scaler.step(optimizer)  # fp16: skipped if a gradient overflowed (the scale then backs off)
     scaler.update()
     return loss.detach()
@@ -321,7 +358,7 @@ def _check_resolutions(model: ImageTextModel, config: TrainConfig) -> None:
 
 def _finite(model: ImageTextModel, optimizer: torch.optim.Optimizer) -> bool:
     """Whether every weight and every AdamW moment is finite: what a checkpoint would hold (one sync)."""
-    tensors = [t for t in model.module.state_dict().values() if t.is_floating_point()]
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
     device = tensors[0].device
     for state in optimizer.state.values():
         # AdamW's moments; its step counters stay on the CPU (and cannot be stacked with CUDA results)
@@ -354,7 +391,7 @@ def _optimizer(model: ImageTextModel, optim: OptimConfig) -> torch.optim.AdamW:
     """AdamW; no weight decay on gains, biases, embeddings of position and the logit scale and bias
     (the usual CLIP/SigLIP split: decay only matrices that mix features)."""
     decay, no_decay = [], []
-    for name, parameter in model.module.named_parameters():
+    for name, parameter in model.named_parameters():
         if (
             parameter.ndim < 2
             or "logit_" in name
@@ -376,7 +413,7 @@ def _evaluator(config: TrainConfig, model: ImageTextModel, device, precision) ->
     evalset = EvalSet.load(config.eval, preprocess=model.preprocess)  # decoded once, before step 1
 
     def run() -> dict:
-        model.module.eval()
+        model.train(False)
         return evaluate(model, evalset, device=device, precision=precision)
 
     return run

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import torch
 
 from curate.errors import CurateError
+from curate.seeds import epoch_seed
 
 
 @dataclass
@@ -61,7 +62,7 @@ class BatchPlan:
         if epoch == 0:
             return position, 0
         if self._order is None or self._order[0] != epoch:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
             self._order = (epoch, torch.randperm(len(self), generator=generator))
         return int(self._order[1][position]), epoch
 

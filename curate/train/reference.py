@@ -10,17 +10,19 @@ shards being decoded, and the embeddings of the samples in flight or cached.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+from torch.utils.data import IterableDataset
 
 from curate.errors import CurateError, first_line
 from curate.fileio import basename
 from curate.score.schema import OK, ScoreMetadata, embeddings_numpy, open_score_folder, score_file
-from curate.shards.batches import ShardBatch
+from curate.shards.batches import ShardBatch, ShardBatches
 
 NO_REFERENCE = "no_reference_score"  # the skip reason of a sample without an ok, finite reference row
 
@@ -90,3 +92,19 @@ def with_reference(
             batch, status=status, images=batch.images[rows], tokens=batch.tokens[rows]
         )
     return batch, reference.rows([batch.keys[decoded[j]] for j in kept])
+
+
+class ReferencedBatches(IterableDataset):
+    """`ShardBatches` whose batches carry their decoded samples' reference embeddings: items are (batch,
+    (image, text) embeddings of its decoded samples); a decoded sample without a reference row is marked
+    NO_REFERENCE and dropped. Each worker reads the score file of the shard it decodes, once."""
+
+    def __init__(self, batches: ShardBatches, reference: Reference):
+        self.batches, self.reference = batches, reference
+
+    def __iter__(self) -> Iterator[tuple[ShardBatch, tuple[torch.Tensor, torch.Tensor]]]:
+        shard, rows = None, None
+        for batch in self.batches:  # ShardBatches shares the shards out among the workers itself
+            if batch.shard != shard:  # a worker's batches of a shard come together
+                shard, rows = batch.shard, self.reference.shard(batch.shard)
+            yield with_reference(batch, rows)

@@ -161,6 +161,7 @@ def _metrics_lines(path: Path) -> list[tuple[str, dict]]:
 
 class BatchLog:
     """The keys each step trained on, kept in memory and written whole (atomically) at each checkpoint,
+    by rank 0, which merges the other ranks' parts of each step in first (`pop_new`, `merge`),
     so batches.parquet always matches a checkpoint and a killed run never leaves half of it. It costs a
     few tens of bytes a trained sample in memory (about 10 MB for 200k) and rewrites the whole file at
     each checkpoint."""
@@ -188,6 +189,26 @@ class BatchLog:
                 self._steps.append(step)
                 self._keys.append([keys[i] for i in chosen])
             self._pending = []
+
+    def pop_new(self) -> list[tuple[int, list[str]]]:
+        """The (step, keys) recorded since the last pop or merge, taken out of the log."""
+        self.resolve()
+        new = list(zip(self._steps, self._keys, strict=True))
+        self._steps, self._keys = [], []
+        return new
+
+    def merge(self, ranks_new: list[list[tuple[int, list[str]]]], keep: bool = True) -> None:
+        """Each rank's `pop_new` (in rank order) as one log: a step's keys are its ranks' parts in rank
+        order, which is the global batch's order. `keep` False (not rank 0): nothing is kept."""
+        if not keep:
+            return
+        steps: dict[int, list[str]] = {}
+        for new in ranks_new:
+            for step, keys in new:
+                steps.setdefault(step, []).extend(keys)
+        for step in sorted(steps):
+            self._steps.append(step)
+            self._keys.append(steps[step])
 
     def table(self) -> pa.Table:
         self.resolve()

@@ -8,6 +8,9 @@ and only the samples that leave it are decoded. Skips are not counted by reason 
 back to the summary): a damaged shard and the samples of a shard without reference scores are logged;
 the memory cache and a manifest's planned stream read with curate's own reader, which counts every reason.
 
+Under W processes, rank r streams shards r, r + W, ... (every shard once per epoch over the ranks), split
+over its workers the same way, each (rank, worker) stream seeded on its own.
+
 Exact on resume: worker w's stream is a function of (seed, role, epoch), where its role r = (w + start)
 mod W, and the DataLoader takes batches from its workers in turn. So the batch of step t is always the
 (t // W)-th batch of role t mod W, and a run resumed at step s has each role first draw, decode and drop
@@ -28,6 +31,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from curate.distributed import Ranks
 from curate.errors import CurateError
 from curate.fileio import basename, filesystem
 from curate.shards.images import decode_rgb
@@ -57,24 +61,34 @@ class UniformStream(IterableDataset):
         seed: int,
         batch_size: int,
         start_step: int,
+        ranks: Ranks | None = None,
     ):
         self.paths, self.preprocess, self.tokenizer = paths, preprocess, tokenizer
         self.keep, self.reference, self.buffer, self.seed = keep, reference, buffer, seed
-        self.batch_size, self.start_step = batch_size, start_step
+        self.batch_size, self.start_step = batch_size, start_step  # this rank's part of a step's batch
+        self.ranks = ranks or Ranks()
+        if len(paths) < self.ranks.world_size:
+            raise CurateError(
+                f"{len(paths)} shard(s) for {self.ranks.world_size} processes: streaming, each process reads "
+                "shards of its own, so give at least one shard per process (or --cache memory)"
+            )
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         role = (worker + self.start_step) % workers
-        mine = self.paths[role::workers] or self.paths  # more workers than shards: share them
+        rank, world = self.ranks.rank, self.ranks.world_size
+        ours = self.paths[rank::world]  # this rank's shards, then its workers' shares of them
+        mine = ours[role::workers] or ours  # more workers than shards: share them
         done = len(range(role, self.start_step, workers))  # this role's batches of the steps before start
         seen = {"samples": 0, "missing": 0}  # counted by `_trainable`, read by `_opened`
+        stream = role if world == 1 else rank * workers + role  # one process: the seeds it always had
         pipeline = wds.DataPipeline(
-            partial(_opened, mine, f"{self.seed}/{role}", seen),
+            partial(_opened, mine, f"{self.seed}/{stream}", seen),
             partial(tar_file_expander, handler=_log_damage(), select_files=_not_metadata),
             partial(group_by_keys, handler=_log_damage()),
             partial(_trainable, keep=self.keep, reference=self.reference, seen=seen),
-            wds.shuffle(self.buffer, initial=self.buffer, rng=random.Random(f"{self.seed}/{role}")),
+            wds.shuffle(self.buffer, initial=self.buffer, rng=random.Random(f"{self.seed}/{stream}")),
             partial(self._batches, skip=done),
         )
         return iter(pipeline)
