@@ -194,9 +194,16 @@ def train_command(
         err.print(f"warning: {message}")
 
     with progress_bar(f"train {basename(output)}", unit="steps") as progress:
-        summary = train(config, progress, warn)
+        summary = train(config, progress, warn)  # under torchrun, only rank 0's progress and warnings
+    if summary.rank != 0:
+        return  # rank 0 reports for the job
     for shard, why in summary.damaged.items():
         warn(f"{shard} is damaged ({why}); trained without the samples it did not hold")
+    if summary.trimmed:
+        warn(
+            f"{summary.trimmed} samples of short manifest batches were left out so that each batch splits "
+            f"evenly over the {summary.world_size} processes"
+        )
     if summary.missing_from_manifest:
         warn(
             f"{summary.missing_from_manifest} manifest samples were not in the data or could not be "
@@ -214,6 +221,8 @@ def train_command(
         last = summary.evals[-1]["eval"]
         final_eval = "; eval " + ", ".join(f"{k} {v:.3f}" for k, v in last.items() if isinstance(v, float))
     speed = f"{summary.samples_per_second:.0f} samples/s"
+    if summary.world_size > 1:
+        speed += f" over {summary.world_size} processes"
     out.print(
         f"trained steps {summary.start_step}→{summary.steps} on {data_line}{skipped}: final loss "
         f"{summary.final_loss:.4f}, {speed}{final_eval} → {summary.run}/latest.pt"

@@ -239,6 +239,8 @@ class EpochOrder:
         per_step = part.stop - part.start
         if len(steps) * per_step >= self.n:
             return torch.arange(self.n)
+        if not steps:  # a finished run resumed: nothing left to draw
+            return torch.zeros(0, dtype=torch.long)
         positions = torch.cat([self.positions(step, size, part) for step in steps])
         return self.rows(positions).unique()
 
@@ -380,7 +382,7 @@ class PlannedMemoryData:
                 )
             self._trimmed[batch] = len(rows) - even
             self._parts[batch] = torch.tensor(rows[:even][ranks.part(even)], dtype=torch.long)
-        held = torch.cat(list(self._parts.values())).unique()
+        held = torch.cat([torch.zeros(0, dtype=torch.long), *self._parts.values()]).unique()
         self.rows = assemble(group, catalogue, decoded, held)
         self._local = torch.full((len(catalogue),), -1, dtype=torch.long)
         self._local[held] = torch.arange(len(held))

@@ -75,6 +75,7 @@ class TrainSummary:
     skipped: dict[str, int] = field(default_factory=dict)
     damaged: dict[str, str] = field(default_factory=dict)
     world_size: int = 1  # processes that trained together
+    rank: int = 0  # this process's: rank 0 reports for the job
 
     @property
     def samples_per_second(self) -> float:
@@ -275,6 +276,7 @@ def _train(
         skipped=dict(sorted(report.skipped.items())),
         damaged=report.damaged,
         world_size=ranks.world_size,
+        rank=ranks.rank,
     )
 
 
