@@ -11,11 +11,15 @@ the memory cache and a manifest's planned stream read with curate's own reader, 
 Under W processes, rank r streams shards r, r + W, ... (every shard once per epoch over the ranks), split
 over its workers the same way, each (rank, worker) stream seeded on its own.
 
-Exact on resume: worker w's stream is a function of (seed, role, epoch), where its role r = (w + start)
-mod W, and the DataLoader takes batches from its workers in turn. So the batch of step t is always the
-(t // W)-th batch of role t mod W, and a run resumed at step s has each role first draw, decode and drop
-the batches it made for steps < s (decoded, not preprocessed: which samples decode decides which samples
-make each batch). Exact for the same --workers: the worker count shapes the order.
+Each stream's epoch has a shuffle buffer of its own, emptied before the next epoch starts, so no sample
+comes twice in one epoch (runs streamed by 0.1.0 before many-process training landed mixed the buffer
+across the boundary: resumed now, they continue in another order from the end of their first epoch).
+
+Exact on resume: worker w's stream is a function of (seed, rank, role, epoch), where its role r = (w + start)
+mod K for K workers, and the DataLoader takes batches from its workers in turn. So the batch of step t is
+always the (t // K)-th batch of role t mod K, and a run resumed at step s has each role first draw, decode
+and drop the batches it made for steps < s (decoded, not preprocessed: which samples decode decides which
+samples make each batch). Exact for the same --workers and processes: both shape the order.
 """
 
 from __future__ import annotations
@@ -81,17 +85,25 @@ class UniformStream(IterableDataset):
         ours = self.paths[rank::world]  # this rank's shards, then its workers' shares of them
         mine = ours[role::workers] or ours  # more workers than shards: share them
         done = len(range(role, self.start_step, workers))  # this role's batches of the steps before start
-        seen = {"samples": 0, "missing": 0}  # counted by `_trainable`, read by `_opened`
         stream = role if world == 1 else rank * workers + role  # one process: the seeds it always had
-        pipeline = wds.DataPipeline(
-            partial(_opened, mine, f"{self.seed}/{stream}", seen),
-            partial(tar_file_expander, handler=_log_damage(), select_files=_not_metadata),
-            partial(group_by_keys, handler=_log_damage()),
-            partial(_trainable, keep=self.keep, reference=self.reference, seen=seen),
-            wds.shuffle(self.buffer, initial=self.buffer, rng=random.Random(f"{self.seed}/{stream}")),
-            partial(self._batches, skip=done),
-        )
-        return iter(pipeline)
+        return self._batches(self._epochs(mine, f"{self.seed}/{stream}"), skip=done)
+
+    def _epochs(self, paths: list[str], seed: str) -> Iterator[Encoded]:
+        """The trainable samples of `paths`, epoch after epoch: each epoch opens every shard once, in a
+        seeded order, through its own shuffle buffer, which empties before the next epoch starts (so no
+        sample comes twice in one epoch, as a buffer filled across the boundary would have it)."""
+        seen = {"samples": 0, "missing": 0}  # counted by `_trainable`, read by `_opened`
+        for epoch in range(1 << 62):
+            rng = random.Random(seed if epoch == 0 else f"{seed}/{epoch}")
+            yield from wds.DataPipeline(
+                partial(_opened, paths, f"{seed}/{epoch}", epoch, seen),
+                partial(tar_file_expander, handler=_log_damage(), select_files=_not_metadata),
+                partial(group_by_keys, handler=_log_damage()),
+                partial(_trainable, keep=self.keep, reference=self.reference, seen=seen),
+                wds.shuffle(self.buffer, initial=self.buffer, rng=rng),
+            )
+            if epoch == 0 and not seen["samples"]:
+                raise CurateError("no trainable samples in the training shards")
 
     def _batches(self, samples: Iterator[Encoded], skip: int) -> Iterator[Batch]:
         """Decode and collate; the first `skip` batches are decoded only (to know which samples they
@@ -123,27 +135,24 @@ class UniformStream(IterableDataset):
         return Batch(images, self.tokenizer([s[2] for s in samples]), [s[0] for s in samples], reference)
 
 
-def _opened(paths: list[str], seed: str, seen: dict) -> Iterator[dict]:
-    """Each of `paths`, open, epoch after epoch, each epoch in a fresh seeded order (fsspec, so the URLs
-    curate reads elsewhere stream here too)."""
-    for epoch in range(1 << 62):
-        order = list(paths)
-        random.Random(f"{seed}/{epoch}").shuffle(order)
-        for path in order:
-            fs, fs_path = filesystem(path)
-            try:
-                stream = fs.open(fs_path, "rb", compression="infer")
-            except OSError as error:
-                logger.warning("cannot open %s (%s): trained without it", path, error)
-                continue
-            with stream:
-                yield {"url": path, "stream": stream}
-            # Resumed once every sample of the shard has been through `_trainable` (the pipeline pulls).
-            if seen["missing"] and epoch == 0:  # later epochs skip the same samples
-                logger.warning("%d samples of %s have no reference score: skipped", seen["missing"], path)
-            seen["missing"] = 0
-        if epoch == 0 and not seen["samples"]:
-            raise CurateError("no trainable samples in the training shards")
+def _opened(paths: list[str], seed: str, epoch: int, seen: dict) -> Iterator[dict]:
+    """Each of `paths`, open, in a seeded order (fsspec, so the URLs curate reads elsewhere stream here
+    too)."""
+    order = list(paths)
+    random.Random(seed).shuffle(order)
+    for path in order:
+        fs, fs_path = filesystem(path)
+        try:
+            stream = fs.open(fs_path, "rb", compression="infer")
+        except OSError as error:
+            logger.warning("cannot open %s (%s): trained without it", path, error)
+            continue
+        with stream:
+            yield {"url": path, "stream": stream}
+        # Resumed once every sample of the shard has been through `_trainable` (the pipeline pulls).
+        if seen["missing"] and epoch == 0:  # later epochs skip the same samples
+            logger.warning("%d samples of %s have no reference score: skipped", seen["missing"], path)
+        seen["missing"] = 0
 
 
 def _not_metadata(name: str) -> bool:
