@@ -53,7 +53,7 @@ def main() -> None:
         model = load_model(args.model, allow_random_init=True)
         # A checkpoint, so that every Ray actor loads the same weights as this process.
         checkpoint = f"{scratch}/model.pt"
-        save_checkpoint(checkpoint, model.open_clip_name, model.config, model.module.state_dict(), step=0)
+        save_checkpoint(checkpoint, model.open_clip_name, model.config, model.state_dict(), step=0)
         data = f"{scratch}/data"
         synthesize(
             SynthConfig(n=args.n, seed=0, image_size=model.image_size,

@@ -57,7 +57,7 @@ def main() -> None:
     model = load_model(args.model, args.pretrained, device, allow_random_init=args.pretrained is None)
     full = model.image_size
     low = model.check_resolution(args.resolution or full // 2)
-    patch = model.module.visual.patch_size[0]
+    patch = model.patch_size
     rates: dict[int, list[float]] = {full: [], low: []}
     with tempfile.TemporaryDirectory() as scratch:
         data = f"{scratch}/data"

@@ -6,6 +6,7 @@ cycle is still a cycle), and importing `curate.a.b` counts as importing the pack
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import curate
@@ -86,3 +87,19 @@ def test_the_graph_sees_function_level_and_package_imports():
 
 def test_no_import_cycle_inside_curate():
     assert find_cycle(import_graph()) is None
+
+
+def test_nothing_outside_models_reaches_through_the_open_clip_module():
+    """The trainer, the stages and the benches use `ImageTextModel`'s own methods (its one training forward
+    is what DDP wraps); only `curate/models/` touches the open_clip module inside it."""
+    pattern = re.compile(r"\.module\b(?!s)")
+    offenders = []
+    for folder in ("curate", "cli", "bench", "examples"):
+        for path in (ROOT.parent / folder).rglob("*.py"):
+            if path.is_relative_to(ROOT / "models"):
+                continue
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                code = line.split("#")[0]
+                if pattern.search(code) and "import" not in code:
+                    offenders.append(f"{path.relative_to(ROOT.parent)}:{number}")
+    assert offenders == []

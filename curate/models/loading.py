@@ -50,6 +50,12 @@ class ImageTextModel:
         return int(size[0] if isinstance(size, (tuple, list)) else size)
 
     @property
+    def patch_size(self) -> int | None:
+        """The ViT image tower's patch side in pixels; None for a tower without patches."""
+        patch = getattr(self.module.visual, "patch_size", None)
+        return int(patch[0] if isinstance(patch, (tuple, list)) else patch) if patch else None
+
+    @property
     def embed_dim(self) -> int:
         return int(self.config["embed_dim"])
 
