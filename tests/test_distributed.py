@@ -137,6 +137,8 @@ def test_online_jest_over_two_processes_chooses_what_one_chooses(tmp_path, small
         assert sorted(chosen_one[step]) == sorted(chosen_two[step]) and len(set(chosen_two[step])) == 16
     shares = [m["time_share"] for m in read_metrics(two) if "time_share" in m]
     assert all(share["exchange"] > 0 for share in shares)  # the chosen pairs moved between the ranks
+    moved = [m["exchanged_pairs"] for m in read_metrics(two) if "exchanged_pairs" in m]
+    assert len(moved) == 4 and all(0 <= n <= 8 for n in moved)  # at most b/W of a rank's b/W went elsewhere
 
     # Local scope: each rank keeps 8 of its own 32; nothing is exchanged, and the batches differ.
     result = torchrun(2, *train_args(f"{small_synth}/web", local, 4, *online, "--online-scope", "local"))

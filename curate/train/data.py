@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from curate.distributed import Group
 from curate.errors import CurateError
 from curate.fileio import filesystem, local_path
+from curate.jest import selection_size
 from curate.models import ImageTextModel
 from curate.runtime import Progress
 from curate.seeds import epoch_seed
@@ -135,8 +136,15 @@ def make_data(
     steps = range(start_step, config.steps)
     size = config.super_batch  # the global batch a step draws (B under online JEST)
     ranks.share(size, "--batch-size" if not config.online else "the super-batch b / (1 - ratio)")
-    if config.online and ranks.world_size > 1 and config.online.scope == "global":
-        ranks.share(config.batch_size, "--batch-size")
+    if config.online and ranks.world_size > 1 and config.online.scope == "local":
+        online = config.online
+        kept = selection_size(size // ranks.world_size, online.ratio, online.chunks)  # one line if too few
+        if kept * ranks.world_size != config.batch_size:
+            raise CurateError(
+                f"--online-scope local: each of {ranks.world_size} processes keeps {kept} of its "
+                f"{size // ranks.world_size}, not {config.batch_size}/{ranks.world_size}: choose a "
+                "--batch-size whose super-batch b / (1 - ratio) splits into whole parts"
+            )
     memory = settings.cache == "memory" or (
         settings.cache == "auto" and fits_in_memory(paths, model.image_size, len(steps) * size, ranks)
     )

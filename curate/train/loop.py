@@ -164,7 +164,9 @@ def _train(
         resumed.restore(model, optimizer, scaler)
     forward: torch.nn.Module = model.training_forward()
     if ranks.world_size > 1:  # gradients averaged over the ranks in backward, as DDP does
-        forward = DistributedDataParallel(forward, device_ids=[device] if device.type == "cuda" else None)
+        # No buffer changes in training (the text tower's mask is a constant): none to broadcast each step.
+        ids = [device] if device.type == "cuda" else None
+        forward = DistributedDataParallel(forward, device_ids=ids, broadcast_buffers=False)
     # Every cross-rank pair is a negative: open_clip's SigLIP loss exchanges the texts between the ranks.
     loss_fn = SigLipLoss(rank=ranks.rank, world_size=ranks.world_size)
     online = None
@@ -192,7 +194,7 @@ def _train(
             if online is not None:
                 window.start("score")
                 chosen = online(model, batch, step, precision, window)
-                window.add(chosen.choice)
+                window.add(chosen)
                 batches.add(step, chosen.keys, chosen.rows)
                 images, tokens = chosen.images, chosen.tokens
             else:

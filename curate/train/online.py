@@ -70,6 +70,7 @@ class Chosen:
     keys: list[str]  # the keys of `rows` (or, with rows None, of images and tokens)
     rows: torch.Tensor | None  # on the device: rows of `keys` chosen, resolved at the log step's sync
     choice: Choice
+    moved: int | None = None  # global scope over several ranks: the chosen pairs that changed rank
 
 
 class OnlineJest:
@@ -119,7 +120,8 @@ class OnlineJest:
         plan = balanced_assignment(chosen, len(batch.keys), ranks.world_size)
         images, tokens = _exchange(group, plan, batch)
         trained = [keys[i] for i in plan[ranks.rank].rows]
-        return Chosen(images, tokens, trained, None, choice)
+        moved = sum(len(p.rows) - len(p.kept) for p in plan)
+        return Chosen(images, tokens, trained, None, choice, moved)
 
     def check_agreement(self) -> None:
         """Whether every rank made the same global choices so far (a nondeterministic kernel would make
@@ -233,6 +235,7 @@ class Window:
         self.random: list[torch.Tensor] = []
         self.masked: list[torch.Tensor] = []  # --false-negatives: selected then random share, per step
         self.seconds: Counter = Counter()
+        self.moved: list[int] = []  # global scope over several ranks: chosen pairs sent to another rank
 
     def start(self, phase: str) -> None:
         self.stop()
@@ -244,7 +247,10 @@ class Window:
             self.seconds[self._phase] += time.perf_counter() - self._since
             self._phase = None
 
-    def add(self, choice: Choice) -> None:
+    def add(self, chosen: Chosen) -> None:
+        choice = chosen.choice
+        if chosen.moved is not None:
+            self.moved.append(chosen.moved)
         self.selected.append(choice.selected_score)
         self.random.append(choice.random_score)
         if choice.selected_masked is not None:
@@ -263,6 +269,8 @@ class Window:
         if self.masked:
             selected, random = group.mean(torch.stack(self.masked).mean(0)).tolist()
             out["selected_masked_share"], out["random_masked_share"] = selected, random
+        if self.moved:
+            out["exchanged_pairs"] = sum(self.moved) / len(self.moved)
         total = sum(self.seconds.values())
         if total and "score" in self.seconds:
             out["time_share"] = {k: v / total for k, v in sorted(self.seconds.items())}

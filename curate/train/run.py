@@ -91,7 +91,11 @@ class LogRecord(_LogFields, total=False):
     # --false-negatives mask:T: the share of those batches' off-diagonal pairs the mask zeroed
     selected_masked_share: float
     random_masked_share: float
-    time_share: dict[str, float]  # "score" vs "train" share of the window's time
+    # "score", "exchange" (the global scope over several processes: gathering the embeddings and keys,
+    # moving the chosen pairs) and "train": shares of the window's time
+    time_share: dict[str, float]
+    # the global scope over several processes: chosen pairs sent to the process that trains them, a step
+    exchanged_pairs: float
     # --order batches only: how many times the manifest's batches had started over at the window's last
     # step (0 in the first pass through them)
     epoch: int
