@@ -81,7 +81,9 @@ def run(argv: list[str], env: dict[str, str], log: str, timeout: float) -> float
     started = time.perf_counter()
     with open(log, "w") as out:
         # A session of its own: on a timeout the whole group goes (torchrun and its ranks).
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        process = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         try:
             code = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -194,7 +196,11 @@ def main() -> None:
 
 
 def report(
-    args: argparse.Namespace, rows: list[Row], results: dict[Row, list[Measure]], prepared: float, total: float
+    args: argparse.Namespace,
+    rows: list[Row],
+    results: dict[Row, list[Measure]],
+    prepared: float,
+    total: float,
 ) -> None:
     many = args.processes
     threads = f", {args.threads} torch thread(s) per rank" if args.device == "cpu" else ""

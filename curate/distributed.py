@@ -190,7 +190,8 @@ class lost_contact:  # noqa: N801 - used as a context manager, like contextlib's
         return None
 
     def __exit__(self, kind, error, traceback) -> bool:
-        if error is not None and isinstance(error, dist.DistError | RuntimeError) and _is_collective(error):
+        many = self.ranks.world_size > 1  # one process has no peer to lose: its errors stay its own
+        if many and isinstance(error, dist.DistError | RuntimeError) and _is_collective(error):
             raise CurateError(
                 f"rank {self.ranks.rank} of {self.ranks.world_size}: lost the other processes "
                 f"({first_line(error)}); one of them failed (its error is above) or stalled"
