@@ -73,25 +73,40 @@ def keys_by_step(run: Path) -> dict[int, list[str]]:
     return out
 
 
-def test_two_processes_train_what_one_trains_from_memory_and_refuse_another_world_size(tmp_path, small_synth):
-    one, two = tmp_path / "one", tmp_path / "two"
-    args = ("--batch-size", "32")
-    assert run_cli(*train_args(f"{small_synth}/web", one, 4, *args)).returncode == 0
-    result = torchrun(2, *train_args(f"{small_synth}/web", two, 4, *args))
+UNIFORM = ("--batch-size", "16", "--save-every", "2")  # 8 steps: the run the kill test resumes too
+
+
+@pytest.fixture(scope="module")
+def uniform_runs(tmp_path_factory, small_synth) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """One process and two, uniform batches from memory: (one, two, the job's outcome)."""
+    folder = tmp_path_factory.mktemp("uniform")
+    one, two = folder / "one", folder / "two"
+    assert run_cli(*train_args(f"{small_synth}/web", one, 8, *UNIFORM)).returncode == 0
+    return one, two, torchrun(2, *train_args(f"{small_synth}/web", two, 8, *UNIFORM))
+
+
+def test_two_processes_train_what_one_trains_from_memory_and_refuse_another_world_size(
+    tmp_path, small_synth, uniform_runs, monkeypatch
+):
+    one, two, result = uniform_runs
     assert result.returncode == 0, our_errors(result.stderr) or result.stderr[-2000:]
     assert_same_training(one, two)
     assert read_batches(one).equals(read_batches(two))  # each (step, key) once, in the global batch's order
     # Only rank 0 reports: one summary line, which says how many processes trained.
-    assert result.stdout.count("trained steps 0→4") == 1 and "over 2 processes" in result.stdout
+    assert result.stdout.count("trained steps 0→8") == 1 and "over 2 processes" in result.stdout
 
-    resumed = run_cli(*train_args(f"{small_synth}/web", two, 4, *args, "--resume"))
+    resumed = run_cli(*train_args(f"{small_synth}/web", two, 8, *UNIFORM, "--resume"))
     assert resumed.returncode == 1
     assert resumed.stderr.count("\n") == 1 and "was trained by 2" in resumed.stderr
 
-    odd = torchrun(2, *train_args(f"{small_synth}/web", tmp_path / "odd", 2, "--batch-size", "15"))
-    assert odd.returncode == 1
-    assert our_errors(odd.stderr) == ["error: --batch-size 15 does not split over 2 processes: it is the "
-                                      "global size, so give a multiple of 2"] * 2  # fmt: skip
+    # Each rank refuses a b that does not split before it joins the others (torchrun's variables, rank 0).
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    odd = run_cli(*train_args(f"{small_synth}/web", tmp_path / "odd", 2, "--batch-size", "15"))
+    assert odd.returncode == 1 and odd.stderr == (
+        "error: --batch-size 15 does not split over 2 processes: it is the global size, so give a multiple "
+        "of 2\n"
+    )
 
 
 def test_two_processes_train_a_manifests_batches_as_one_does(tmp_path, small_synth):
@@ -149,33 +164,33 @@ def test_online_jest_over_two_processes_chooses_what_one_chooses(tmp_path, small
     assert all("exchange" not in m.get("time_share", {}) for m in read_metrics(local))
 
 
-def test_a_job_killed_after_a_checkpoint_resumes_exactly_under_the_same_world_size(tmp_path, small_synth):
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    args = ["--batch-size", "16", "--save-every", "2"]
-    result = torchrun(2, *train_args(f"{small_synth}/web", whole, 10, *args))
-    assert result.returncode == 0, our_errors(result.stderr) or result.stderr[-2000:]
-
+def test_a_job_killed_after_a_checkpoint_resumes_exactly_under_the_same_world_size(
+    tmp_path, small_synth, uniform_runs
+):
+    _, whole, _ = uniform_runs
+    killed = tmp_path / "killed"
+    args = UNIFORM
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m"]
     job = subprocess.Popen(
-        [*command, "curate", *train_args(f"{small_synth}/web", killed, 10, *args)],
+        [*command, "curate", *train_args(f"{small_synth}/web", killed, 8, *args)],
         env=job_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     deadline = time.monotonic() + TIMEOUT
-    while not (killed / "checkpoints" / "step_4.pt").exists() and job.poll() is None:
+    while not (killed / "latest.pt").exists() and job.poll() is None:  # the first checkpoint, whole
         assert time.monotonic() < deadline
         time.sleep(0.02)
     os.killpg(job.pid, signal.SIGKILL)  # the launcher and both ranks, mid-run
     job.wait(timeout=60)
-    assert load_checkpoint(killed / "latest.pt")["step"] < 10  # killed before the end
+    assert load_checkpoint(killed / "latest.pt")["step"] < 8  # killed before the end
 
-    result = torchrun(2, *train_args(f"{small_synth}/web", killed, 10, *args, "--resume"))
+    result = torchrun(2, *train_args(f"{small_synth}/web", killed, 8, *args, "--resume"))
     assert result.returncode == 0, our_errors(result.stderr) or result.stderr[-2000:]
     assert_same_training(whole, killed, tolerance=0)  # the same processes: bit for bit
     assert read_batches(killed).equals(read_batches(whole))
-    assert [m["step"] for m in read_metrics(killed)] == list(range(1, 11))  # none twice
+    assert [m["step"] for m in read_metrics(killed)] == list(range(1, 9))  # none twice
 
 
 def test_a_stream_over_two_processes_reads_every_shard_once_per_epoch(tmp_path, small_synth):

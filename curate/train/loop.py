@@ -89,6 +89,8 @@ def train(
     which): the ranks share one global batch, and only rank 0 writes the run folder and reports progress."""
     ranks = Ranks.from_environment()
     config = replace(config, world_size=ranks.world_size)
+    if config.batch_size is not None:  # before joining the others: every rank fails at once, alone
+        ranks.share(config.batch_size, "--batch-size")
     device = resolve_device(ranks.device(config.device))
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL's point-to-point exchanges find their GPU here
@@ -164,9 +166,7 @@ def _train(
         resumed.restore(model, optimizer, scaler)
     forward: torch.nn.Module = model.training_forward()
     if ranks.world_size > 1:  # gradients averaged over the ranks in backward, as DDP does
-        # No buffer changes in training (the text tower's mask is a constant): none to broadcast each step.
-        ids = [device] if device.type == "cuda" else None
-        forward = DistributedDataParallel(forward, device_ids=ids, broadcast_buffers=False)
+        forward = DistributedDataParallel(forward, device_ids=[device] if device.type == "cuda" else None)
     # Every cross-rank pair is a negative: open_clip's SigLIP loss exchanges the texts between the ranks.
     loss_fn = SigLipLoss(rank=ranks.rank, world_size=ranks.world_size)
     online = None
