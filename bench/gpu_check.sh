@@ -15,6 +15,12 @@
 #    resolution (bench/score_resolution.py), and an online JEST step at F = 0.8 scoring (and half-training)
 #    at 112 px against a plain step (bench/online_jest_step.py). Not in the default list: run with
 #    SECTIONS="5" (or "1 2 3 4 5") when there is time for it.
+# 6. many GPUs (a machine with more than one): curate train under torchrun on every GPU against one GPU,
+#    ViT-B-16 (random weights, bf16), global b = 256 (b / W a GPU), plain and online JEST (F = 0.8) with the
+#    global and local scopes; samples/s, the scaling, global's step over local's and the exchange's share
+#    (bench/train_scaling.py). Estimated at 5 to 7 minutes (10 runs, each starting torch and the process
+#    group afresh; cut at 7 by its timeout), so not in the default list: run with SECTIONS="6" (or
+#    "1 2 3 4 6"). A machine with one GPU prints "one GPU: skipped".
 # Installs nothing over the network: with a folder .whl/ of wheels (what a machine without a registry
 # needs: open_clip_torch, ftfy, wcwidth, duckdb, braceexpand, webdataset), they go to a private --target folder
 # first, unless the interpreter already has them.
@@ -105,5 +111,18 @@ timeout 300 $PY bench/score_resolution.py --model ViT-B-16 --resolution 112 --de
   --batch-size 512 --runs 3 2>&1 | grep -v Warning | keep
 timeout 300 $PY bench/online_jest_step.py --model ViT-B-16 --resolution 112 --device cuda --batch-size 256 \
   --runs 3 --steps 3 2>&1 | grep -v Warning | keep
+fi
+if want 6; then
+section "6. many GPUs: curate train under torchrun, every GPU against one (ViT-B-16, bf16)"
+gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+if [ "$gpus" -gt 1 ]; then
+  # b = 256 splits over 2, 4, 8 or 16 GPUs; another count gets 32 a GPU.
+  batch=$(( 256 % gpus ? 32 * gpus : 256 ))
+  timeout 420 $PY bench/train_scaling.py --device auto --processes "$gpus" --model ViT-B-16 --precision bf16 \
+    --batch-size "$batch" --steps 30 --log-every 5 --runs 2 --n 2048 --image-size 224 --workers 4 \
+    --timeout 200 2>&1 | grep -v Warning | keep
+else
+  echo "one GPU: skipped" | keep
+fi
 fi
 echo; echo "report: $REPORT"

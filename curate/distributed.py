@@ -141,14 +141,10 @@ class Group:
         the device it came from: no host sync."""
         if self.ranks.world_size == 1:
             return tensor
-        out = torch.empty(
-            (self.ranks.world_size * tensor.shape[0], *tensor.shape[1:]),
-            dtype=tensor.dtype,
-            device=tensor.device,
-        )
+        parts = [torch.empty_like(tensor) for _ in range(self.ranks.world_size)]
         with lost_contact(self.ranks):
-            dist.all_gather_into_tensor(out, tensor.contiguous())
-        return out
+            dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
 
     def mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """The mean over ranks of a device tensor (a loss), on the device."""
