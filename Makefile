@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
 	touch $(STAMP)
 
+# --durations: the slowest tests, at the end of every run, so the suite's time stays in sight
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=20
 
 test-quick: install
 	$(BIN)/python -m pytest -m "not slow"

@@ -364,14 +364,15 @@ class PlannedMemoryData:
         mine = frozenset(
             key for batch in batches for key in _part(plan.keys_of(batch), ranks.rank, ranks.world_size)
         )
-        by_name = shards_by_name(paths, [plan.shards[r] for b in batches for r in plan.rows(b)], "the data")
-        wanted = [path for path in paths if path in set(by_name.values())] or paths
-        decoded, catalogue, read = _decode_share(
+        # The manifest as a whole, by the shards' tables, before any decoding (as the stream checks it)
+        every = shards_by_name(paths, plan.shards, "the training data")
+        report.found = _listed(frozenset(plan.keys), list(every.values()), config.data.allow_missing)
+        used = {every[plan.shards[row]] for batch in batches for row in plan.rows(batch)}
+        wanted = [path for path in paths if path in used]
+        decoded, catalogue, _ = _decode_share(
             config, wanted, wanted, model, None, mine, group, progress, report
         )
-        # Under 99% found: the wrong shards (checked first: nothing decoded is the same mistake, mostly)
         wanted_keys = {key for batch in batches for key in plan.keys_of(batch)}
-        report.found = _found(len(read & wanted_keys), len(wanted_keys), config.data.allow_missing)
         _require_samples(catalogue, config, group, report)
         index: dict[str, int] = {}
         for row, key in enumerate(catalogue.keys):
