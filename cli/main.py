@@ -20,6 +20,7 @@ try:
     from curate_cli.download import download_command
     from curate_cli.evaluate import evaluate_command
     from curate_cli.export import export_command
+    from curate_cli.help import GroupedHelp
     from curate_cli.query import query_command
     from curate_cli.report import report_command
     from curate_cli.score import models, score
@@ -75,7 +76,7 @@ COMMANDS = (
     ("models", models, "List the built-in models and how to use open_clip models and checkpoints."),
 )
 for name, command, purpose in COMMANDS:
-    app.command(name, short_help=purpose)(command)
+    app.command(name, short_help=purpose, cls=GroupedHelp)(command)
 
 
 def main() -> None:

@@ -8,6 +8,14 @@ import typer
 
 from curate_cli.console import command_line, err, out, progress_bar
 
+# --help groups train's options by what they set, so the three ways to pick data stand apart.
+DATA = "Data"
+MODEL = "Model"
+OPTIMISATION = "Optimisation"
+ONLINE = "Online JEST"
+EVAL = "Evaluation and checkpoints"
+HARDWARE = "Devices and processes"
+
 
 def train_command(
     data: Annotated[
@@ -17,75 +25,130 @@ def train_command(
         str, typer.Option("--output", "-o", metavar="RUN", help="Run folder (checkpoints, metrics).")
     ],
     model: Annotated[
-        str, typer.Option(help="Built-in (siglip-tiny, siglip-small), open_clip name or checkpoint.")
+        str,
+        typer.Option(
+            help="Built-in (siglip-tiny, siglip-small), open_clip name or checkpoint.", rich_help_panel=MODEL
+        ),
     ] = "siglip-tiny",
     pretrained: Annotated[
-        str | None, typer.Option(help="Start from open_clip weights (tag or file).")
+        str | None, typer.Option(help="Start from open_clip weights (tag or file).", rich_help_panel=MODEL)
     ] = None,
     manifest: Annotated[
         str | None,
-        typer.Option(help="Train on this `curate select` manifest's batches (step t trains batch t)."),
+        typer.Option(
+            help="Train on this `curate select` manifest's batches (step t trains batch t).",
+            rich_help_panel=DATA,
+        ),
     ] = None,
     order: Annotated[
         str | None,
         typer.Option(
-            help="With --manifest: batches (default: JEST's batches in order) or shuffle (its keys as a set)."
+            help="With --manifest: batches (default: JEST's batches in order) or shuffle (keys as a set).",
+            rich_help_panel=DATA,
         ),
     ] = None,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.", rich_help_panel=OPTIMISATION)] = 1000,
     batch_size: Annotated[
-        int | None, typer.Option(help="Pairs per step (b); default 256, or the manifest's batch size.")
+        int | None,
+        typer.Option(
+            help="Pairs per step (b); default 256, or the manifest's batch size.",
+            rich_help_panel=OPTIMISATION,
+        ),
     ] = None,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
-    warmup: Annotated[int, typer.Option(help="Linear warmup steps, then cosine decay to 0.")] = 100,
-    wd: Annotated[float, typer.Option(help="AdamW weight decay (matrices only).")] = 0.1,
-    beta2: Annotated[float, typer.Option(help="AdamW β2; 0.95 is SigLIP's large-batch setting.")] = 0.95,
-    grad_clip: Annotated[float, typer.Option(help="Gradient norm clip.")] = 1.0,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.", rich_help_panel=OPTIMISATION)] = 1e-3,
+    warmup: Annotated[
+        int, typer.Option(help="Linear warmup steps, then cosine decay to 0.", rich_help_panel=OPTIMISATION)
+    ] = 100,
+    wd: Annotated[
+        float, typer.Option(help="AdamW weight decay (matrices only).", rich_help_panel=OPTIMISATION)
+    ] = 0.1,
+    beta2: Annotated[
+        float,
+        typer.Option(help="AdamW β2; 0.95 is SigLIP's large-batch setting.", rich_help_panel=OPTIMISATION),
+    ] = 0.95,
+    grad_clip: Annotated[float, typer.Option(help="Gradient norm clip.", rich_help_panel=OPTIMISATION)] = 1.0,
     eval_set: Annotated[
-        str | None, typer.Option("--eval", help="Eval set (clip_benchmark layout) to evaluate on.")
+        str | None,
+        typer.Option("--eval", help="Eval set (clip_benchmark layout) to evaluate on.", rich_help_panel=EVAL),
     ] = None,
-    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps (0: at the end only).")] = 0,
-    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0: at the end only).")] = 0,
-    log_every: Annotated[int, typer.Option(help="Write metrics.jsonl every N steps.")] = 10,
-    workers: Annotated[int, typer.Option(help="DataLoader processes decoding images.")] = 2,
-    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+    eval_every: Annotated[
+        int, typer.Option(help="Evaluate every N steps (0: at the end only).", rich_help_panel=EVAL)
+    ] = 0,
+    save_every: Annotated[
+        int, typer.Option(help="Checkpoint every N steps (0: at the end only).", rich_help_panel=EVAL)
+    ] = 0,
+    log_every: Annotated[
+        int, typer.Option(help="Write metrics.jsonl every N steps.", rich_help_panel=EVAL)
+    ] = 10,
+    workers: Annotated[
+        int, typer.Option(help="DataLoader processes decoding images.", rich_help_panel=DATA)
+    ] = 2,
+    device: Annotated[
+        str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.", rich_help_panel=HARDWARE)
+    ] = "auto",
     precision: Annotated[
-        str, typer.Option(help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16 (loss-scaled).")
+        str,
+        typer.Option(
+            help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16 (loss-scaled).",
+            rich_help_panel=HARDWARE,
+        ),
     ] = "auto",
-    seed: Annotated[int, typer.Option(help="Seeds the model init and the data order.")] = 0,
-    resume: Annotated[bool, typer.Option(help="Continue RUN from RUN/latest.pt, exactly.")] = False,
+    seed: Annotated[
+        int, typer.Option(help="Seeds the model init and the data order.", rich_help_panel=OPTIMISATION)
+    ] = 0,
+    resume: Annotated[
+        bool, typer.Option(help="Continue RUN from RUN/latest.pt, exactly.", rich_help_panel=EVAL)
+    ] = False,
     cache: Annotated[
-        str, typer.Option(help="memory (decode once), stream (tars + shuffle buffer) or auto.")
+        str,
+        typer.Option(
+            help="memory (decode once), stream (tars + shuffle buffer) or auto.", rich_help_panel=DATA
+        ),
     ] = "auto",
-    shuffle_buffer: Annotated[int, typer.Option(help="Samples in the streaming shuffle buffer.")] = 10_000,
+    shuffle_buffer: Annotated[
+        int, typer.Option(help="Samples in the streaming shuffle buffer.", rich_help_panel=DATA)
+    ] = 10_000,
     allow_missing: Annotated[
         bool,
-        typer.Option(help="Train on a --manifest even when the data holds under 99% of its keys."),
+        typer.Option(
+            help="Train on a --manifest even when the data holds under 99% of its keys.", rich_help_panel=DATA
+        ),
     ] = False,
     online_jest: Annotated[
-        bool, typer.Option(help="Select each batch with JEST against --ref scores.")
+        bool, typer.Option(help="Select each batch with JEST against --ref scores.", rich_help_panel=ONLINE)
     ] = False,
     ref: Annotated[
-        str | None, typer.Option(help="Reference scores (`curate score` output) for --online-jest.")
+        str | None,
+        typer.Option(
+            help="Reference scores (`curate score` output) for --online-jest.", rich_help_panel=ONLINE
+        ),
     ] = None,
     ratio: Annotated[
-        float, typer.Option(help="Online JEST filtering ratio F: super-batch B = b / (1 - F).")
+        float,
+        typer.Option(
+            help="Online JEST filtering ratio F: super-batch B = b / (1 - F).", rich_help_panel=ONLINE
+        ),
     ] = 0.8,
-    chunks: Annotated[int, typer.Option(help="Online JEST chunks N.")] = 16,
-    criterion: Annotated[str, typer.Option(help="learnability, easy or hard.")] = "learnability",
-    temperature: Annotated[float, typer.Option(help="Sampling temperature τ.")] = 1.0,
+    chunks: Annotated[int, typer.Option(help="Online JEST chunks N.", rich_help_panel=ONLINE)] = 16,
+    criterion: Annotated[
+        str, typer.Option(help="learnability, easy or hard.", rich_help_panel=ONLINE)
+    ] = "learnability",
+    temperature: Annotated[float, typer.Option(help="Sampling temperature τ.", rich_help_panel=ONLINE)] = 1.0,
     false_negatives: Annotated[
         str | None,
         typer.Option(
             metavar="none|mask:T",
             help="Online JEST: leave out of the cross terms every pair the reference sees as one thing "
             "(image-image or text-text cosine above T), as curate select --false-negatives does.",
+            rich_help_panel=ONLINE,
         ),
     ] = None,
     score_resolution: Annotated[
         int | None,
         typer.Option(
-            metavar="R", help="Online JEST: the learner scores each super-batch at R px (ViTs; Flexi-JEST)."
+            metavar="R",
+            help="Online JEST: the learner scores each super-batch at R px (ViTs; Flexi-JEST).",
+            rich_help_panel=ONLINE,
         ),
     ] = None,
     online_scope: Annotated[
@@ -93,6 +156,7 @@ def train_command(
         typer.Option(
             help="Online JEST under several processes: global chooses b of the whole super-batch (the "
             "chosen pairs move between processes); local has each process keep b/W of its own B/W.",
+            rich_help_panel=ONLINE,
         ),
     ] = "global",
     collective_timeout: Annotated[
@@ -100,6 +164,7 @@ def train_command(
         typer.Option(
             metavar="SECONDS",
             help="Under torchrun or srun: how long a process waits for the others before failing.",
+            rich_help_panel=HARDWARE,
         ),
     ] = 600.0,
     multi_resolution: Annotated[
@@ -107,6 +172,7 @@ def train_command(
         typer.Option(
             metavar="R",
             help="Train a random half of each batch at R px, the rest at full size (ViTs).",
+            rich_help_panel=OPTIMISATION,
         ),
     ] = None,
 ) -> None:

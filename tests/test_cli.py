@@ -63,6 +63,29 @@ def test_help_lists_every_command_with_its_purpose_in_pipeline_order():
     assert listed_commands(result.stdout) == [(name, purpose) for name, _, purpose in COMMANDS]
 
 
+def test_train_help_groups_its_options_under_headings():
+    text = run_cli("train", "--help").stdout
+    lines = text.splitlines()
+    headings = [line[:-1] for line in lines if re.fullmatch(r"[A-Z][\w ]*:", line)]
+    assert headings == [
+        "Arguments",
+        "Options",
+        "Model",
+        "Data",
+        "Optimisation",
+        "Evaluation and checkpoints",
+        "Devices and processes",
+        "Online JEST",
+    ]
+
+    def section_of(option: str) -> str:
+        at = next(i for i, line in enumerate(lines) if line.lstrip().startswith(option))
+        return next(line[:-1] for line in reversed(lines[:at]) if line[:-1] in headings)
+
+    assert section_of("--online-scope") == "Online JEST" and section_of("--manifest") == "Data"
+    assert section_of("--collective-timeout") == "Devices and processes"
+
+
 def test_curate_alone_prints_the_help():
     result = run_cli()
     assert result.returncode == 0 and result.stderr == ""
