@@ -1,10 +1,13 @@
 """`curate eval`: zero-shot classification and image–text retrieval on an eval set.
 
+config.py    the settings (`EvalConfig`) and what the command reports (`EvalReport`)
 evalset.py   clip_benchmark's webdataset layout: `write_eval_set`, `read_eval_set`, and `EvalSet`
 metrics.py   zero-shot and retrieval metrics from embeddings
-run.py       `evaluate` (a loaded model on an `EvalSet`, as `curate train --eval` calls it) and `run_eval`
+run.py       the unit, `evaluate` (a loaded model on an `EvalSet`: what `curate train --eval` runs every
+             few steps), and the driver, `run_eval` (the whole command: read, load, evaluate once, report)
 """
 
+from curate.evaluate.config import EvalConfig, EvalReport
 from curate.evaluate.evalset import (
     CLASS_PLACEHOLDER,
     EvalSample,
@@ -14,7 +17,7 @@ from curate.evaluate.evalset import (
     write_eval_set,
 )
 from curate.evaluate.metrics import class_embeddings, retrieval_metrics, zeroshot_metrics
-from curate.evaluate.run import EvalConfig, EvalReport, evaluate, run_eval
+from curate.evaluate.run import evaluate, run_eval
 
 __all__ = [
     "CLASS_PLACEHOLDER",

@@ -1,18 +1,18 @@
-"""`curate eval`: `evaluate` a loaded model on an `EvalSet`, and `run_eval`, the whole command.
+"""`curate eval`'s unit and its driver.
 
-`evaluate` takes a loaded model, so `curate train --eval` calls it every few steps on an `EvalSet` read
-and decoded once; `run_eval` reads the set, loads the model and evaluates.
+The unit, `evaluate`, takes a loaded model, so `curate train --eval` calls it every few steps on an
+`EvalSet` read and decoded once. The driver, `run_eval` (what `curate eval` calls), reads the set, loads the
+model, runs the same unit once and reports.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 
 import torch
 
 from curate.errors import CurateError
+from curate.evaluate.config import EvalConfig, EvalReport
 from curate.evaluate.evalset import EvalSet
 from curate.evaluate.metrics import class_embeddings, retrieval_metrics, zeroshot_metrics
 from curate.models import ImageTextModel, load_model
@@ -81,45 +81,9 @@ def _evaluate(model, evalset: EvalSet, batch_size, device, precision, progress) 
     return metrics | counts
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    model: str
-    pretrained: str | None = None
-    batch_size: int = 256
-    device: str = "auto"
-    precision: str = "auto"
-    split: str = "test"
-    allow_random_init: bool = False
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise CurateError(f"--batch-size must be at least 1, got {self.batch_size}")
-
-
-@dataclass
-class EvalReport:
-    model: str
-    evalset: str
-    metrics: dict[str, float | int]
-    device: str  # "cpu fp32"
-    seconds: float
-    skipped: Counter = field(default_factory=Counter)  # reason -> samples left out of the eval set
-    damaged: list[tuple[str, str]] = field(default_factory=list)  # (tar, why it ended early)
-    captioned: int = 0  # images with a caption: retrieval needs all of them
-
-    def to_json(self) -> dict:
-        return {
-            "model": self.model,
-            "evalset": self.evalset,
-            **self.metrics,
-            "skipped": dict(sorted(self.skipped.items())),
-            "device": self.device,
-            "seconds": round(self.seconds, 3),
-        }
-
-
 def run_eval(evalset: str, config: EvalConfig, progress: Progress | None = None) -> EvalReport:
-    """`curate eval`: read the set first (a typo fails in a second), then load the model and evaluate."""
+    """The driver of `curate eval`: read the set first (a typo fails in a second), then load the model and
+    evaluate."""
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     data = EvalSet.load(evalset, config.split)
