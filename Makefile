@@ -1,5 +1,6 @@
 # make demo   — install into .venv if needed, then run the pipeline on synthetic data
 # make test   — install into .venv if needed, then run the whole test suite
+# make docs   — the documentation site into site/: the command reference from the Typer app, then mkdocs --strict
 # make test-quick — the same without the tests marked slow (the example pipeline, Ray, the wheel build)
 # make experiment — the README's results table: every learner over 3 seeds (about 90 minutes on 2 cores)
 # make false-negatives — issue 18: JEST with and without the false-negative mask and dedup, 2 crawls x 3 seeds
@@ -8,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-quick demo experiment false-negatives lint format clean
+.PHONY: install docs test test-quick demo experiment false-negatives lint format clean
 
 install: $(STAMP)
 
@@ -18,6 +19,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
 	touch $(STAMP)
+
+# The command reference is generated from the Typer app on every build (never committed, so it cannot
+# drift from the code); tests/test_docs.py checks it against the app and every command the docs quote.
+docs: install
+	$(BIN)/typer curate_cli.main utils docs --name curate --title "Command options" --output docs/reference/cli.md
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # --durations: the slowest tests, at the end of every run, so the suite's time stays in sight
 test: install

@@ -1,6 +1,6 @@
 """What a learner cost with everything counted: its own training plus everything upstream of it.
 
-Each artefact records its own cost and its inputs (DESIGN.md, "Cost"):
+Each artefact records its own cost and its inputs (docs/reference/formats.md, "Cost"):
 
     run          RUN/metrics.jsonl: `flops` and `seconds` at every log line (one at every checkpoint);
                  RUN/config.json: its manifest, its online reference scores, a checkpoint it started from

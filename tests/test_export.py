@@ -151,7 +151,7 @@ def test_open_clip_trains_in_export_order_only_without_its_shuffles(selected, tm
     data = pytest.importorskip("open_clip_train.data")
     from webdataset.tariterators import tar_file_expander
 
-    # open_clip_train 3.3.0 fails on webdataset 0.2.111's end-of-shard marker (DESIGN.md, known traps)
+    # open_clip_train 3.3.0 fails on webdataset 0.2.111's end-of-shard marker (docs/development.md)
     monkeypatch.setattr(data, "tar_file_expander", lambda *a, **k: tar_file_expander(*a, **k, eof_value=None))
     out = tmp_path / "curated"
     summary = export(str(selected), str(out), ExportConfig(samples_per_shard=32))

@@ -1,4 +1,4 @@
-"""Eval sets in clip_benchmark's webdataset layout (DESIGN.md, "Eval sets"): the writer, the reader, and
+"""Eval sets in clip_benchmark's layout (docs/reference/formats.md, "Eval sets"): the writer, the reader, and
 `EvalSet`, a set read once with its images decoded for a model.
 
 EVAL/test/0.tar [1.tar ...]                      {key}.png|jpg|webp + {key}.cls (label) [+ {key}.txt]

@@ -1,4 +1,4 @@
-"""The manifest (DESIGN.md, "Manifest"): the chosen samples, defined once for the writer, readers and tests.
+"""The manifest (docs/reference/formats.md, "Manifest"): the chosen samples, defined once for all its users.
 
 | key, shard   | string  | which sample (`shard` is the source tar's file name, e.g. 00003.tar)  |
 | batch        | int64   | its batch: unique, ascending in training order (0..S-1 without parts) |

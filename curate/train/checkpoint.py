@@ -2,7 +2,7 @@
 
 A checkpoint (the format is `curate.models.checkpoint`) holds the model, AdamW's state, the GradScaler's
 (fp16 only; empty otherwise), the step, torch's CPU RNG and the config. It holds no scheduler state, which
-DESIGN.md lists: the learning rate is a pure function of the step (`loop._learning_rate`), so the step is
+docs/reference/formats.md explains: the learning rate is a pure function of the step (loop.py), so the step is
 all a resumed run needs to continue the schedule (nanoGPT does the same).
 
 Resuming is exact: in memory the batch of a step depends on (seed, step) alone; a stream replays its seeded

@@ -1,4 +1,4 @@
-"""The run folder of `curate train` (DESIGN.md, "Runs"), defined once for the trainer, `curate report`,
+"""Run folders (docs/reference/formats.md, "Runs"), defined once for the trainer, `curate report`,
 the examples and the tests: its file names, its records, and the one writer and one reader of each.
 
     RUN/config.json            {"train": TrainConfig.as_dict(), "model_config": the model's open_clip config}
