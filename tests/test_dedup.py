@@ -51,7 +51,7 @@ def kept_keys(out: Path) -> list[str]:
 def dense_keep(scores: Path, threshold: float, clusters: np.ndarray | None = None) -> list[str]:
     """The slow twin: every ok row at once, the full cosine matrix (pairs in different clusters masked),
     connected components, the highest similarity of each (the first of equals), in file, row order."""
-    table = open_score_folder(scores).read_columns(["key", "image_emb", "similarity"], ok_only=True)
+    table = open_score_folder(scores).read_columns(["key", "image_emb", "similarity"], eligible_only=True)
     rows = normalise(torch.from_numpy(embeddings_numpy(table["image_emb"])))
     cosine = (rows @ rows.T).clamp(-1, 1).numpy()
     linked = cosine > np.float32(threshold)
@@ -105,12 +105,31 @@ def test_bucketed_streaming_result_equals_the_dense_all_pairs_twin(tmp_path, thr
     # Six clusters spilled to three buckets: the same as all pairs masked to pairs within a cluster.
     summary = run(tmp_path / "scores", tmp_path / "six", threshold, clusters=6, bucket_rows=60, block=7)
     assert summary.rows_in < 180 and summary.not_ok == 180 - summary.rows_in
-    table = open_score_folder(tmp_path / "scores").read_columns(["image_emb"], ok_only=True)
+    table = open_score_folder(tmp_path / "scores").read_columns(["image_emb"], eligible_only=True)
     rows = normalise(torch.from_numpy(embeddings_numpy(table["image_emb"])))
     centroids = kmeans(rows, 6, torch.Generator().manual_seed(0))  # all rows: fewer than the sample size
     clusters = nearest(rows, centroids).numpy()
     assert kept_keys(tmp_path / "six") == dense_keep(tmp_path / "scores", threshold, clusters)
     assert set(kept_keys(tmp_path / "one")) <= set(kept_keys(tmp_path / "six"))  # fewer pairs compared
+
+
+def test_only_eligible_rows_are_compared_and_kept(tmp_path):
+    """Rows scored ok but with a NaN embedding (files from before score refused them) are not eligible: never
+    grouped with their copies, never in the keep-manifest, counted with the rows not ok."""
+    rng = np.random.default_rng(4)
+    image = unit(rng.normal(size=(20, D)))
+    text = unit(rng.normal(size=(20, D)))
+    image[[5, 6]] = image[4]  # three identical images ...
+    image[6, 0] = np.nan  # ... one of them embedded as NaN
+    status = [OK] * 19 + ["undecodable_image"]
+    keys = [f"0000{r:04d}" for r in range(20)]
+    write_scores(tmp_path / "scores", "00000.tar", keys, image, text, status=status)
+    summary = run(tmp_path / "scores", tmp_path / "keep", 0.99, clusters=1)
+    assert (summary.rows_seen, summary.rows_in, summary.not_ok) == (20, 18, 2)
+    assert (summary.groups, summary.largest_group, summary.removed) == (1, 2, 1)
+    kept = kept_keys(tmp_path / "keep")
+    assert keys[6] not in kept and keys[19] not in kept and len(kept) == 17
+    assert len({keys[4], keys[5]} & set(kept)) == 1
 
 
 def test_grouping_folds_its_pairs_and_tiles_without_changing_the_groups():
@@ -200,7 +219,7 @@ def test_a_synth_crawls_planted_duplicates_are_found(tmp_path, small_synth):
     torch.manual_seed(0)
     config = ScoreConfig(model="siglip-tiny", allow_random_init=True, workers=0, batch_size=100)
     score_shards(f"{small_synth}/web/{{00000..00001}}.tar", str(tmp_path / "scores"), config)  # half: faster
-    scored = open_score_folder(tmp_path / "scores").read_columns(["key", "sha256"], ok_only=True)
+    scored = open_score_folder(tmp_path / "scores").read_columns(["key", "sha256"], eligible_only=True)
     digest = dict(zip(*scored.to_pydict().values(), strict=True))  # of the image bytes
     shards = pa.concat_tables(pq.read_table(p) for p in sorted(Path(small_synth, "web").glob("*.parquet")))
     planted = [(r["key"], r["duplicate_of"]) for r in shards.to_pylist() if r["duplicate_of"] is not None]

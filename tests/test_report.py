@@ -359,6 +359,17 @@ def test_bad_inputs_are_one_line_errors(tmp_path, make, message):
     assert "\n" not in str(error.value)
 
 
+def test_a_score_folder_of_two_models_is_refused_as_every_stage_refuses_it(tmp_path):
+    rng = np.random.default_rng(0)
+    image = unit(rng.standard_normal((4, 8)))
+    write_scores(tmp_path / "scores", "00000.tar", list("abcd"), image, image)
+    write_scores(tmp_path / "scores", "00001.tar", list("efgh"), image, image, model="other")
+    assert detect_kind(tmp_path / "scores") == "scores"
+    with pytest.raises(CurateError, match="was scored by another model") as error:
+        report(ReportConfig(scores=str(tmp_path / "scores")), str(tmp_path / "out"))
+    assert "\n" not in str(error.value) and not (tmp_path / "out").exists()
+
+
 def test_bad_options_are_one_line_errors(inputs, tmp_path):
     with pytest.raises(CurateError, match="nothing to report"):
         ReportConfig()

@@ -7,17 +7,26 @@ import sys
 import tarfile
 from pathlib import Path
 
+import duckdb
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from builders import unit, write_scores
 from conftest import run_cli
 from PIL import Image
 
 from curate.errors import CurateError
 from curate.models import load_model, save_checkpoint
 from curate.score import OK, ScoreConfig, ScoreMetadata, embeddings_numpy, score_shards
-from curate.score.schema import comparable, open_score_folder, read_scoring_cost
+from curate.score.schema import (
+    ELIGIBLE_SQL,
+    comparable,
+    eligible_rows,
+    open_score_folder,
+    read_scoring_cost,
+)
 from curate.shards import ReadStats, iter_members, iter_samples, iter_shard
 from curate.shards.schema import IMAGE_EXTENSIONS
 
@@ -35,7 +44,7 @@ def test_score_files_have_the_design_schema_and_metadata(tmp_path, small_synth, 
     assert summary.shards_done == 4 and summary.ok + sum(summary.failed.values()) == 400
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"0000{i}.parquet" for i in range(4)]
     table = pq.read_table(tmp_path / "00000.parquet")
-    # DESIGN.md's columns, then each image's digest (which export checks it copies)
+    # the columns of docs/reference/formats.md, "Scores"; sha256 is the digest that export checks it copies
     columns = ["key", "shard", "caption", "image_emb", "text_emb", "similarity", "status", "sha256"]
     assert table.schema.names == columns
     images_in_tar = {
@@ -438,3 +447,58 @@ def test_a_folder_holds_one_resolution_on_resume_and_for_select(tmp_path, small_
     assert resumed.shards_skipped == 1
     with pytest.raises(CurateError, match="encoded at 32 px, this run encodes at 16 px"):
         score_shards(web, str(tmp_path / "full"), LOW, model=tiny)
+
+
+def test_eligible_rows_and_eligible_sql_are_one_rule():
+    """select's DuckDB pass and the Arrow readers (dedup, the trainer's reference) admit the same rows: status
+    ok and a finite similarity; a null is never eligible."""
+    nan, inf = float("nan"), float("inf")
+    cases = [
+        (OK, 0.5, True),
+        (OK, -0.25, True),
+        (OK, nan, False),  # an embedding was NaN: its cosine is too
+        (OK, inf, False),
+        (OK, -inf, False),
+        (OK, None, False),
+        ("undecodable_image", None, False),
+        ("undecodable_image", 0.5, False),
+        ("nonfinite_embedding", nan, False),
+        (None, 0.5, False),
+    ]
+    rows = pa.table(
+        {
+            "status": pa.array([c[0] for c in cases], pa.string()),
+            "similarity": pa.array([c[1] for c in cases], pa.float32()),
+        }
+    )
+    expected = [c[2] for c in cases]
+    assert eligible_rows(rows).tolist() == expected
+    with duckdb.connect() as con:
+        con.register("rows", rows)
+        assert [r[0] for r in con.sql(f"SELECT {ELIGIBLE_SQL} FROM rows").fetchall()] == expected
+
+
+def test_a_score_folder_finds_a_shards_file_and_reads_eligible_rows_in_file_order(tmp_path):
+    rng = np.random.default_rng(0)
+    image, text = unit(rng.normal(size=(6, 8))), unit(rng.normal(size=(6, 8)))
+    image[1] = np.nan  # scored before curate refused NaN: ok, with a NaN similarity
+    status = [OK, OK, "undecodable_image", OK, OK, OK]
+    write_scores(tmp_path / "s", "00001.tar", list("abc"), image[:3], text[:3], status=status[:3])
+    write_scores(tmp_path / "s", "00000.tar", list("def"), image[3:], text[3:], status=status[3:])
+    folder = open_score_folder(tmp_path / "s")
+    assert folder.file_of("00001.tar") == folder.file_of("s3://bucket/web/00001.tar") == 1
+    assert folder.file_of("/shards/00000.tar") == 0 and folder.file_of("00002.tar") is None
+    assert folder.read_file(1, ["key"])["key"].to_pylist() == list("abc")
+    assert folder.read_columns(["key"], eligible_only=True)["key"].to_pylist() == list("defa")
+    assert folder.read_columns(["key", "status"]).num_rows == 6
+
+    # A file with the metadata but not the columns: one line, naming it, from every read.
+    table = pq.read_table(folder.files[0]).drop_columns(["similarity"])
+    pq.write_table(table, folder.files[0])
+    for read in (
+        lambda: folder.read_file(0, ["key", "similarity"]),
+        lambda: folder.read_columns(["key"], True),
+    ):
+        with pytest.raises(CurateError, match="cannot read score file .*00000.parquet") as error:
+            read()
+        assert "\n" not in str(error.value)

@@ -1,7 +1,8 @@
-"""Where the per-shard and per-super-batch work runs: in this process (`local`) or on a Ray cluster (`ray`).
+"""Where the per-shard and per-partition work runs: in this process (`local`) or on a Ray cluster (`ray`).
 
-Both backends call the same functions (`curate.score.unit.score_batches`,
-`curate.select.superbatch.select_super_batch`); a backend only decides where they run.
+Both backends call the same functions (`curate.score.unit.score_batches` per shard,
+`curate.select.partition.run_partition` per partition of the score files); a backend only decides where they
+run.
 """
 
 BACKENDS = ("local", "ray")

@@ -14,7 +14,7 @@ SAMPLE_PER_CLUSTER = 20  # k-means sample rows per centroid, at least, when --cl
 class DedupConfig:
     threshold: float  # cosine of reference image embeddings above which two samples are one
     clusters: int | None = None  # k of k-means; None: default_clusters
-    sample: int = 100_000  # rows k-means is fitted on (a seeded sample of the ok rows)
+    sample: int = 100_000  # rows k-means is fitted on (a seeded sample of the eligible rows)
     iterations: int = 20  # k-means refinements at most
     seed: int = 0
     device: str = "auto"
@@ -34,7 +34,7 @@ class DedupConfig:
         check(self.block >= 1, "block", "at least 1", self.block)
 
     def clusters_for(self, rows: int) -> int:
-        """k for `rows` ok rows: --clusters, or √rows with at least SAMPLE_PER_CLUSTER sample rows each
+        """k for `rows` eligible rows: --clusters, or √rows with at least SAMPLE_PER_CLUSTER sample rows each
         (clusters of about √N rows: N^1.5 cosines in all); never more than the rows k-means is fitted on."""
         fitted = min(rows, self.sample)
         k = self.clusters or min(round(math.sqrt(rows)), fitted // SAMPLE_PER_CLUSTER)

@@ -7,10 +7,10 @@
 | cluster      | int32   | the k-means cluster it was compared within                                   |
 | group_size   | int32   | samples in its near-duplicate group, itself included (1: it had none)        |
 
-Rows that were not scored ok are in no group and not in the file: a keep-manifest names what may be
-selected. The file's metadata (`curate.*`) records the threshold, clusters, seed and the score folder it was
-made from; `summary.json` beside it the counts and time. `curate select --keep KEEP` reads it with
-`read_keep_keys`. The folder is local.
+Rows that are not eligible (`curate.score.schema.eligible_rows`) are in no group and not in the file: a
+keep-manifest names what may be selected. The file's metadata (`curate.*`) records the threshold, clusters,
+seed and the score folder it was made from; `summary.json` beside it the counts and time. `curate select
+--keep KEEP` reads it with `read_keep_keys`. The folder is local.
 """
 
 from __future__ import annotations

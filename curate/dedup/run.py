@@ -1,9 +1,12 @@
-"""`curate dedup`: semantic near-duplicate removal (SemDeDup) on a score folder's reference image embeddings.
+"""The driver of `curate dedup`: semantic near-duplicate removal (SemDeDup) on a score folder's reference
+image embeddings, running the units (`unit.py`) over the folder's files, then over the spill's buckets.
 
-1. Sample: a seeded sample of at most `sample` ok rows (status ok, finite similarity) is read and k-means
-   fits k centroids to it.
-2. Assign: each score file in turn; every ok row goes to its nearest centroid and is spilled, with its key,
-   shard, (file, row), similarity and image embedding, to the bucket file of its cluster's range.
+Only eligible rows are compared (`curate.score.schema.eligible_rows`: status ok, finite similarity), the
+rows `curate select` may draw.
+
+1. Sample: a seeded sample of at most `sample` eligible rows is read and k-means fits k centroids to it.
+2. Assign: each score file in turn; every eligible row goes to its nearest centroid and is spilled, with its
+   key, shard, (file, row), similarity and image embedding, to the bucket file of its cluster's range.
 3. Group: one bucket at a time, cluster by cluster; pairs with cosine > threshold join a group (connected
    components) and the group keeps the row of highest image–text similarity (of equals, the first in
    file, row order). Near duplicates that k-means put in two clusters are not compared: the price of
@@ -28,19 +31,24 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
 from curate import __version__
 from curate.dedup.config import DedupConfig
-from curate.dedup.grouping import keepers, kmeans, near_duplicate_groups, nearest, normalise
+from curate.dedup.grouping import kmeans, normalise
 from curate.dedup.keep import write_keep, write_summary
 from curate.dedup.spill import Buckets
-from curate.errors import CurateError, first_line
+from curate.dedup.unit import assign_file, group_bucket
+from curate.errors import CurateError
 from curate.fileio import absolute, local_path, remove_stale_temporaries
 from curate.runtime import StatusProgress, resolve_device
-from curate.score.schema import OK, ScoreFolder, embeddings_numpy, open_score_folder
+from curate.score.schema import (
+    ELIGIBILITY_COLUMNS,
+    ScoreFolder,
+    eligible_rows,
+    embeddings_numpy,
+    open_score_folder,
+)
 
 
 @dataclass
@@ -49,7 +57,7 @@ class DedupSummary:
     clusters: int
     sample: int  # rows k-means was fitted on
     rows_seen: int  # every row of every score file
-    rows_in: int  # the ok rows compared
+    rows_in: int  # the eligible rows compared
     kept: int
     removed: int
     groups: int  # near-duplicate groups of two or more
@@ -63,14 +71,14 @@ class DedupSummary:
     command: str
     version: str = __version__
     keep: str = ""  # the keep-manifest's path
-    not_ok: int = 0  # rows not compared: status not ok, or no finite similarity
+    not_ok: int = 0  # rows not compared: not eligible (status not ok, or no finite similarity)
 
 
 def dedup(scores: str, out: str, config: DedupConfig, progress: StatusProgress | None = None) -> DedupSummary:
     """Write `out/keep.parquet` and `out/summary.json` (both atomically); the module docstring says how.
 
     `progress(done, total, phase)` counts rows: every file's rows while sampling and while assigning, then
-    the ok rows while grouping."""
+    the eligible rows while grouping."""
     started = time.monotonic()
     folder = open_score_folder(scores)
     target = local_path(out, "--output")
@@ -78,11 +86,11 @@ def dedup(scores: str, out: str, config: DedupConfig, progress: StatusProgress |
     remove_stale_temporaries(target)
     device = resolve_device(config.device)
 
-    ok_rows = [_ok_rows(_read(path, ["status", "similarity"])) for path in folder.files]
-    seen = sum(len(ok) for ok in ok_rows)
-    n = sum(int(ok.sum()) for ok in ok_rows)
+    eligible = [eligible_rows(folder.read_file(i, ELIGIBILITY_COLUMNS)) for i in range(len(folder.files))]
+    seen = sum(len(mask) for mask in eligible)
+    n = sum(int(mask.sum()) for mask in eligible)
     if n == 0:
-        raise CurateError(f"{scores} holds no ok rows to compare (every status is an error)")
+        raise CurateError(f"{scores} holds no eligible rows to compare (status ok, finite similarity)")
     k = config.clusters_for(n)
     done = 0
 
@@ -92,21 +100,21 @@ def dedup(scores: str, out: str, config: DedupConfig, progress: StatusProgress |
         if progress:
             progress(done, 2 * seen + n, phase)
 
-    picked = _sample([int(ok.sum()) for ok in ok_rows], config.sample, config.seed)
-    centroids = _fit(folder, ok_rows, picked, k, config, device, tick)
+    picked = _sample([int(mask.sum()) for mask in eligible], config.sample, config.seed)
+    centroids = _fit(folder, eligible, picked, k, config, device, tick)
     per_bucket = math.ceil(k / min(k, max(1, math.ceil(n / config.bucket_rows))))
     with tempfile.TemporaryDirectory(prefix="curate-dedup-") as spill:
         buckets = Buckets(Path(spill), math.ceil(k / per_bucket), per_bucket, folder.metadata.embed_dim)
         with buckets:
-            for file_id, path in enumerate(folder.files):
-                buckets.add(_assigned(file_id, path, ok_rows[file_id], centroids, config.block))
-                tick(len(ok_rows[file_id]), "assigning")
+            for file_id, mask in enumerate(eligible):
+                buckets.add(assign_file(folder, file_id, mask, centroids, config.block))
+                tick(len(mask), "assigning")
         parts = []
         for b in range(len(buckets.paths)):
             table = buckets.read(b).sort_by(
                 [("cluster", "ascending"), ("file", "ascending"), ("row", "ascending")]
             )
-            parts.append(_group_bucket(table, config, device))
+            parts.append(group_bucket(table, config, device))
             tick(table.num_rows, "grouping")
 
     table = pa.concat_tables(p.kept for p in parts).sort_by([("file", "ascending"), ("row", "ascending")])
@@ -138,40 +146,27 @@ def dedup(scores: str, out: str, config: DedupConfig, progress: StatusProgress |
 
 def _fit(
     folder: ScoreFolder,
-    ok_rows: list[np.ndarray],
+    eligible: list[np.ndarray],
     picked: list[np.ndarray],
     k: int,
     config: DedupConfig,
     device: torch.device,
     tick: Callable[[int, str], None],
 ) -> torch.Tensor:
-    """k centroids fitted to the sampled rows (`picked`: positions among each file's ok rows)."""
+    """k centroids fitted to the sampled rows (`picked`: positions among each file's eligible rows)."""
     sample = []
-    for file_id, path in enumerate(folder.files):
+    for file_id, mask in enumerate(eligible):
         if len(picked[file_id]):
-            emb = embeddings_numpy(_read(path, ["image_emb"])["image_emb"])
-            sample.append(emb[np.flatnonzero(ok_rows[file_id])[picked[file_id]]])
-        tick(len(ok_rows[file_id]), "sampling")
+            emb = embeddings_numpy(folder.read_file(file_id, ["image_emb"])["image_emb"])
+            sample.append(emb[np.flatnonzero(mask)[picked[file_id]]])
+        tick(len(mask), "sampling")
     rows = normalise(torch.from_numpy(np.concatenate(sample)).to(device))
     return kmeans(rows, k, torch.Generator().manual_seed(config.seed), config.iterations, config.block)
 
 
-def _read(path: str, columns: list[str]) -> pa.Table:
-    try:
-        return pq.read_table(path, columns=columns)
-    except (OSError, pa.ArrowInvalid, KeyError) as error:
-        raise CurateError(f"cannot read score file {path}: {first_line(error)}") from None
-
-
-def _ok_rows(table: pa.Table) -> np.ndarray:
-    """Which rows may be compared: status ok with a finite similarity (as `curate select` admits them)."""
-    ok = pc.and_(pc.equal(table["status"], OK), pc.is_finite(table["similarity"]))
-    return pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
-
-
 def _sample(counts: list[int], size: int, seed: int) -> list[np.ndarray]:
-    """Per file, the positions among its ok rows that k-means is fitted on: all rows when they are at most
-    `size`, else a seeded draw of `size` without replacement."""
+    """Per file, the positions among its eligible rows that k-means is fitted on: all rows when they are at
+    most `size`, else a seeded draw of `size` without replacement."""
     n = sum(counts)
     chosen = (
         np.arange(n) if n <= size else np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
@@ -180,55 +175,6 @@ def _sample(counts: list[int], size: int, seed: int) -> list[np.ndarray]:
     return [
         chosen[(chosen >= lo) & (chosen < hi)] - lo for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
     ]
-
-
-def _assigned(file_id: int, path: str, ok: np.ndarray, centroids: torch.Tensor, block: int) -> pa.Table:
-    """One score file's ok rows with their nearest centroid, as spill rows."""
-    table = _read(path, ["key", "shard", "similarity", "image_emb"]).filter(pa.array(ok))
-    emb = embeddings_numpy(table["image_emb"])
-    cluster = nearest(normalise(torch.from_numpy(emb).to(centroids.device)), centroids, block)
-    return pa.table(
-        {
-            "cluster": pa.array(cluster.cpu().numpy().astype(np.int32)),
-            "file": pa.array(np.full(len(emb), file_id, np.int32)),
-            "row": pa.array(np.flatnonzero(ok).astype(np.int64)),
-            "key": table["key"],
-            "shard": table["shard"],
-            "similarity": table["similarity"],
-            "image_emb": table["image_emb"],
-        }
-    )
-
-
-@dataclass
-class _BucketResult:
-    kept: pa.Table
-    groups: int
-    largest: int
-    removed_by_shard: Counter
-
-
-def _group_bucket(table: pa.Table, config: DedupConfig, device: torch.device) -> _BucketResult:
-    """Group each cluster of a bucket (rows sorted by cluster, file, row) and keep one row per group."""
-    cluster = table["cluster"].to_numpy()
-    similarity = table["similarity"].to_numpy()
-    emb = embeddings_numpy(table["image_emb"])
-    keep = np.zeros(len(cluster), bool)
-    size = np.ones(len(cluster), np.int32)
-    groups, largest = 0, 1
-    starts = np.flatnonzero(np.r_[True, cluster[1:] != cluster[:-1]]) if len(cluster) else np.array([], int)
-    for start, end in zip(starts, [*starts[1:], len(cluster)], strict=True):
-        rows = normalise(torch.from_numpy(emb[start:end]).to(device))
-        labels = near_duplicate_groups(rows, config.threshold, config.block)
-        members = np.bincount(labels)
-        keep[start:end] = keepers(labels, similarity[start:end])
-        size[start:end] = members[labels]
-        groups += int((members > 1).sum())
-        largest = max(largest, int(members.max()))
-    removed = Counter(table["shard"].filter(pa.array(~keep)).to_pylist())
-    kept = table.filter(pa.array(keep)).select(["key", "shard", "similarity", "cluster", "file", "row"])
-    kept = kept.append_column("group_size", pa.array(size[keep], pa.int32()))
-    return _BucketResult(kept, groups, largest, removed)
 
 
 def _metadata(config: DedupConfig, folder: ScoreFolder, clusters: int) -> dict[str, str]:

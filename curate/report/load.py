@@ -2,8 +2,8 @@
 
 Embeddings are never read (only key, shard, caption, similarity, status), and images only for the few
 samples a contact sheet shows, each from the one tar that holds it. Every file is read through its
-artefact's own reader (run folder: `curate.train.run`; manifest: `curate.select.manifest`). The report is
-local-only: a URL is refused in one line.
+artefact's own reader (run folder: `curate.train.run`; manifest: `curate.select.manifest`; score folder:
+`curate.score.schema.ScoreFolder`). The report is local-only: a URL is refused in one line.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from curate.cost import Lineage, cost_at_steps, lineage
 from curate.errors import CurateError, first_line
 from curate.fileio import is_local, local_path
-from curate.score.schema import ScoreMetadata
+from curate.score.schema import is_score_file, open_score_folder
 from curate.select.manifest import (
     MANIFEST_FILE,
     SUMMARY_FILE,
@@ -63,20 +63,12 @@ def detect_kind(path: str | Path) -> str:
     if holds_manifest(folder):  # manifest.parquet or its parts
         return "manifest"
     parquets = sorted(folder.glob("*.parquet"))
-    if parquets and _is_score_file(parquets[0]):
+    if parquets and is_score_file(parquets[0]):
         return "scores"
     raise CurateError(
         f"{path} is not a run ({METRICS_FILE}), a manifest ({MANIFEST_FILE}) or a score folder "
         "(*.parquet written by curate score)"
     )
-
-
-def _is_score_file(path: Path) -> bool:
-    try:
-        ScoreMetadata.read(path)
-    except CurateError:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -137,20 +129,11 @@ def _by_step(frame: pd.DataFrame) -> pd.DataFrame:
 
 def read_scores(path: str | Path) -> pd.DataFrame:
     """key, shard, caption, similarity, status of every score file in the folder (no embeddings)."""
-    folder = local_path(path, "--scores")
-    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-    if not files:
-        raise CurateError(f"--scores {path}: no score files (*.parquet written by curate score)")
-    ScoreMetadata.read(files[0])  # a one-line error when the folder holds some other Parquet
-    try:
-        table = pa.concat_tables(pq.read_table(f, columns=SCORE_COLUMNS) for f in files)
-    except (OSError, pa.ArrowInvalid, KeyError) as error:
-        raise CurateError(f"cannot read scores in {path}: {first_line(error)}") from None
-    return table.to_pandas()
+    return open_score_folder(path, "--scores").read_columns(SCORE_COLUMNS).to_pandas()
 
 
 def score_model(path: str | Path) -> str:
-    meta = ScoreMetadata.read(sorted(local_path(path, "--scores").glob("*.parquet"))[0])
+    meta = open_score_folder(path, "--scores").metadata
     return f"{meta.model}" + (f" ({meta.pretrained})" if meta.pretrained else "")
 
 

@@ -1,4 +1,4 @@
-"""The score artefact (DESIGN.md, "Scores"): its schema, its one writer and its one reader.
+"""The score artefact (docs/reference/formats.md, "Scores"): its schema, its one writer and its one reader.
 
 `SCORES/{shard}.parquet`, one file per input shard:
 
@@ -21,7 +21,9 @@ files.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +32,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.errors import CurateError, first_line
-from curate.fileio import atomic_open, local_path
+from curate.fileio import atomic_open, basename, local_path
 from curate.shards.schema import OK
 
 NONFINITE = "nonfinite_embedding"  # the status of a row the model embedded as NaN or infinity
 
 __all__ = [
+    "ELIGIBILITY_COLUMNS",
+    "ELIGIBLE_SQL",
     "NONFINITE",
     "OK",
     "METADATA_KEYS",
@@ -47,6 +51,7 @@ __all__ = [
     "check_same_model",
     "comparable",
     "cost_metadata",
+    "eligible_rows",
     "is_score_file",
     "open_score_folder",
     "read_scoring_cost",
@@ -85,7 +90,11 @@ def score_schema(embed_dim: int, metadata: dict[str, str] | None = None) -> pa.S
 
 def score_file(scores: str | Path, shard: str) -> Path:
     """`SCORES/00042.parquet` for shard `00042.tar`."""
-    return local_path(scores, "score folder") / f"{shard.removesuffix('.tar')}.parquet"
+    return local_path(scores, "score folder") / _file_name(shard)
+
+
+def _file_name(shard: str) -> str:
+    return f"{basename(shard).removesuffix('.tar')}.parquet"
 
 
 def embeddings_array(values: np.ndarray, valid: np.ndarray) -> pa.FixedSizeListArray:
@@ -280,6 +289,24 @@ def write_score_file(
         pq.write_table(table, handle)
 
 
+# ---------------------------------------------------------------------------------------------- eligible rows
+
+# The rows a stage may use: `select` draws them (of the reference and of the learner), `dedup` compares
+# them, the trainer's online reference scores them. Status ok and a finite similarity: the similarity is
+# the cosine of the row's two embeddings, computed from them, so a NaN or infinity in either makes it NaN,
+# and one float per row stands for 2·D (select's index pass never reads an embedding). `curate score` writes
+# such a row as NONFINITE; files scored before it did hold it as ok with a NaN similarity. One rule, written
+# for the two engines its readers run, DuckDB and Arrow (a null is never eligible in either):
+ELIGIBILITY_COLUMNS = ("status", "similarity")
+ELIGIBLE_SQL = f"coalesce(status = '{OK}' AND isfinite(similarity), false)"
+
+
+def eligible_rows(table: pa.Table) -> np.ndarray:
+    """`ELIGIBLE_SQL` for each row of `table` (which holds `ELIGIBILITY_COLUMNS`), as a bool mask."""
+    eligible = pc.and_(pc.equal(table["status"], OK), pc.is_finite(table["similarity"]))
+    return pc.fill_null(eligible, False).to_numpy(zero_copy_only=False)
+
+
 # ---------------------------------------------------------------------------------------------- reader
 
 
@@ -291,33 +318,42 @@ class ScoreFolder:
     files: tuple[str, ...]
     metadata: ScoreMetadata
 
+    def file_of(self, shard: str) -> int | None:
+        """The id of the score file of `shard` (a tar's name, path or URL); None when the folder has none."""
+        return self._ids_by_name.get(_file_name(shard))
+
+    def read_file(self, file_id: int, columns: Sequence[str]) -> pa.Table:
+        """`columns` of one score file, every row in file order."""
+        path = self.files[file_id]
+        try:
+            return pq.read_table(path, columns=list(columns))
+        except (OSError, pa.ArrowInvalid, KeyError) as error:
+            raise CurateError(f"cannot read score file {path}: {first_line(error)}") from None
+
+    def read_columns(self, columns: Sequence[str], eligible_only: bool = False) -> pa.Table:
+        """`columns` of every file, concatenated in file order (its eligible rows only, `eligible_only`)."""
+        if not eligible_only:
+            return pa.concat_tables(self.read_file(i, columns) for i in range(len(self.files)))
+        wanted = [*columns, *(c for c in ELIGIBILITY_COLUMNS if c not in columns)]
+        parts = []
+        for file_id in range(len(self.files)):
+            table = self.read_file(file_id, wanted)
+            parts.append(table.filter(pa.array(eligible_rows(table))).select(list(columns)))
+        return pa.concat_tables(parts)
+
     def read_embeddings(self, file_id: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rows `rows` of one file's image_emb and text_emb, as (n, D) float16 arrays."""
-        table = self._read(self.files[file_id], list(EMBEDDINGS))
+        table = self.read_file(file_id, EMBEDDINGS)
         return embeddings_numpy(table["image_emb"])[rows], embeddings_numpy(table["text_emb"])[rows]
 
     def read_similarity(self, file_id: int, rows: np.ndarray) -> np.ndarray:
         """Rows `rows` of one file's similarity column, float32 (NaN where it is null: not ok)."""
-        column = self._read(self.files[file_id], ["similarity"])["similarity"].combine_chunks()
+        column = self.read_file(file_id, ["similarity"])["similarity"].combine_chunks()
         return column.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)[rows]
 
-    def read_columns(self, columns: list[str], ok_only: bool = False) -> pa.Table:
-        """`columns` of every file, concatenated in file order (only status-ok rows with `ok_only`)."""
-        wanted = [*columns, "status"] if ok_only and "status" not in columns else columns
-        parts = []
-        for path in self.files:
-            table = self._read(path, wanted)
-            if ok_only:
-                table = table.filter(pc.equal(table["status"], OK)).select(columns)
-            parts.append(table)
-        return pa.concat_tables(parts)
-
-    @staticmethod
-    def _read(path: str, columns: list[str]) -> pa.Table:
-        try:
-            return pq.read_table(path, columns=columns)
-        except (OSError, pa.ArrowInvalid, KeyError) as error:
-            raise CurateError(f"cannot read score file {path}: {first_line(error)}") from None
+    @cached_property
+    def _ids_by_name(self) -> dict[str, int]:
+        return {Path(path).name: file_id for file_id, path in enumerate(self.files)}
 
 
 def open_score_folder(path: str | Path, role: str = "scores") -> ScoreFolder:

@@ -1,14 +1,15 @@
 """The index pass of `curate select`: which scored samples may enter a super-batch.
 
 One DuckDB pass over the small columns of every score file (no embedding column is read unless `--where`
-names one) keeps the samples that may enter: status ok with a finite similarity, the `--where` predicate
-true, the first occurrence of each key, a key that `--keep` lists (a `curate dedup` output), and, with a
-learner, a key the learner scored ok and finite. It holds O(N) small columns (key, shard, image digest, file
-and row ids): about a hundred bytes per sample, fine for tens of millions, not for billions, so `select`
-runs it per partition (select/plan.py): N is a partition's samples. The learner folder is matched by key
-whole (any of its files may hold a key), its key column scanned once per partition, but only the
-partition's keys held. The predicate runs where it can read the score files and no other file
-(`_sandbox`): a url list or a shared script cannot make `--where` read this machine's files.
+names one) keeps the samples that may enter: eligible rows (`curate.score.schema.ELIGIBLE_SQL`: status ok
+with a finite similarity), the `--where` predicate true, the first occurrence of each key, a key that
+`--keep` lists (a `curate dedup` output), and, with a learner, a key whose learner row is eligible too. It
+holds O(N) small columns (key, shard, image digest, file and row ids): about a hundred bytes per sample,
+fine for tens of millions, not for billions, so `select` runs it per partition (select/plan.py): N is a
+partition's samples. The learner folder is matched by key whole (any of its files may hold a key), its key
+column scanned once per partition, but only the partition's keys held. The predicate runs where it can
+read the score files and no other file (`_sandbox`): a url list or a shared script cannot make `--where`
+read this machine's files.
 """
 
 from __future__ import annotations
@@ -24,17 +25,17 @@ import pyarrow.parquet as pq
 
 from curate.dedup.keep import keep_file
 from curate.errors import CurateError, first_line
-from curate.score.schema import OK, ScoreFolder
+from curate.score.schema import ELIGIBLE_SQL, OK, ScoreFolder
 
 # The reference's rows, each with whether it passes the filters. Materialised once, so the predicate
 # (which may read embeddings) is evaluated in a single scan.
 REFERENCE_ROWS = """CREATE TEMP TABLE ref AS
 SELECT key, shard, {sha256} AS sha256, status, f.file_id AS file, file_row_number AS row,
-       coalesce(isfinite(similarity), false) AS finite,
-       coalesce(status = '{ok}' AND isfinite(similarity) AND {predicate}, false) AS passed
+       {eligible} AS eligible,
+       {eligible} AND coalesce({predicate}, false) AS passed
 FROM read_parquet({files}, filename = true, file_row_number = true, union_by_name = true) AS s
 JOIN ref_files AS f ON f.path = s.filename"""
-COUNT_BY_STATUS = """SELECT status, count(*), count(*) FILTER (passed), count(*) FILTER (NOT finite)
+COUNT_BY_STATUS = """SELECT status, count(*), count(*) FILTER (passed), count(*) FILTER (NOT eligible)
 FROM ref GROUP BY status ORDER BY status"""
 # Duplicate keys: the first occurrence in (file, row) order is kept.
 FIRST_OF_EACH_KEY = """CREATE TEMP TABLE kept AS SELECT key, shard, sha256, file, row FROM ref WHERE passed
@@ -47,7 +48,7 @@ NOT_IN_KEEP = """DELETE FROM kept WHERE key NOT IN (
 SELECT key FROM read_parquet({keep}) WHERE shard IN (SELECT DISTINCT shard FROM kept))"""
 LEARNER_ROWS = """CREATE TEMP TABLE learner AS
 SELECT key, f.file_id AS learner_file, file_row_number AS learner_row,
-       coalesce(status = '{ok}' AND isfinite(similarity), false) AS ok
+       {eligible} AS ok
 FROM read_parquet({files}, filename = true, file_row_number = true) AS s
 JOIN learner_files AS f ON f.path = s.filename
 WHERE key IN (SELECT key FROM kept)
@@ -95,7 +96,7 @@ def build_index(
             con.register("ref_files", _file_table(reference.files))
             con.execute(
                 REFERENCE_ROWS.format(
-                    ok=OK,
+                    eligible=ELIGIBLE_SQL,
                     predicate=predicate,
                     files=_sql_list(reference.files),
                     sha256="sha256" if _has_column(reference.files, "sha256") else "NULL::VARCHAR",
@@ -108,7 +109,7 @@ def build_index(
         by_status = con.sql(COUNT_BY_STATUS).fetchall()
         statuses = {status: n for status, n, _, _ in by_status}
         passed = sum(p for _, _, p, _ in by_status)
-        # ok rows whose embeddings are NaN or infinite (scored before score refused them): never drawn
+        # ok rows that are not eligible: embeddings NaN or infinite (scored before score refused them)
         nonfinite = sum(bad for status, _, _, bad in by_status if status == OK)
         con.execute(FIRST_OF_EACH_KEY)
         unique = con.sql("SELECT count(*) FROM kept").fetchall()[0][0]
@@ -132,7 +133,7 @@ def build_index(
             ).to_arrow_table()
         else:
             con.register("learner_files", _file_table(learner.files))
-            con.execute(LEARNER_ROWS.format(ok=OK, files=_sql_list(learner.files)))
+            con.execute(LEARNER_ROWS.format(eligible=ELIGIBLE_SQL, files=_sql_list(learner.files)))
             con.execute("CREATE TEMP TABLE joined AS SELECT * FROM kept LEFT JOIN learner USING (key)")
             missing, not_ok = con.sql(
                 "SELECT count(*) FILTER (ok IS NULL), count(*) FILTER (NOT ok) FROM joined"

@@ -1,7 +1,8 @@
-"""The unit of `curate select`: one super-batch in, its manifest rows and summary line out.
+"""One super-batch of `curate select`: its samples in, its manifest rows and summary line out.
 
-Both backends run `select_super_batch` (the local loop in order, Ray tasks in parallel). It is a function
-of the super-batch, the config and the device type alone: its generators are seeded from (seed,
+`run_partition` (select/partition.py, the unit both backends run: locally one partition after another, on
+Ray one task per partition) calls `select_super_batch` for each super-batch of its partition. It is a
+function of the super-batch, the config and the device type alone: its generators are seeded from (seed,
 super-batch index), so the order super-batches are selected in does not change any row.
 """
 

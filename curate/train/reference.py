@@ -1,10 +1,11 @@
 """The reference's cached embeddings for online JEST, read shard by shard where the shard is decoded.
 
 The score folder (`curate score` output) holds one file per shard, named after it (`score_file`). The
-trainer opens the folder once, for its metadata (t, b, the model; `open_score_folder` checks every file is
-one model's at one resolution); each data worker reads the score file of the shard it is decoding and
-attaches each sample's two embeddings to it. So no process holds the whole reference (O(N·D)): only the
-shards being decoded, and the embeddings of the samples in flight or cached.
+trainer opens the folder once (`open_score_folder` checks every file is one model's at one resolution; its
+metadata gives t, b and the model); each data worker reads, through that `ScoreFolder`, the score file of
+the shard it is decoding and attaches each eligible sample's two embeddings to it. So no process holds the
+whole reference (O(N·D)): only the shards being decoded, and the embeddings of the samples in flight or
+cached.
 """
 
 from __future__ import annotations
@@ -14,17 +15,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset
 
-from curate.errors import CurateError, first_line
-from curate.fileio import basename
-from curate.score.schema import OK, ScoreMetadata, embeddings_numpy, open_score_folder, score_file
+from curate.score.schema import (
+    ELIGIBILITY_COLUMNS,
+    OK,
+    ScoreFolder,
+    ScoreMetadata,
+    eligible_rows,
+    embeddings_numpy,
+    open_score_folder,
+)
 from curate.shards.batches import ShardBatch, ShardBatches
 
-NO_REFERENCE = "no_reference_score"  # the skip reason of a sample without an ok, finite reference row
+NO_REFERENCE = "no_reference_score"  # the skip reason of a sample without an eligible reference row
 
 
 @dataclass(frozen=True)
@@ -43,35 +48,32 @@ class ShardReference:
 
 @dataclass(frozen=True)
 class Reference:
-    """A reference score folder, opened once: where its files are and what model wrote them."""
+    """A reference score folder, opened once: its files and the model that wrote them."""
 
-    folder: str
-    metadata: ScoreMetadata
+    scores: ScoreFolder
 
     @classmethod
     def open(cls, path: str) -> Reference:
-        folder = open_score_folder(path, "--ref")  # one-line errors; one model at one resolution
-        return cls(folder.path, folder.metadata)
+        return cls(open_score_folder(path, "--ref"))  # one-line errors; one model at one resolution
+
+    @property
+    def metadata(self) -> ScoreMetadata:
+        return self.scores.metadata
 
     def shard(self, shard: str) -> ShardReference:
-        """The rows of `shard`'s score file whose status is ok and whose embeddings are finite (a duplicated
-        key keeps its first); none when the folder holds no file for it."""
-        path = score_file(self.folder, basename(shard))
-        dim = self.metadata.embed_dim
-        if not path.is_file():
-            empty = np.zeros((0, dim), np.float16)
+        """The eligible rows of `shard`'s score file (a duplicated key keeps its first); none when the
+        folder holds no file for it."""
+        file_id = self.scores.file_of(shard)
+        if file_id is None:
+            empty = np.zeros((0, self.metadata.embed_dim), np.float16)
             return ShardReference({}, empty, empty)
-        try:
-            table = pq.read_table(path, columns=["key", "image_emb", "text_emb", "status"])
-        except (OSError, ValueError, KeyError) as error:  # ArrowInvalid is a ValueError
-            raise CurateError(f"cannot read reference score file {path}: {first_line(error)}") from None
-        image, text = embeddings_numpy(table["image_emb"]), embeddings_numpy(table["text_emb"])
-        ok = pc.equal(table["status"], OK).to_numpy(zero_copy_only=False)
-        ok &= np.isfinite(image).all(1) & np.isfinite(text).all(1)
+        table = self.scores.read_file(file_id, ["key", "image_emb", "text_emb", *ELIGIBILITY_COLUMNS])
+        eligible = eligible_rows(table)
         index: dict[str, int] = {}
         for row, key in enumerate(table["key"].to_pylist()):
-            if ok[row]:
+            if eligible[row]:
                 index.setdefault(key, row)
+        image, text = embeddings_numpy(table["image_emb"]), embeddings_numpy(table["text_emb"])
         return ShardReference(index, image, text)
 
 
