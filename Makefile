@@ -2,7 +2,7 @@
 # make test   — install into .venv if needed, then run the whole test suite
 # make docs   — the documentation site into site/: the command reference from the Typer app, then mkdocs --strict
 # make test-quick — the same without the tests marked slow (the example pipeline, Ray, the wheel build)
-# make experiment — the README's results table: every learner over 3 seeds (about 90 minutes on 2 cores)
+# make experiment — docs/results/experiments.md's table: every learner over 3 seeds (about 90 minutes on 2 cores)
 # make false-negatives — issue 18: JEST with and without the false-negative mask and dedup, 2 crawls x 3 seeds
 PYTHON ?= python3
 VENV := .venv
@@ -52,7 +52,7 @@ demo: install
 	mkdir -p demo
 	$(PIPELINE) -f examples/pipeline.mk OUT=demo $(DEMO_SETTINGS) 2>&1 | tee -a demo/make.log
 
-# The README's results table: every learner, 3 seeds at the pipeline's full size, then
+# docs/results/experiments.md's table: every learner, 3 seeds at the pipeline's full size, then
 # experiment/results.md. Resumable: rerun it and only what is missing runs.
 experiment: SHELL := /bin/bash
 experiment: .SHELLFLAGS := -o pipefail -c

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check: on a CUDA machine, in a few minutes, the project's CUDA tests, then the figures the README
+# The GPU check: on a CUDA machine, in a few minutes, the project's CUDA tests, then the figures docs/results/benchmarks.md
 # quotes for a GPU, each section's table printed as it finishes (and kept in $OUT/gpu_check.md if OUT is set):
 #   bash bench/gpu_check.sh                 # PYTHON=... to choose the interpreter (default: .venv's, else python3)
 #   SMOKE=1 bash bench/gpu_check.sh         # section 4 alone at toy size, to check the script on a CPU

@@ -1,7 +1,7 @@
 """`curate select` as the crawl grows: samples/s and the peak memory of the driver and of one worker.
 
     python bench/select_scale.py                                  # 1e6 samples, D = 256, local and Ray
-    python bench/select_scale.py --sizes 1000000 10000000         # the README's table (about 11 GB on disk)
+    python bench/select_scale.py --sizes 1000000 10000000         # the docs table (about 11 GB on disk)
     python bench/select_scale.py --sizes 200000 --backends local  # a quick look
 
 Each size gets a generated score folder (`make_score_folder`: D = 256, files of --rows-per-file samples,

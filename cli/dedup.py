@@ -45,8 +45,8 @@ def dedup_command(
     splits the crawl into K clusters; within a cluster, two samples whose image embeddings have a cosine
     above T are near duplicates, and chains of them form a group. Each group keeps the sample with the
     highest image–text similarity (the best-captioned copy; of equals, the first in the score files) and
-    drops the rest. Near duplicates in two different clusters are not compared. Only status-ok rows are
-    compared; the others are not in KEEP.
+    drops the rest. Near duplicates in two different clusters are not compared. Only eligible rows (status
+    ok, a finite similarity) are compared; the others are not in KEEP.
 
     \b
     KEEP/keep.parquet  one row per kept key: key, shard, similarity, cluster, group_size (1: unique)

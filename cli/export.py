@@ -50,7 +50,7 @@ def export_command(
     _stats.json) plus sizes.json. Each image is checked against the sha256 it was scored with, so a
     --shards folder of another crawl is refused, not copied; under 99% of the manifest's keys found
     stops the export (--allow-missing goes on). Re-running resumes: shards already complete are kept.
-    A loader that shuffles (open_clip's does) turns the batches back into a set: see the README.
+    A loader that shuffles (open_clip's does) turns the batches back into a set: see docs/guides/open-clip.md.
 
     \b
     example: curate export manifest/ -o curated/ --shards shards/

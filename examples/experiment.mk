@@ -1,4 +1,4 @@
-# The README's results table: examples/pipeline.mk once per seed, every learner, then the table.
+# docs/results/experiments.md's table: examples/pipeline.mk once per seed, every learner, then the table.
 #   make -f examples/experiment.mk -j2 CURATE=curate PYTHON=python   # or `make experiment`
 # Each seed's pipeline is a sub-make sharing this make's job slots, so -jN runs N steps at once across seeds;
 # each is resumable on its own (see pipeline.mk), and a seed whose report exists is done.

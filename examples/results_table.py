@@ -1,4 +1,4 @@
-"""Summarise pipeline runs over seeds as the README's results table (`make experiment` writes it).
+"""Summarise pipeline runs over seeds as docs/results/experiments.md's table (`make experiment` writes it).
 
     make -f examples/pipeline.mk OUT=exp/seed0 SEED=0   # ... and seeds 1, 2
     python examples/results_table.py exp/seed0 exp/seed1 exp/seed2

@@ -214,7 +214,7 @@ def test_cli_prints_one_summary_line_and_refuses_bad_input_in_one_line(tmp_path)
 def test_a_synth_crawls_planted_duplicates_are_found(tmp_path, small_synth):
     """Recall against synth's `duplicate_of`: a planted duplicate is found when it and its source are not
     both kept. A random-init model sees exact copies as identical (the same pixels), so their recall is 1;
-    near copies and unrelated images it tells apart poorly, so precision is not asserted here (the README
+    near copies and unrelated images it tells apart poorly, so precision is not asserted here (docs/results
     reports both for a trained reference)."""
     torch.manual_seed(0)
     config = ScoreConfig(model="siglip-tiny", allow_random_init=True, workers=0, batch_size=100)
@@ -234,7 +234,7 @@ def test_a_synth_crawls_planted_duplicates_are_found(tmp_path, small_synth):
         assert all(not (k in kept and s in kept) for k, s in exact), threshold  # exact-copy recall 1
         removed[threshold] = len(digest) - len(kept)
     assert 0 < removed[0.999] <= removed[0.99]  # a higher threshold only splits groups
-    # examples/dedup_recall.sql, the README's recipe, counts what this test counts
+    # examples/dedup_recall.sql, the recipe in docs/reference/commands.md, counts what this test counts
     sources = {s for _, s in planted}
     clean = [r["key"] for r in shards.to_pylist() if r["noise"] == "none" and r["key"] in digest]
     clean = [k for k in clean if k not in sources]

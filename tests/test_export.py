@@ -146,8 +146,8 @@ def test_open_clip_training_pipeline_reads_every_sample(selected, tmp_path):
 
 
 def test_open_clip_trains_in_export_order_only_without_its_shuffles(selected, tmp_path, monkeypatch):
-    """What the README says: open_clip's training pipeline shuffles shards and samples, and with its four
-    buffer sizes set to 1 (K = its --batch-size) it gives back the export's batches in order."""
+    """What docs/guides/open-clip.md says: open_clip's training pipeline shuffles shards and samples, and
+    with its four buffer sizes set to 1 (K = its --batch-size) it gives back the export's batches in order."""
     data = pytest.importorskip("open_clip_train.data")
     from webdataset.tariterators import tar_file_expander
 
