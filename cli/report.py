@@ -56,8 +56,11 @@ def report_command(
 
     Runs: zero-shot accuracy and retrieval against the training step and against total FLOPs and seconds
     with everything upstream counted (the reference's training and scoring, followed through the inputs each
-    run, manifest and score folder records), loss curves and a table of final numbers; stdout ends with a
-    headline, one line per learner: its top-1 and its total compute relative to --baseline.
+    run, manifest and score folder records); top-1 against total FLOPs in two accountings, the reference's
+    training charged and the reference given (its scoring charged, its training not); top-1 against the
+    filter ratio F per selection method, where the runs' selections used several; loss curves and a table
+    of final numbers; stdout ends with a headline, one line per learner: its top-1 and its total compute
+    relative to --baseline.
     Manifests and scores: reference similarity of selected vs rejected samples, the batch score per
     super-batch, the share of each noise kind in each selection (synthetic shards carry it), and a contact
     sheet of the highest- and lowest-scored samples with their captions. Sections appear only for what is

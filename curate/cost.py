@@ -16,6 +16,13 @@ scored one), scoring 1 per embedded sample. Selection records seconds only: its 
 similarity matrices per super-batch) are under a thousandth of scoring the same samples. Evaluation is a
 measurement, not part of the cost. What cannot be followed (a moved folder, a file written before costs
 were recorded) is named in `Lineage.gaps`, and the total is then a lower bound.
+
+Two accountings: `Lineage.total` charges everything, the reference's training included (what a user pays
+who trains the reference for this learner); `Lineage.without_reference_training` is the common case of a
+reference one already has: its scoring of the crawl is charged, its training (and whatever that training
+inherited) is not. "The reference" is a run whose checkpoint scored a score folder read as reference scores
+(a manifest's `curate.scores`, online JEST's `--ref`); an early learner's scores (`curate.learner_scores`,
+offline learnability) are made for this learner, so their run's training stays charged in both.
 """
 
 from __future__ import annotations
@@ -72,6 +79,9 @@ class Lineage:
     own: Part  # the run's own training
     upstream: tuple[Part, ...]  # everything it inherited, each counted once
     gaps: tuple[str, ...] = ()  # what could not be followed: the totals are then lower bounds
+    references: tuple[str, ...] = ()  # the runs whose checkpoints scored the reference scores it reads
+    # What it inherits with those references given: their scoring, not their training (None: all of it).
+    upstream_reference_given: tuple[Part, ...] | None = None
 
     @property
     def inherited(self) -> Cost:
@@ -81,12 +91,33 @@ class Lineage:
     def total(self) -> Cost:
         return self.own.cost + self.inherited
 
+    @property
+    def inherited_reference_given(self) -> Cost:
+        given = self.upstream if self.upstream_reference_given is None else self.upstream_reference_given
+        return sum((part.cost for part in given), Cost())
+
+    @property
+    def without_reference_training(self) -> Cost:
+        """The total with the reference given (a model one already has): its scoring charged, not its
+        training."""
+        return self.own.cost + self.inherited_reference_given
+
+    @property
+    def reference_training(self) -> tuple[Part, ...]:
+        """The upstream parts the reference-given accounting leaves out."""
+        if self.upstream_reference_given is None:
+            return ()
+        kept = set(self.upstream_reference_given)
+        return tuple(part for part in self.upstream if part not in kept)
+
 
 @dataclass
 class _Walk:
+    reference_given: bool = False  # leave the runs behind reference scores out (their scoring stays)
     parts: dict[tuple[str, str], Part] = field(default_factory=dict)
     gaps: list[str] = field(default_factory=list)
     visited: set[tuple[str, str]] = field(default_factory=set)  # (kind, path) whose inputs were followed
+    references: list[str] = field(default_factory=list)  # runs whose checkpoints scored reference scores
 
     def add(self, part: Part) -> None:
         key = (part.kind, part.path)
@@ -108,13 +139,27 @@ class _Walk:
 
 
 def lineage(run: str | Path) -> Lineage:
-    """The run's own training and everything upstream of it."""
-    folder = Path(run).absolute()
-    walk = _Walk()
-    own = _training(folder, None, walk)
-    _run_inputs(folder, walk)
-    upstream = tuple(part for key, part in walk.parts.items() if key != ("training", str(folder)))
-    return Lineage(own, upstream, tuple(walk.gaps))
+    """The run's own training and everything upstream of it, in both accountings (module docstring)."""
+    folder = Path(run).resolve()  # as the runs it reaches through checkpoints are named: links resolved
+    own, everything = _walk_from(folder, _Walk())
+    _, given = _walk_from(folder, _Walk(reference_given=True))
+    return Lineage(
+        own,
+        _upstream(everything, folder),
+        tuple(everything.gaps),
+        tuple(everything.references),
+        _upstream(given, folder),
+    )
+
+
+def _walk_from(run: Path, walk: _Walk) -> tuple[Part, _Walk]:
+    own = _training(run, None, walk)
+    _run_inputs(run, walk)
+    return own, walk
+
+
+def _upstream(walk: _Walk, run: Path) -> tuple[Part, ...]:
+    return tuple(part for key, part in walk.parts.items() if key != ("training", str(run)))
 
 
 def amortised(lineages: Mapping[str, Lineage]) -> dict[str, Cost]:
@@ -180,7 +225,7 @@ def _run_inputs(run: Path, walk: _Walk) -> None:
     if config.data.manifest:
         _manifest(Path(config.data.manifest), walk)
     if config.online is not None:
-        _scores(Path(config.online.ref), walk)
+        _scores(Path(config.online.ref), walk, reference=True)
     if Path(config.model).is_file():  # trained on from a checkpoint
         _checkpoint(Path(config.model), None, walk)
 
@@ -205,12 +250,16 @@ def _manifest(path: Path, walk: _Walk) -> None:
     for key, name in ((SCORES_METADATA_KEY, "scores"), (LEARNER_SCORES_METADATA_KEY, "learner")):
         scores = metadata.get(key) or inputs.get(name)  # summary.json: manifests from before the metadata
         if scores:
-            _scores(Path(scores), walk)
+            _scores(Path(scores), walk, reference=name == "scores")
 
 
-def _scores(path: Path, walk: _Walk) -> None:
-    folder = path.absolute()
-    if not walk.first_visit("scores", folder):
+def _scores(path: Path, walk: _Walk, reference: bool = False) -> None:
+    """A score folder's scoring, then the run that trained its checkpoint: unless the folder is read as
+    reference scores and the walk takes the reference as given."""
+    # One folder read both as reference and as learner scores is followed in each role; one reached through
+    # a link (a setting's folder linking its seed's scores) is the same folder, counted once.
+    folder = path.resolve()
+    if not walk.first_visit("reference scores" if reference else "scores", folder):
         return
     try:
         cost = read_scoring_cost(folder)
@@ -220,17 +269,28 @@ def _scores(path: Path, walk: _Walk) -> None:
     if cost.uncounted:
         walk.gap(f"{folder}: {cost.uncounted} of {cost.files} score files record no cost")
     walk.add(Part("scoring", str(folder), Cost(cost.flops, cost.seconds)))
-    if cost.checkpoint:
+    if not cost.checkpoint:
+        return
+    run = _checkpoint_run(Path(cost.checkpoint))
+    if reference and run is not None and str(run) not in walk.references:
+        walk.references.append(str(run))
+    if not (reference and walk.reference_given):
         _checkpoint(Path(cost.checkpoint), cost.checkpoint_step, walk)
 
 
-def _checkpoint(path: Path, step: int | None, walk: _Walk) -> None:
-    """The run that wrote the checkpoint, to the checkpoint's step. A checkpoint from elsewhere (open_clip's
-    own, a download) has no curate run behind it: its training is not ours to count, and no gap."""
-    run = path.absolute().parent
+def _checkpoint_run(path: Path) -> Path | None:
+    """The curate run that wrote a checkpoint; None for one from elsewhere (open_clip's own, a download)."""
+    run = path.resolve().parent
     if run.name == CHECKPOINTS_DIR:
         run = run.parent
-    if not (run / METRICS_FILE).is_file():
+    return run if (run / METRICS_FILE).is_file() else None
+
+
+def _checkpoint(path: Path, step: int | None, walk: _Walk) -> None:
+    """The run that wrote the checkpoint, to the checkpoint's step. A checkpoint from elsewhere has no
+    curate run behind it: its training is not ours to count, and no gap."""
+    run = _checkpoint_run(path)
+    if run is None:
         return
     if step is None:
         match = re.fullmatch(r"step_(\d+)\.pt", path.name)

@@ -7,7 +7,9 @@ Per learner: final zero-shot top-1 and retrieval R@1 (mean ± std over seeds), t
 which it reached the uniform learner's final top-1 (per seed), the total FLOPs spent by then with everything
 counted (its own training to that step plus everything upstream: the reference's training and scoring, an
 early learner's for offline learnability; `curate.cost` follows what the artefacts record), that as a
-ratio to uniform's total, and its total FLOPs and seconds at the end. Then, per seed, how far the
+ratio to uniform's total, and its total FLOPs and seconds at the end; beside the total, the same with the
+reference given (a model one already has: its scoring of the crawl charged, its training not; an early
+learner's training stays charged, `Lineage.without_reference_training`). Then, per seed, how far the
 compute-matched uniform runs (uniform-Kx, K times the steps) get: where uniform reaches JEST's final top-1,
 as a multiple of JEST's total FLOPs.
 """
@@ -65,7 +67,7 @@ JEST = "jest"
 
 
 class Learner:
-    """One run of one seed: its evals and its cost with everything counted."""
+    """One run of one seed: its evals and its cost with everything counted, and with the reference given."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -73,17 +75,30 @@ class Learner:
         self.cost = lineage(folder)
         steps = np.array([e["step"] for e in self.evals])
         own_flops, _ = cost_at_steps(folder, steps)
-        total = own_flops + self.cost.inherited.flops
-        self.total_flops_at = dict(zip(steps.tolist(), total.tolist(), strict=True))
+        self.flops_at = {
+            given: dict(zip(steps.tolist(), (own_flops + inherited.flops).tolist(), strict=True))
+            for given, inherited in (
+                (False, self.cost.inherited),
+                (True, self.cost.inherited_reference_given),
+            )
+        }
+
+    def total_flops(self, reference_given: bool = False) -> float:
+        return (self.cost.without_reference_training if reference_given else self.cost.total).flops
 
     def final(self, metric: str = "zeroshot_top1") -> float:
         return self.evals[-1]["eval"][metric]
 
-    def reach(self, target: float) -> tuple[int, float] | None:
+    def curve(self, reference_given: bool = False) -> list[tuple[int, float, float]]:
+        """(step, top-1, total FLOPs by then) at every eval, in either accounting."""
+        at = self.flops_at[reference_given]
+        return [(e["step"], e["eval"]["zeroshot_top1"], at[e["step"]]) for e in self.evals]
+
+    def reach(self, target: float, reference_given: bool = False) -> tuple[int, float] | None:
         """The first eval step at which top-1 reached `target`, and the total FLOPs spent by then."""
-        for record in self.evals:
-            if record["eval"]["zeroshot_top1"] >= target:
-                return record["step"], self.total_flops_at[record["step"]]
+        for step, top1, flops in self.curve(reference_given):
+            if top1 >= target:
+                return step, flops
         return None
 
 
@@ -122,14 +137,15 @@ def main(outs: list[Path]) -> None:
         f"| learner ({len(outs)} seeds, {steps} steps unless said) | zero-shot top-1 | per seed "
         "| image→text R@1 | text→image R@1 | step reaching uniform's final top-1 (per seed) "
         "| total FLOPs by then (× uniform's total) | total FLOPs (× uniform's) "
-        "| total seconds (× uniform's) |"
+        "| total FLOPs, reference given (× uniform's) | total seconds (× uniform's) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
         seeds = runs[name]
         top1 = [r.final() for r in seeds]
         reached = [r.reach(t) for r, t in zip(seeds, targets, strict=True)]
         flops = [r.cost.total.flops for r in seeds]
+        given = [r.cost.without_reference_training.flops for r in seeds]
         seconds = [r.cost.total.seconds for r in seeds]
         print(
             f"| {LABELS[name]} | {spread(top1)} | {', '.join(f'{v:.3f}' for v in top1)} "
@@ -137,7 +153,8 @@ def main(outs: list[Path]) -> None:
             f"| {spread([r.final('text_to_image_r1') for r in seeds])} "
             f"| {', '.join(str(r[0]) if r else '—' for r in reached)} "
             f"| {ratio_cell([r[1] if r else None for r in reached], base_flops)} "
-            f"| {ratio_cell(flops, base_flops)} | {ratio_cell(seconds, base_seconds)} |"
+            f"| {ratio_cell(flops, base_flops)} | {ratio_cell(given, base_flops)} "
+            f"| {ratio_cell(seconds, base_seconds)} |"
         )
     gaps = sorted({gap for seeds in runs.values() for r in seeds for gap in r.cost.gaps})
     for gap in gaps:
@@ -168,9 +185,14 @@ def main(outs: list[Path]) -> None:
                         f"within {u.cost.total.flops / total:.2f}× JEST's total FLOPs ({total:.2e})"
                     )
             for seed, (j, u) in enumerate(zip(jest, runs[longer], strict=True)):
-                reach = j.reach(u.final())
-                share = f"{reach[1] / u.cost.total.flops:.2f}× its total FLOPs" if reach else "not reached"
-                print(f"  seed {seed}: JEST reaches {longer}'s final {u.final():.3f}: {share}")
+                shares = []
+                for given in (False, True):
+                    reach = j.reach(u.final(), reference_given=given)
+                    share = (
+                        f"{reach[1] / u.cost.total.flops:.2f}× its total FLOPs" if reach else "not reached"
+                    )
+                    shares.append(f"{share} ({'reference given' if given else 'reference training charged'})")
+                print(f"  seed {seed}: JEST reaches {longer}'s final {u.final():.3f}: {'; '.join(shares)}")
     if "online" in runs and "flexi" in runs:
         print("\nFlexi online JEST against online JEST, everything counted:")
         for seed, (o, f) in enumerate(zip(runs["online"], runs["flexi"], strict=True)):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from builders import unit, write_scores
 
-from curate.cost import Cost, amortised, cost_at_steps, lineage
+from curate.cost import Cost, Part, amortised, cost_at_steps, lineage
 from curate.score.schema import cost_metadata
 from curate.select import SelectConfig, select
 from curate.train import DataConfig, OnlineJestConfig, TrainConfig
@@ -140,3 +140,30 @@ def test_what_cannot_be_followed_is_named_and_the_total_is_a_lower_bound(chain, 
     moved = _run(tmp_path / "moved", 1e9, 1.0, manifest=str(tmp_path / "gone"))
     assert lineage(moved).gaps == (f"manifest {tmp_path / 'gone'} is not there",)
     assert lineage(moved).total == Cost(40e9, 40.0)
+
+
+def test_with_the_reference_given_its_training_is_not_charged_but_its_scoring_and_the_early_learner_are(
+    chain,
+):
+    cost = lineage(chain["learnability"])
+    reference_training = Part("training", str(chain["reference"]), Cost(20e9, 20.0), 20)
+    assert cost.references == (str(chain["reference"]),)
+    assert cost.reference_training == (reference_training,)
+    # Its scoring of the crawl stays, and so does the early learner (uniform to step 10) and its scoring:
+    # they were made for this learner, not given.
+    assert cost.without_reference_training.flops == pytest.approx(40e9 + 10e9 + 2e9 + 20e9)
+    assert cost.total.flops - cost.without_reference_training.flops == pytest.approx(20e9)
+    online = lineage(chain["online"])
+    assert online.references == (str(chain["reference"]),)
+    assert online.without_reference_training == Cost(120e9 + 10e9, 120.0 + 6.0)
+    uniform = lineage(chain["uniform"])
+    assert uniform.references == () and uniform.without_reference_training == uniform.total
+
+
+def test_a_reference_that_also_scored_as_the_learner_stays_charged(chain):
+    # The twice manifest reads the reference's step-20 scores as reference and its latest as the learner's:
+    # its training serves as a learner too, so giving the reference takes nothing off.
+    cost = lineage(chain["twice"])
+    assert cost.references == (str(chain["reference"]),)
+    assert cost.reference_training == ()
+    assert cost.without_reference_training == cost.total

@@ -102,6 +102,6 @@ def test_the_example_pipeline_runs_end_to_end(tmp_path):
     ).stdout
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 1 + len(LEARNERS)  # header and one row per learner
-    assert all(len(row.split("|")) == 11 for row in rows)
+    assert all(len(row.split("|")) == 12 for row in rows)
     assert "JEST (batches) strictly above CLIP-score filter" in table
     assert "reference (curated set): zero-shot top-1" in table

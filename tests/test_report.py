@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import io
+import itertools
 import json
 import re
 import shutil
@@ -22,7 +23,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from curate.errors import CurateError
-from curate.report import ReportConfig, classify, detect_kind, report
+from curate.report import ReportConfig, classify, detect_kind, report, sections
+from curate.report.load import read_run
 from curate.score.schema import OK, cost_metadata
 from curate.select import SelectConfig, select
 from curate.train import DataConfig, OnlineJestConfig, TrainConfig, train
@@ -39,9 +41,13 @@ def _shard_table(shards: Path) -> pd.DataFrame:
     return pq.read_table(sorted(shards.glob("*.parquet")), columns=["key", "caption", "noise"]).to_pandas()
 
 
-def _planted_scores(shards: Path, out: Path) -> None:
+def _planted_scores(shards: Path, out: Path, checkpoint: Path | None = None) -> None:
     """Score files as `curate score` writes them, for a made-up reference that sees through the noise:
-    clean pairs get nearly matching embeddings, noisy ones unrelated ones; corrupt images are not ok."""
+    clean pairs get nearly matching embeddings, noisy ones unrelated ones; corrupt images are not ok.
+    `checkpoint`: the reference run's checkpoint (after 40 steps) that scored them."""
+    extra = cost_metadata(*SCORING_COST)
+    if checkpoint is not None:
+        extra |= {"curate.checkpoint": str(checkpoint), "curate.checkpoint_step": "40"}
     rng = np.random.default_rng(0)
     for table in sorted(shards.glob("*.parquet")):
         rows = pq.read_table(table, columns=["key", "caption", "noise"]).to_pandas()
@@ -59,7 +65,7 @@ def _planted_scores(shards: Path, out: Path) -> None:
             text,
             status,
             captions=list(rows["caption"]),
-            extra=cost_metadata(*SCORING_COST),
+            extra=extra,
         )
 
 
@@ -176,7 +182,8 @@ def test_final_numbers_match_the_runs(full, inputs):
              ("baseline", "offline", "online")}  # fmt: skip
     assert cells["baseline"] == {
         "run": "baseline", "data": "all data", "steps": "40", "final loss": "3", "own FLOPs": "4.000e+10",
-        "inherited FLOPs": "0", "total FLOPs": "4.000e+10", "total seconds": "40",
+        "inherited FLOPs": "0", "total FLOPs": "4.000e+10", "total FLOPs, reference given": "4.000e+10",
+        "total seconds": "40",
         "total FLOPs, upstream shared": "4.000e+10", "zero-shot top-1": "0.5", "zero-shot top-5": "1",
         "image→text R@1": "0.25", "text→image R@1": "0.1667",
     }  # fmt: skip
@@ -289,6 +296,87 @@ def test_same_inputs_give_identical_files(full, inputs, tmp_path):
     assert names == sorted(p.name for p in tmp_path.iterdir())
     for name in names:
         assert (full / name).read_bytes() == (tmp_path / name).read_bytes(), name
+
+
+# ------------------------------------------------------------------------------ filter ratio, accountings
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, small_synth) -> dict:
+    """A reference run whose step-40 checkpoint scored the crawl; JEST and independent selections of those
+    scores at F = 0.5 and 0.75 (real selects), a planned learner on each and one on all the data."""
+    root = tmp_path_factory.mktemp("sweep")
+    shards = Path(small_synth) / "web"
+    every_key = list(_shard_table(shards)["key"])
+    runs = root / "runs"
+    all_data = TrainConfig(DataConfig((str(shards),)), "", batch_size=32, steps=40)
+    _planned_run(runs / "reference", all_data, every_key, 0.3)
+    _planned_run(runs / "uniform", all_data, every_key, 0.1)
+    _planted_scores(shards, root / "scores", checkpoint=runs / "reference" / "checkpoints" / "step_40.pt")
+    learners = {}
+    for base, (method, ratio) in enumerate(itertools.product(("jest", "independent"), (0.5, 0.75))):
+        name = f"{method}-{ratio}"
+        config = SelectConfig(
+            ratio=ratio, super_batch=100, chunks=4, method=method, criterion="easy", device="cpu"
+        )
+        select(str(root / "scores"), str(root / "manifests" / name), config)
+        on_manifest = TrainConfig(DataConfig((str(shards),), str(root / "manifests" / name)), "", steps=40)
+        _planned_run(runs / name, on_manifest, every_key, 0.01 * (base + 1))
+        learners[name] = runs / name
+    return {"root": root, "runs": runs, "learners": learners}
+
+
+def test_top1_against_the_filter_ratio_per_selection_and_both_accountings(sweep):
+    runs = sweep["runs"]
+    names = ("reference", "uniform", *sweep["learners"])
+    out = sweep["root"] / "out"
+    summary = report(ReportConfig(runs=tuple(str(runs / n) for n in names)), str(out))
+    assert "top1_vs_ratio.png" in summary.figures and "top1_vs_flops_accountings.png" in summary.figures
+    page_rows = _rows((out / "index.html").read_text())
+    header = next(r for r in page_rows if r[0] == "selection" and "F" in r)
+    start = page_rows.index(header) + 1
+    by_ratio = list(itertools.takewhile(lambda r: len(r) == len(header), page_rows[start:]))
+    # Planned finals: base + 0.4, bases 0.01 to 0.04 in the order jest 0.5, jest 0.75, independent ...;
+    # the all-data level is uniform alone: the reference is what the others inherit, not a learner.
+    assert by_ratio == [
+        ["jest (easy)", "0.5", "1", "0.41", "0"], ["jest (easy)", "0.75", "1", "0.42", "0"],
+        ["independent (easy)", "0.5", "1", "0.43", "0"], ["independent (easy)", "0.75", "1", "0.44", "0"],
+        ["all data, 40 steps (1 run)", "–", "–", "0.5", "–"],
+    ]  # fmt: skip
+    # The reference's training to its step 40 (4e10) is charged in the total, not with the reference given;
+    # its scoring of every shard is charged in both.
+    final = next(r for r in page_rows if r[0] == "run" and "data" in r)
+    cells = dict(zip(final, next(r for r in page_rows if r[0] == "jest-0.5"), strict=True))
+    scoring = len(list((sweep["root"] / "scores").glob("*.parquet"))) * SCORING_COST[0]
+    assert float(cells["total FLOPs"]) == pytest.approx(4e10 + scoring + 4e10, rel=1e-3)
+    assert float(cells["total FLOPs, reference given"]) == pytest.approx(4e10 + scoring, rel=1e-3)
+    uniform = dict(zip(final, next(r for r in page_rows if r[0] == "uniform"), strict=True))
+    assert uniform["total FLOPs, reference given"] == uniform["total FLOPs"] == "4.000e+10"
+    page = (out / "index.html").read_text()
+    assert "the reference given, as when one already has it" in page
+    with Image.open(out / "top1_vs_flops_accountings.png") as image:
+        assert image.width >= 800  # two panels
+
+
+def test_one_filter_ratio_and_no_reference_draw_neither_view(sweep):
+    uniform, jest = (read_run(sweep["runs"] / name) for name in ("uniform", "jest-0.5"))
+    assert sections.ratio_points([uniform, jest]) is None  # one F
+    assert sections.ratio_points([uniform, jest, read_run(sweep["runs"] / "jest-0.75")]) is not None
+    assert sections.gives_reference([uniform, jest])  # jest-0.5's reference is given
+    assert not sections.gives_reference([uniform])  # no reference to give
+
+
+def test_runs_of_one_name_are_labelled_by_the_folders_that_tell_them_apart(tmp_path):
+    runs = (tmp_path / "seed0/runs/jest", tmp_path / "seed0/ratio-0.5/runs/jest")
+    for run in runs:  # a logged step and no evals: one figure to draw
+        run.mkdir(parents=True)
+        write_config(run, TrainConfig(DataConfig(("shards",)), str(run), steps=10), {})
+        with MetricsWriter(run) as metrics:
+            metrics.write({"step": 10, "loss": 1.5, "flops": 1e9, "seconds": 1.0})
+    summary = report(ReportConfig(runs=tuple(map(str, runs)), top=0), str(tmp_path / "out"))
+    assert [line.split()[0] for line in summary.headline] == ["seed0/runs/jest", "ratio-0.5/runs/jest"]
+    with pytest.raises(CurateError, match="two inputs have the same label"):
+        report(ReportConfig(runs=(str(runs[0]), str(runs[0]))), str(tmp_path / "twice"))
 
 
 # ------------------------------------------------------------------------------------------ single folders

@@ -143,10 +143,18 @@ def _run_noise(runs: list[Run]) -> dict[str, pd.Series]:
 
 
 def _relabel(items: list[Run] | list[Manifest], paths: Sequence[str]) -> None:
-    """Label by folder name; where two share a name, prefix their parent folder too."""
+    """Label by folder name; where two share a name, by as many of their trailing folders as tell them apart
+    (seed0/runs/jest and seed0/ratio-0.5/runs/jest: seed0/runs/jest and ratio-0.5/runs/jest)."""
     names = [item.name for item in items]
-    for item, path in zip(items, paths, strict=True):
-        if names.count(item.name) > 1:
-            item.name = "/".join(local_path(path, "report input").resolve().parts[-2:])
-    if len({item.name for item in items}) < len(items):
+    parts = [local_path(path, "report input").resolve().parts for path in paths]
+    for depth in range(2, max((len(p) for p in parts), default=0) + 1):
+        labels = [
+            "/".join(folders[-depth:]) if names.count(name) > 1 else name
+            for name, folders in zip(names, parts, strict=True)
+        ]
+        if len(set(labels)) == len(labels):
+            for item, label in zip(items, labels, strict=True):
+                item.name = label
+            return
+    if len(set(names)) < len(names):
         raise CurateError(f"two inputs have the same label: {', '.join(names)}")

@@ -23,12 +23,14 @@ from curate.cost import Lineage, cost_at_steps, lineage
 from curate.errors import CurateError, first_line
 from curate.fileio import is_local, local_path
 from curate.score.schema import is_score_file, open_score_folder
+from curate.select.config import GLOBAL_METHODS
 from curate.select.manifest import (
     MANIFEST_FILE,
     SUMMARY_FILE,
     holds_manifest,
     manifest_metadata,
     read_manifest,
+    read_summary,
 )
 from curate.shards import ReadStats, iter_members
 from curate.shards.paths import expand_shards
@@ -74,6 +76,19 @@ def detect_kind(path: str | Path) -> str:
 # ---------------------------------------------------------------------------------------------- runs
 
 
+@dataclass(frozen=True)
+class RunSelection:
+    """How a run's data was selected: its manifest's method, criterion and filter ratio F (or online's)."""
+
+    method: str  # select's --method (jest, independent, clipscore, ...) or "online jest"
+    criterion: str | None  # None for a global filter, which has none
+    ratio: float
+
+    @property
+    def label(self) -> str:
+        return self.method + (f" ({self.criterion})" if self.criterion else "")
+
+
 @dataclass
 class Run:
     name: str  # the folder's name: the label in every plot and table
@@ -82,6 +97,7 @@ class Run:
     evals: pd.DataFrame  # one row per eval: step, its own flops and seconds there, metric columns
     trained_keys: list[str] | None  # batches.parquet's keys, one per trained sample (None without it)
     lineage: Lineage  # its own cost and everything upstream (curate.cost)
+    selection: RunSelection | None = None  # None: all data, or a manifest no longer there
 
     @property
     def trained_on_manifest(self) -> bool:
@@ -108,7 +124,38 @@ def read_run(path: str | Path) -> Run:
         eval_frame["flops"], eval_frame["seconds"] = cost_at_steps(folder, eval_frame["step"].to_numpy())
     batches = read_batches(folder)
     keys = batches.column("key").to_pylist() if batches is not None else None
-    return Run(folder.name, read_config(folder), log_frame, eval_frame, keys, lineage(folder))
+    config = read_config(folder)
+    return Run(folder.name, config, log_frame, eval_frame, keys, lineage(folder), run_selection(config))
+
+
+def run_selection(config: TrainConfig | None) -> RunSelection | None:
+    """The selection a run trained on, from its manifest's summary.json parameters (the manifest's own
+    metadata where there is no summary), or its online JEST settings."""
+    if config is None:
+        return None
+    if config.online is not None:
+        return RunSelection("online jest", config.online.criterion, config.online.ratio)
+    if not config.data.manifest or not is_local(config.data.manifest):
+        return None
+    folder = local_path(config.data.manifest, "manifest")
+    folder = folder.parent if folder.name == MANIFEST_FILE else folder
+    if not holds_manifest(folder):
+        return None
+    try:
+        parameters = read_summary(folder).get("parameters") or {}
+    except CurateError:
+        parameters = {}
+    if not parameters:
+        metadata = manifest_metadata(folder)
+        parameters = {k: metadata.get(f"curate.{k}") for k in ("method", "criterion", "ratio")}
+    try:
+        ratio = float(parameters["ratio"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    method = str(parameters.get("method"))
+    # A global filter records select's default criterion, which it never used.
+    criterion = None if method in GLOBAL_METHODS else parameters.get("criterion")
+    return RunSelection(method, criterion, ratio)
 
 
 def _numbers(record: dict) -> dict:

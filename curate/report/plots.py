@@ -16,6 +16,7 @@ matplotlib.use("Agg")  # before pyplot: no display, no GUI toolkit, same pixels 
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from curate.report.load import Run  # noqa: E402
@@ -63,6 +64,20 @@ X_AXES = {
     "total_seconds": "total seconds (everything counted)",
     "shared_flops": "total FLOPs, inherited cost shared",
 }
+# The two accountings of total FLOPs, as the eval frames' columns and what each panel says it is.
+ACCOUNTINGS = {
+    "total_flops": "reference's training charged (everything counted)",
+    "given_flops": "reference given (its scoring charged, its training not)",
+}
+
+
+def _log_axis(ax) -> None:
+    ax.set_xscale("log")
+    # Matplotlib labels every minor tick (2×, 3×, ... a decade) of a short log axis, and they overlap:
+    # label 1, 2 and 5 of each decade instead.
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.LogFormatterSciNotation(labelOnlyBase=False))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
 def eval_curves(runs: Sequence[Run], x: str) -> bytes:
@@ -83,12 +98,7 @@ def eval_curves(runs: Sequence[Run], x: str) -> bytes:
             ax.set_title(EVAL_METRICS[metric])
             ax.set_xlabel(X_AXES[x])
             if x != "step":
-                ax.set_xscale("log")
-                # Matplotlib labels every minor tick (2×, 3×, ... a decade) of a short log axis, and they
-                # overlap: label 1, 2 and 5 of each decade instead.
-                ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-                ax.xaxis.set_major_formatter(matplotlib.ticker.LogFormatterSciNotation(labelOnlyBase=False))
-                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+                _log_axis(ax)
             ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
             ax.grid(alpha=0.3)
         for ax in axes.flat[len(metrics) :]:
@@ -96,6 +106,49 @@ def eval_curves(runs: Sequence[Run], x: str) -> bytes:
         handles, labels = axes.flat[0].get_legend_handles_labels()
         if handles:
             fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(handles)), frameon=False)
+        return _png(fig)
+
+
+def accountings(runs: Sequence[Run], metric: str = "zeroshot_top1") -> bytes:
+    """`metric` against total FLOPs in each accounting (ACCOUNTINGS), a panel each, a line per run."""
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True, squeeze=False, layout="constrained")
+        for ax, (x, title) in zip(axes.flat, ACCOUNTINGS.items(), strict=True):
+            for run, colour in zip(runs, _colours(len(runs)), strict=True):
+                if x in run.evals and metric in run.evals:
+                    frame = run.evals[[x, metric]].dropna()
+                    ax.plot(frame[x], frame[metric], marker="o", markersize=3, color=colour, label=run.name)
+            ax.set(title=f"total FLOPs, {title}", xlabel=f"total FLOPs, {title.split(' (')[0]}")
+            _log_axis(ax)
+            ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+            ax.grid(alpha=0.3)
+        axes[0, 0].set_ylabel(EVAL_METRICS[metric])
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(handles)), frameon=False)
+        return _png(fig)
+
+
+def ratio_curves(points: pd.DataFrame, levels: dict[str, float], metric: str = "zeroshot_top1") -> bytes:
+    """Final `metric` against the filter ratio F: a line per selection (`points`: selection, ratio, mean,
+    std, runs), the std over its runs as error bars; `levels`: each all-data learner's mean, dashed."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
+        selections = list(dict.fromkeys(points["selection"]))
+        colours = _colours(len(selections) + len(levels))
+        for selection, colour in zip(selections, colours, strict=False):
+            line = points[points["selection"] == selection].sort_values("ratio")
+            ax.errorbar(
+                line["ratio"], line["mean"], yerr=line["std"], marker="o", markersize=4, capsize=3,
+                color=colour, label=selection,
+            )  # fmt: skip
+        for (label, value), colour in zip(levels.items(), colours[len(selections) :], strict=True):
+            ax.axhline(value, linestyle="--", color=colour, label=label)
+        ax.set(title=f"final {EVAL_METRICS[metric]} against the filter ratio", xlabel="filter ratio F")
+        ax.set_ylabel(EVAL_METRICS[metric])
+        ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        ax.grid(alpha=0.3)
+        ax.legend(frameon=False)
         return _png(fig)
 
 

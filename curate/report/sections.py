@@ -35,6 +35,18 @@ CAPTIONS = {
         "The same against total FLOPs with what several runs inherit shared out equally among them, as when "
         "one reference serves several learners: {sharing}."
     ),
+    "accountings": (
+        "Zero-shot top-1 against total FLOPs in two accountings. Left, the reference's training charged: "
+        "everything upstream counted, as when the reference is trained for these learners. Right, the "
+        "reference given, as when one already has it: its scoring of the crawl charged, its training not "
+        "(an early learner's training, made for offline learnability, stays charged)."
+    ),
+    "top1_vs_ratio": (
+        "Final zero-shot top-1 against the filter ratio F of each run's selection (it kept 1 - F of each "
+        "super-batch; read from its manifest's summary.json), a line per selection method and criterion: "
+        "the mean over its runs at each F, their standard deviation as error bars. Dashed: the learners on "
+        "all the data, by their steps."
+    ),
     "inherited": "What each run inherited, each counted once (curate.cost follows the recorded inputs).",
     "training": (
         "Training loss per log window; for online JEST runs, the learnability of the selected batch next to "
@@ -80,11 +92,12 @@ def runs_section(runs: list[Run]) -> Section:
         own, total = run.lineage.own.cost, run.lineage.total
         rows.append(
             [run.name, _data_kind(run), _int(_get(last_log, "step")), _get(last_log, "loss")]
-            + [own.flops, total.flops - own.flops, total.flops, total.seconds, shared[run.name].flops]
+            + [own.flops, total.flops - own.flops, total.flops, run.lineage.without_reference_training.flops]
+            + [total.seconds, shared[run.name].flops]
             + [_get(last_eval, m) for m in metrics]
         )
     headers = ["run", "data", "steps", "final loss", "own FLOPs", "inherited FLOPs", "total FLOPs"]
-    headers += ["total seconds", "total FLOPs, upstream shared"]
+    headers += ["total FLOPs, reference given", "total seconds", "total FLOPs, upstream shared"]
     section.tables.append(
         Table(headers + [plots.EVAL_METRICS[m] for m in metrics], rows, "final numbers (last log, last eval)")
     )
@@ -110,9 +123,75 @@ def runs_section(runs: list[Run]) -> Section:
             if any(x in r.evals for r in runs):
                 caption = CAPTIONS[f"eval_vs_{x}"].format(sharing=_sharing_text(runs))
                 section.figures.append(Figure(f"eval_vs_{x}.png", plots.eval_curves(runs, x), caption))
+        _add_accountings(section, runs)
+        _add_ratio_view(section, runs)
     if any("loss" in r.logs for r in runs):
         section.figures.append(Figure("training.png", plots.training_curves(runs), CAPTIONS["training"]))
     return section
+
+
+def gives_reference(runs: list[Run]) -> bool:
+    """Whether some run reads a reference's scores, so that its two accountings of FLOPs differ."""
+    return any(run.lineage.references for run in runs)
+
+
+def _add_accountings(section: Section, runs: list[Run]) -> None:
+    """Top-1 against total FLOPs in both accountings, where some run has a reference to give."""
+    drawn = any(x in r.evals and "zeroshot_top1" in r.evals for r in runs for x in plots.ACCOUNTINGS)
+    if drawn and gives_reference(runs):
+        figure = plots.accountings(runs)
+        section.figures.append(Figure("top1_vs_flops_accountings.png", figure, CAPTIONS["accountings"]))
+
+
+def _add_ratio_view(section: Section, runs: list[Run]) -> None:
+    """Top-1 against F per selection, where the runs' selections kept different shares."""
+    points = ratio_points(runs)
+    if points is None:
+        return
+    levels = all_data_levels(runs)
+    figure = plots.ratio_curves(points, levels)
+    section.figures.append(Figure("top1_vs_ratio.png", figure, CAPTIONS["top1_vs_ratio"]))
+    rows = [[r.selection, r.ratio, r.runs, r.mean, r.std] for r in points.itertuples()]
+    rows += [[label, None, None, value, None] for label, value in levels.items()]
+    headers = ["selection", "F", "runs", "zero-shot top-1 (mean)", "std over runs"]
+    section.tables.append(Table(headers, rows, "final zero-shot top-1 by filter ratio"))
+
+
+def ratio_points(runs: list[Run]) -> pd.DataFrame | None:
+    """selection, ratio, mean and std of the final top-1, runs: per selection label and F, over the learners
+    that trained on a selection; None unless their ratios differ."""
+    rows = [
+        (run.selection.label, run.selection.ratio, top1)
+        for run in learners(runs)
+        if run.selection is not None and (top1 := _final(run, "zeroshot_top1")) is not None
+    ]
+    if len({ratio for _, ratio, _ in rows}) < 2:
+        return None
+    frame = pd.DataFrame(rows, columns=["selection", "ratio", "top1"])
+    grouped = frame.groupby(["selection", "ratio"], sort=False)["top1"]
+    points = grouped.agg(mean="mean", std="std", runs="size").reset_index()
+    points["std"] = points["std"].fillna(0.0)  # one run: no spread to draw
+    return points
+
+
+def all_data_levels(runs: list[Run]) -> dict[str, float]:
+    """The mean final top-1 of the learners that trained on all the data, by their steps."""
+    by_steps: dict[int, list[float]] = {}
+    for run in learners(runs):
+        top1 = _final(run, "zeroshot_top1")
+        if run.config is None or run.config.online or run.config.data.manifest or top1 is None:
+            continue
+        by_steps.setdefault(run.config.steps, []).append(top1)
+    return {
+        f"all data, {steps} steps ({len(values)} run{'s' * (len(values) != 1)})": sum(values) / len(values)
+        for steps, values in sorted(by_steps.items())
+    }
+
+
+def learners(runs: list[Run], keep: Run | None = None) -> list[Run]:
+    """The runs no other given run inherits from (a reference is not a learner), and `keep`."""
+    inherited = {part.path for run in runs for part in run.lineage.upstream if part.kind == "training"}
+    return [r for r in runs if r is keep or r.lineage.own.path not in inherited]
 
 
 def headline(runs: list[Run], baseline: str | None = None) -> list[str]:
@@ -126,12 +205,11 @@ def headline(runs: list[Run], baseline: str | None = None) -> list[str]:
     base = next((run for run in runs if run.name == base_name), None)
     if base is None:
         raise CurateError(f"--baseline {base_name}: no run of that name (runs: {', '.join(names)})")
-    inherited = {part.path for run in runs for part in run.lineage.upstream if part.kind == "training"}
-    learners = [r for r in runs if r is base or r.lineage.own.path not in inherited]
+    chosen = learners(runs, keep=base)
     base_cost, base_top1 = base.lineage.total, _final(base, "zeroshot_top1")
-    width = max(len(run.name) for run in learners)
+    width = max(len(run.name) for run in chosen)
     lines = []
-    for run in learners:
+    for run in chosen:
         cost, top1 = run.lineage.total, _final(run, "zeroshot_top1")
         accuracy = "top-1 —    " if top1 is None else f"top-1 {top1:.3f}"
         if top1 is not None and base_top1 is not None and run is not base:
@@ -161,12 +239,14 @@ def _shared(runs: list[Run]) -> dict:
 
 def _add_total_cost(runs: list[Run], shared: dict) -> None:
     """Eval-step columns with everything counted: total_flops, total_seconds (own + inherited) and
-    shared_flops (own + each inherited part divided among the runs given that inherit it)."""
+    shared_flops (own + each inherited part divided among the runs given that inherit it); given_flops,
+    total FLOPs with the reference given (its training not charged)."""
     for run in runs:
         if not len(run.evals) or "flops" not in run.evals:
             continue
         inherited = run.lineage.inherited
         run.evals["total_flops"] = run.evals["flops"] + inherited.flops
+        run.evals["given_flops"] = run.evals["flops"] + run.lineage.inherited_reference_given.flops
         run.evals["total_seconds"] = run.evals["seconds"] + inherited.seconds
         run.evals["shared_flops"] = run.evals["flops"] + shared[run.name].flops - run.lineage.own.cost.flops
 
