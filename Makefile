@@ -4,12 +4,14 @@
 # make test-quick — the same without the tests marked slow (the example pipeline, Ray, the wheel build)
 # make experiment — docs/results/experiments.md's table: every learner over 3 seeds (about 90 minutes on 2 cores)
 # make false-negatives — issue 18: JEST with and without the false-negative mask and dedup, 2 crawls x 3 seeds
+# make paper — paper/paper.md: the paper's further claims (filter ratio, chunks, a learner larger than its
+#   reference, budgets), 3 seeds (about 3 hours on 2 cores, 2.5 to 3.5: an estimate from the step counts)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install docs test test-quick demo experiment false-negatives lint format clean
+.PHONY: install docs test test-quick demo experiment false-negatives paper lint format clean
 
 install: $(STAMP)
 
@@ -26,12 +28,13 @@ docs: install
 	$(BIN)/typer curate_cli.main utils docs --name curate --title "Command options" --output docs/reference/cli.md
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
-# --durations: the slowest tests, at the end of every run, so the suite's time stays in sight
+# One worker per core, each test file in one worker (its module fixtures made once); --durations: the
+# slowest tests, at the end of every run, so the suite's time stays in sight.
 test: install
-	$(BIN)/python -m pytest --durations=20
+	$(BIN)/python -m pytest -n auto --dist loadfile --durations=20
 
 test-quick: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n auto --dist loadfile -m "not slow"
 
 # Past the reference the steps are independent: JOBS of them run at once (make -jN sets it too), the cores
 # shared out between them (on 2 cores, two 1-thread jobs finish sooner than one 2-thread job at a time).
@@ -69,6 +72,15 @@ false-negatives: install
 	mkdir -p false-negatives
 	$(PIPELINE) -f examples/false_negatives.mk OUT=false-negatives PYTHON=$(abspath $(BIN)/python) \
 		SETTINGS="$(FN_SETTINGS)" 2>&1 | tee -a false-negatives/make.log
+
+# The paper's further claims (examples/paper.mk): per seed the pipeline's learners, JEST and independent at
+# F = 0.5 and 0.9, uniform, JEST and the CLIP-score filter at 100 and 400 steps, siglip-small learners
+# steered by the siglip-tiny reference, chunks against the Gibbs oracle; then paper/paper.md. Resumable.
+paper: SHELL := /bin/bash
+paper: .SHELLFLAGS := -o pipefail -c
+paper: install
+	mkdir -p paper
+	$(PIPELINE) -f examples/paper.mk OUT=paper PYTHON=$(abspath $(BIN)/python) 2>&1 | tee -a paper/make.log
 
 lint: install
 	$(BIN)/ruff check .

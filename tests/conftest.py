@@ -43,6 +43,11 @@ sys.path[:0] = _IMPORT_PATH
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [*_IMPORT_PATH, os.environ.get("PYTHONPATH")]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# Under pytest-xdist the workers share the cores: each gets its share of threads (it and every process it
+# starts), since torch's OpenMP threads busy-wait and oversubscribed cores slow every worker down.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 import pytest  # noqa: E402
 
