@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,10 +11,10 @@ from curate_cli.console import command_line, err, out, progress_bar
 
 def dedup_command(
     scores: Annotated[
-        Path, typer.Argument(metavar="SCORES", help="Score folder of the reference model (curate score).")
+        str, typer.Argument(metavar="SCORES", help="Score folder of the reference model (curate score).")
     ],
     output: Annotated[
-        Path,
+        str,
         typer.Option("--output", "-o", metavar="KEEP", help="Folder for keep.parquet and summary.json."),
     ],
     threshold: Annotated[

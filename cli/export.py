@@ -15,11 +15,11 @@ def export_command(
         typer.Argument(metavar="MANIFEST", help="Manifest folder (or manifest.parquet) from curate select."),
     ],
     output: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--output", "-o", metavar="OUT", help="Folder for the new shards (a path or fsspec URL)."
         ),
-    ],
+    ] = None,
     shards: Annotated[
         str | None,
         typer.Option(
@@ -37,6 +37,22 @@ def export_command(
         bool,
         typer.Option(help="Go on when under 99% of the manifest's keys are in their shards (default: stop)."),
     ] = False,
+    datacomp_subset: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE",
+            help="Also or instead: the selected uids as DataComp's subset file (.npy of u8,u8, sorted), for "
+            "its resharder. Needs a score folder of curate import datacomp; no shards.",
+        ),
+    ] = None,
+    url_list: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE",
+            help="Also or instead: the selected samples' url and caption (and uid) as Parquet, for "
+            "img2dataset to download only them. Needs a score folder of curate import; no shards.",
+        ),
+    ] = None,
 ) -> None:
     """Copy the chosen samples into new webdataset shards, in training order, ready for open_clip's trainer.
 
@@ -52,10 +68,28 @@ def export_command(
     stops the export (--allow-missing goes on). Re-running resumes: shards already complete are kept.
     A loader that shuffles (open_clip's does) turns the batches back into a set: see docs/guides/open-clip.md.
 
+    --datacomp-subset and --url-list write the selection as lists instead of (or beside) shards, from the
+    score folder the manifest was selected from (a folder of curate import, which keeps each sample's uid
+    and url): neither reads a shard, so neither needs -o or --shards.
+
     \b
     example: curate export manifest/ -o curated/ --shards shards/
              python -m open_clip_train.main --train-data 'curated/{00000..00015}.tar' ...
+             curate export manifest/ --datacomp-subset subset.npy --url-list urls.parquet
     """
+    from curate.errors import CurateError
+
+    if output is None and datacomp_subset is None and url_list is None:
+        raise CurateError("give -o OUT (new shards), --datacomp-subset FILE or --url-list FILE")
+    if output is not None:
+        _export_shards(manifest, output, shards, samples_per_shard, allow_missing)
+    if datacomp_subset is not None or url_list is not None:
+        _export_lists(manifest, datacomp_subset, url_list)
+
+
+def _export_shards(
+    manifest: str, output: str, shards: str | None, samples_per_shard: int | None, allow_missing: bool
+) -> None:
     from curate.export import ExportConfig, export
 
     config = ExportConfig(
@@ -92,3 +126,14 @@ def export_command(
         f"({found} of {summary.keys_wanted} manifest keys found{checked}) "
         f"→ {output}/{{00000..{last:05d}}}.tar"
     )
+
+
+def _export_lists(manifest: str, datacomp_subset: str | None, url_list: str | None) -> None:
+    from curate.export import write_lists
+
+    summary = write_lists(manifest, datacomp_subset, url_list)
+    if datacomp_subset is not None:
+        out.print(f"wrote {summary.subset} uids (u8,u8, sorted) → {datacomp_subset}")
+    if url_list is not None:
+        no_url = f" ({summary.no_url} selected samples have no url)" if summary.no_url else ""
+        out.print(f"wrote {summary.urls} urls{no_url} → {url_list}")

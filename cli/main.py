@@ -10,8 +10,10 @@ INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 # A Ctrl-C while the commands import (torch alone takes a second or more) comes before `main` can catch
 # it: the same one line, not a traceback from deep inside an import.
 try:
+    import click
     import typer
     from rich.markup import escape
+    from typer.core import TyperGroup
 
     from curate import __version__
     from curate.errors import CurateError, first_line
@@ -21,6 +23,7 @@ try:
     from curate_cli.evaluate import evaluate_command
     from curate_cli.export import export_command
     from curate_cli.help import GroupedHelp
+    from curate_cli.imports import import_app
     from curate_cli.query import query_command
     from curate_cli.report import report_command
     from curate_cli.score import models, score
@@ -31,8 +34,17 @@ except KeyboardInterrupt:
     sys.stderr.write("error: interrupted\n")
     sys.exit(INTERRUPTED)
 
+
+class _PipelineOrder(TyperGroup):
+    """Lists the commands in `LISTED` order: typer puts command groups (`import`) after every command."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self.commands, key=lambda name: LISTED.index(name) if name in LISTED else len(LISTED))
+
+
 app = typer.Typer(
     name="curate",
+    cls=_PipelineOrder,
     help="Curate image-text data with JEST (joint example selection) and train SigLIP models on the result.",
     no_args_is_help=True,
     add_completion=False,
@@ -75,8 +87,30 @@ COMMANDS = (
     ("report", report_command, "Plots and one static HTML page from runs, scores and manifests."),
     ("models", models, "List the built-in models and how to use open_clip models and checkpoints."),
 )
+# Commands with subcommands of their own: (name, typer app, purpose, the command it is listed after).
+GROUPS = (
+    (
+        "import",
+        import_app,
+        "Write a score folder from the embeddings a pool ships (DataComp, LAION): no image, no GPU.",
+        "download",
+    ),
+)
 for name, command, purpose in COMMANDS:
     app.command(name, short_help=purpose, cls=GroupedHelp)(command)
+for name, group, purpose, _ in GROUPS:
+    app.add_typer(group, name=name, short_help=purpose)
+
+
+def listed_order() -> tuple[str, ...]:
+    """The names as `curate --help` lists them: COMMANDS in pipeline order, each group after its command."""
+    names = [name for name, _, _ in COMMANDS]
+    for name, _, _, after in GROUPS:
+        names.insert(names.index(after) + 1, name)
+    return tuple(names)
+
+
+LISTED = listed_order()
 
 
 def main() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,7 +15,7 @@ def score(
         list[str], typer.Argument(metavar="SHARDS...", help="Shard folder(s), tar paths or a brace pattern.")
     ],
     output: Annotated[
-        Path, typer.Option("--output", "-o", metavar="SCORES", help="Folder for the score files.")
+        str, typer.Option("--output", "-o", metavar="SCORES", help="Folder for the score files.")
     ],
     model: Annotated[
         str, typer.Option(help="Built-in (siglip-tiny, siglip-small), open_clip name, or a checkpoint .pt.")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -16,10 +15,10 @@ if TYPE_CHECKING:  # the library is imported when the command runs, so --help st
 
 def select_command(
     scores: Annotated[
-        Path, typer.Argument(metavar="SCORES", help="Score folder of the reference model (curate score).")
+        str, typer.Argument(metavar="SCORES", help="Score folder of the reference model (curate score).")
     ],
     output: Annotated[
-        Path,
+        str,
         typer.Option(
             "--output",
             "-o",
@@ -59,7 +58,7 @@ def select_command(
         ),
     ] = None,
     learner: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             metavar="SCORES", help="A second model's score folder, matched by key (learnability, hard)."
         ),
@@ -83,7 +82,7 @@ def select_command(
         ),
     ] = None,
     keep: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             metavar="KEEP",
             help="A curate dedup output: only the samples it kept (one per near-duplicate group) may be "
@@ -223,7 +222,7 @@ def select_command(
     )
 
 
-def _filter_line(summary: SelectSummary, config: SelectConfig, output: Path) -> str:
+def _filter_line(summary: SelectSummary, config: SelectConfig, output: str) -> str:
     """The last line of a global filter (clipscore, negclip): what it kept, then the batches made of it."""
     kept, counts = summary.filter, summary.counts
     batches = kept.batches

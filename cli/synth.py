@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,7 +15,7 @@ _RATES = NoiseRates()
 
 def synth(
     out_dir: Annotated[
-        Path, typer.Argument(metavar="OUT", help="Folder to create (web/, curated/, eval/ inside).")
+        str, typer.Argument(metavar="OUT", help="Folder to create (web/, curated/, eval/ inside).")
     ],
     n: Annotated[int, typer.Option("--n", help="Number of noisy web pairs.")] = 20_000,
     seed: Annotated[int, typer.Option(help="Same seed, byte-identical files.")] = 0,

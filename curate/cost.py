@@ -14,8 +14,9 @@ of its checkpoints, counts to the later one). FLOPs are torch's FlopCounterMode 
 both towers (`ImageTextModel.forward_flops`): training pays 3 per trained sample (and online JEST 1 per
 scored one), scoring 1 per embedded sample. Selection records seconds only: its FLOPs (a few B x b
 similarity matrices per super-batch) are under a thousandth of scoring the same samples. Evaluation is a
-measurement, not part of the cost. What cannot be followed (a moved folder, a file written before costs
-were recorded) is named in `Lineage.gaps`, and the total is then a lower bound.
+measurement, not part of the cost. What cannot be followed (a moved or deleted folder or checkpoint, a file
+written before costs were recorded) is named in `Lineage.gaps`, and the total is then a lower bound: the
+report marks it so (`≥`) in its table and its headline.
 
 Two accountings: `Lineage.total` charges everything, the reference's training included (what a user pays
 who trains the reference for this learner); `Lineage.without_reference_training` is the common case of a
@@ -226,7 +227,7 @@ def _run_inputs(run: Path, walk: _Walk) -> None:
         _manifest(Path(config.data.manifest), walk)
     if config.online is not None:
         _scores(Path(config.online.ref), walk, reference=True)
-    if Path(config.model).is_file():  # trained on from a checkpoint
+    if Path(config.model).is_file() or config.model.endswith(".pt"):  # trained on from a checkpoint
         _checkpoint(Path(config.model), None, walk)
 
 
@@ -286,11 +287,24 @@ def _checkpoint_run(path: Path) -> Path | None:
     return run if (run / METRICS_FILE).is_file() else None
 
 
+def _missing_checkpoint(path: Path) -> str:
+    """What a gap names for a checkpoint that is not there: its run folder when that is gone too."""
+    folder = path.parent.parent if path.parent.name == CHECKPOINTS_DIR else path.parent
+    if not folder.exists():
+        return f"{folder} is missing (it held the checkpoint {path.name}; its training is not counted)"
+    return f"checkpoint {path} is missing (its training is not counted)"
+
+
 def _checkpoint(path: Path, step: int | None, walk: _Walk) -> None:
     """The run that wrote the checkpoint, to the checkpoint's step. A checkpoint from elsewhere has no
-    curate run behind it: its training is not ours to count, and no gap."""
+    curate run behind it: its training is not ours to count, and no gap. One that is not there is a gap:
+    whether a run of ours wrote it can no longer be told."""
     run = _checkpoint_run(path)
     if run is None:
+        if not path.exists():
+            # Deleted with the run that wrote it (or moved): that training is uncounted, so say so rather
+            # than print a total that is silently lower than what was spent.
+            walk.gap(_missing_checkpoint(path))
         return
     if step is None:
         match = re.fullmatch(r"step_(\d+)\.pt", path.name)

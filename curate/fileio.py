@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import hashlib
 import json
 import math
 import os
 import re
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,6 +65,22 @@ def local_path(path: str | os.PathLike, option: str) -> Path:
             "local folder first"
         )
     return Path(fsspec.core.split_protocol(str(path))[1])
+
+
+def output_path(value: str | os.PathLike, option: str = "--output") -> Path:
+    """The one rule for where a command writes: a local path, or a file:// URL meaning that same path.
+
+    Any other URL (memory://, s3://, gs://, http://, ...) is refused in one line naming `option`, before
+    any work: a command that took it would write a local folder named `memory:` or fail at its first
+    write, after all its work. Every command that writes an output calls this first (`curate import` too).
+    """
+    protocol, path = fsspec.core.split_protocol(str(value))
+    if protocol not in LOCAL_PROTOCOLS:
+        raise CurateError(
+            f"{option} {value}: only local paths (or file:// URLs) are supported as an output; write "
+            f"locally, then copy to {protocol}://"
+        )
+    return Path(path)
 
 
 def absolute(path: str | os.PathLike) -> str:
@@ -175,6 +194,88 @@ def _alive(pid: int) -> bool:
     except (PermissionError, OverflowError):  # another user's process; a number no pid can be: keep it
         pass
     return True
+
+
+LOCK_FILE = ".curate.lock"
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | os.PathLike, option: str = "--output") -> Iterator[None]:
+    """Hold `folder/.curate.lock` while a command writes `folder` (made if missing): a second command
+    writing the same folder at the same time is refused in one line naming the holder, rather than both
+    succeeding into a mixture of their outputs.
+
+    The lock is an flock on the file, which the kernel drops when its process ends however it ends, so a
+    killed run's lock is taken over by the next run with no pid to check. The file holds its holder's pid and
+    host for the message, and is removed on release (taken from a file still in place, so that a process
+    that opened a file being removed retries on the new one). A URL folder (export's remote outputs) has no
+    lock: object stores offer none.
+    """
+    if not is_local(folder):
+        yield
+        return
+    path = local_path(folder, option) / LOCK_FILE
+    made = not path.parent.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(handle, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(handle)
+            raise CurateError(
+                f"{option} {folder}: another curate command is writing this folder ({holder}); wait for it "
+                "or write elsewhere"
+            ) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(handle).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(handle)  # locked a file its holder has just removed: lock the one now in place
+    try:
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)  # while still holding it: see above
+        os.close(handle)
+        if made:  # a command that failed before writing leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
+
+
+_SPILL = re.compile(r"curate-spill-[a-z]+-(?P<host>[0-9a-f]{6})-(?P<pid>[0-9]+)-.+")
+
+
+@contextlib.contextmanager
+def spill_folder(stage: str) -> Iterator[str]:
+    """A folder under $TMPDIR for `stage`'s spill files, removed when the stage ends.
+
+    Its name (`curate-spill-{stage}-{host}-{pid}-{random}`) names this process, because a killed run
+    (kill -9, out of memory) never reaches the removal and a spill can be as large as the data: each new
+    spill first removes those of dead processes on this machine (`remove_stale_spill_folders`).
+    """
+    remove_stale_spill_folders()
+    with tempfile.TemporaryDirectory(prefix=f"curate-spill-{stage}-{_host()}-{os.getpid()}-") as folder:
+        yield folder
+
+
+def remove_stale_spill_folders() -> int:
+    """Remove from $TMPDIR the spill folders of `spill_folder` users that are gone; how many. One of a live
+    process, or of another machine sharing $TMPDIR (its pids mean nothing here), is kept."""
+    removed = 0
+    root = tempfile.gettempdir()
+    for entry in os.scandir(root):
+        named = _SPILL.fullmatch(entry.name)
+        if not named or named["host"] != _host() or _alive(int(named["pid"])):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)  # another run may be removing it too
+            removed += 1
+    return removed
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:

@@ -13,7 +13,7 @@ from conftest import run_cli, run_cli_subprocess
 
 from curate import __version__
 from curate.score import ScoreConfig, score_shards
-from curate_cli.main import COMMANDS
+from curate_cli.main import COMMANDS, GROUPS, LISTED
 
 # ---------------------------------------------------------------------------- one real process per command
 
@@ -46,10 +46,16 @@ def test_each_command_has_help(command):
 def test_help_in_a_process_of_its_own_lists_the_commands(smoke_results):
     result = smoke_results["--help"]
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
-    assert listed_commands(result.stdout) == [(name, purpose) for name, _, purpose in COMMANDS]
+    assert listed_commands(result.stdout) == expected_listing()
 
 
 # ------------------------------------------------------------------------------------------------- help
+
+
+def expected_listing() -> list[tuple[str, str]]:
+    """(name, purpose) of every command and command group, in pipeline order (`LISTED`)."""
+    purposes = {name: purpose for name, _, purpose in COMMANDS} | {name: p for name, _, p, _ in GROUPS}
+    return [(name, purposes[name]) for name in LISTED]
 
 
 def listed_commands(help_text: str) -> list[tuple[str, str]]:
@@ -66,7 +72,8 @@ def listed_commands(help_text: str) -> list[tuple[str, str]]:
 def test_help_lists_every_command_with_its_purpose_in_pipeline_order():
     result = run_cli("--help")
     assert result.returncode == 0, result.stderr
-    assert listed_commands(result.stdout) == [(name, purpose) for name, _, purpose in COMMANDS]
+    assert listed_commands(result.stdout) == expected_listing()
+    assert LISTED.index("import") == LISTED.index("download") + 1  # a group sits after its command
 
 
 def test_train_help_groups_its_options_under_headings():

@@ -22,7 +22,6 @@ each) until they are written. Disk: the spill, about N × (2D + 60) bytes under 
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -40,7 +39,7 @@ from curate.dedup.keep import write_keep, write_summary
 from curate.dedup.spill import Buckets
 from curate.dedup.unit import assign_file, group_bucket
 from curate.errors import CurateError
-from curate.fileio import absolute, local_path, remove_stale_temporaries
+from curate.fileio import absolute, output_lock, output_path, remove_stale_temporaries, spill_folder
 from curate.runtime import StatusProgress, resolve_device
 from curate.score.schema import (
     ELIGIBILITY_COLUMNS,
@@ -80,9 +79,15 @@ def dedup(scores: str, out: str, config: DedupConfig, progress: StatusProgress |
     `progress(done, total, phase)` counts rows: every file's rows while sampling and while assigning, then
     the eligible rows while grouping."""
     started = time.monotonic()
+    target = output_path(out)
+    with output_lock(target):
+        return _dedup_into(target, scores, config, progress, started)
+
+
+def _dedup_into(
+    target: Path, scores: str, config: DedupConfig, progress: StatusProgress | None, started: float
+) -> DedupSummary:
     folder = open_score_folder(scores)
-    target = local_path(out, "--output")
-    target.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target)
     device = resolve_device(config.device)
 
@@ -103,7 +108,7 @@ def dedup(scores: str, out: str, config: DedupConfig, progress: StatusProgress |
     picked = _sample([int(mask.sum()) for mask in eligible], config.sample, config.seed)
     centroids = _fit(folder, eligible, picked, k, config, device, tick)
     per_bucket = math.ceil(k / min(k, max(1, math.ceil(n / config.bucket_rows))))
-    with tempfile.TemporaryDirectory(prefix="curate-dedup-") as spill:
+    with spill_folder("dedup") as spill:
         buckets = Buckets(Path(spill), math.ceil(k / per_bucket), per_bucket, folder.metadata.embed_dim)
         with buckets:
             for file_id, mask in enumerate(eligible):

@@ -20,7 +20,7 @@ from curate.download.config import IMG2DATASET_COLUMNS, DownloadConfig, Download
 from curate.download.run import run_img2dataset, summarise
 from curate.download.urls import fetchable_rows
 from curate.errors import CurateError, first_line
-from curate.fileio import basename, local_path, remove_stale_temporaries
+from curate.fileio import basename, output_path, remove_stale_temporaries
 from curate.runtime import Progress
 from curate.shards.paths import folder_files, shard_sibling
 from curate.shards.reader import ReadStats, iter_members
@@ -34,7 +34,7 @@ NEEDED_COLUMNS = ("key", "url", "caption", "status")
 
 def retry_failed(out: str, config: DownloadConfig, progress: Progress | None = None) -> DownloadSummary:
     """Download the failed rows of `out` again and merge the successes into their shards."""
-    folder = local_path(out, "OUT")
+    folder = output_path(out, "OUT")
     remove_stale_temporaries(folder)  # a killed merge's half-written shards
     tables = folder_files(str(folder), ".parquet")
     if not tables:

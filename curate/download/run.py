@@ -1,7 +1,7 @@
 """Run img2dataset on a url table, in a child process whose output goes to `OUT/download.log`: its own
 status tables would otherwise fight our progress bar, and a crash there must not take this process down.
 
-The output folder is local (`local_path`): img2dataset's log, the progress watcher and `--retry-failed`'s
+The output folder is local (`output_path`): img2dataset's log, the progress watcher and `--retry-failed`'s
 rewrite of shards all work on files. The url table may be any fsspec URL; img2dataset reads a local copy.
 """
 
@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from curate.download.config import DownloadConfig, DownloadSummary
 from curate.download.urls import UNSUPPORTED_SCHEME, fetchable_rows, read_url_table
 from curate.errors import CurateError, first_line
-from curate.fileio import local_path, remove_stale_temporaries
+from curate.fileio import output_path, remove_stale_temporaries
 from curate.runtime import Progress
 from curate.shards.paths import folder_files
 from curate.shards.schema import STATS_SUFFIX, SUCCESS
@@ -40,7 +40,7 @@ def download(
 
     Re-running resumes: img2dataset skips shards whose `_stats.json` exists.
     """
-    folder = local_path(out, "OUT")
+    folder = output_path(out, "OUT")
     remove_stale_temporaries(folder)  # a killed run's half-written sizes.json
     table, skipped = fetchable_rows(read_url_table(urls, config), config)
     if skipped and not table.num_rows:

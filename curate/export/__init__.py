@@ -26,13 +26,13 @@ Config (`config.py`) → plan (`plan.py`: the manifest in training order, the ro
 resume check (`record.py`: `export.json`) → units (`sources.py`: one source shard read; `exported.py`: what
 export changes in a sample; `spill.py`: phase 1's spill files; `output.py`: phase 2's output shard) →
 driver (`export` below). The manifest is local (as select writes it); the source shards and the output
-folder may be fsspec URLs.
+folder may be fsspec URLs. `lists.py` writes the selection as a DataComp subset file or a url list instead:
+no shard is read.
 """
 
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 
 from curate.export.config import (
@@ -43,12 +43,13 @@ from curate.export.config import (
     default_samples_per_shard,
 )
 from curate.export.exported import EXPORT_FIELDS
+from curate.export.lists import ListsSummary, write_lists
 from curate.export.output import write_output
 from curate.export.plan import exported_names, pending_work, read_plan, rows_of
 from curate.export.record import EXPORT_FILE, claim_folder
 from curate.export.sources import locate_sources, read_source, verify
 from curate.export.spill import spill_path, spill_source
-from curate.fileio import local_path, remove_stale_temporaries
+from curate.fileio import local_path, output_lock, remove_stale_temporaries, spill_folder
 from curate.runtime import Progress
 from curate.select.manifest import require_found
 from curate.shards import shard_done, write_sizes
@@ -60,14 +61,21 @@ __all__ = [
     "MIN_SHARDS",
     "ExportConfig",
     "ExportSummary",
+    "ListsSummary",
     "default_samples_per_shard",
     "export",
     "exported_names",
+    "write_lists",
 ]
 
 
 def export(manifest: str, out: str, config: ExportConfig, progress: Progress | None = None) -> ExportSummary:
     """Write `out/{00000..}.tar|.parquet|_stats.json` and `out/sizes.json` holding the manifest's samples."""
+    with output_lock(out):
+        return _export_into(out, manifest, config, progress)
+
+
+def _export_into(out: str, manifest: str, config: ExportConfig, progress: Progress | None) -> ExportSummary:
     start = time.perf_counter()
     manifest = str(local_path(manifest, "MANIFEST"))
     plan = read_plan(manifest)
@@ -84,7 +92,7 @@ def export(manifest: str, out: str, config: ExportConfig, progress: Progress | N
     summary.keys_wanted = len(work.digests)
 
     done = len(plan) - sum(rows_of(i, per_shard, len(plan)) for i in pending)
-    with tempfile.TemporaryDirectory(prefix="curate-export-") as spills:
+    with spill_folder("export") as spills:
         for name in sorted(work.wanted):
             source = read_source(sources[name], set(work.wanted[name]), summary)
             summary.source_shards_read += 1

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
 from curate.errors import CurateError
-from curate.fileio import local_path, write_bytes_atomic
+from curate.fileio import local_path, output_lock, output_path, write_bytes_atomic
 from curate.report import sections
 from curate.report.load import (
     Manifest,
@@ -68,7 +69,12 @@ class ReportSummary:
 
 def report(config: ReportConfig, out: str, progress: Progress | None = None) -> ReportSummary:
     """Write `out/index.html` and its PNGs; return what was written."""
-    folder = local_path(out, "--output")
+    folder = output_path(out)
+    with output_lock(folder):
+        return _report_into(folder, config, progress)
+
+
+def _report_into(folder: Path, config: ReportConfig, progress: Progress | None) -> ReportSummary:
     runs = [read_run(p) for p in config.runs]
     _relabel(runs, config.runs)
     manifests = [read_manifest_folder(p) for p in config.manifests]

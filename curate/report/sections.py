@@ -15,7 +15,7 @@ from curate.errors import CurateError
 from curate.fileio import basename
 from curate.report import plots
 from curate.report.load import Manifest, Run, super_batch_scores
-from curate.report.page import Figure, Section, Table
+from curate.report.page import Figure, Section, Table, format_number
 from curate.shards.schema import OK
 
 FINAL_METRICS = ("zeroshot_top1", "zeroshot_top5", "image_to_text_r1", "text_to_image_r1")
@@ -90,17 +90,22 @@ def runs_section(runs: list[Run]) -> Section:
         last_log = run.logs.iloc[-1] if len(run.logs) else {}
         last_eval = run.evals.iloc[-1] if len(run.evals) else {}
         own, total = run.lineage.own.cost, run.lineage.total
+        upstream_flops = total.flops - own.flops
         rows.append(
-            [run.name, _data_kind(run), _int(_get(last_log, "step")), _get(last_log, "loss")]
-            + [own.flops, total.flops - own.flops, total.flops, run.lineage.without_reference_training.flops]
-            + [total.seconds, shared[run.name].flops]
+            [run.name, _data_kind(run), _int(_get(last_log, "step")), _get(last_log, "loss"), own.flops]
+            + [
+                _bounded(value, run)
+                for value in (upstream_flops, total.flops, run.lineage.without_reference_training.flops)
+            ]
+            + [_bounded(total.seconds, run), _bounded(shared[run.name].flops, run)]
             + [_get(last_eval, m) for m in metrics]
         )
     headers = ["run", "data", "steps", "final loss", "own FLOPs", "inherited FLOPs", "total FLOPs"]
     headers += ["total FLOPs, reference given", "total seconds", "total FLOPs, upstream shared"]
-    section.tables.append(
-        Table(headers + [plots.EVAL_METRICS[m] for m in metrics], rows, "final numbers (last log, last eval)")
-    )
+    caption = "final numbers (last log, last eval)"
+    if any(run.lineage.gaps for run in runs):
+        caption += "; ≥: a lower bound, part of the run's upstream cost could not be followed (see the notes)"
+    section.tables.append(Table(headers + [plots.EVAL_METRICS[m] for m in metrics], rows, caption))
     inherited = [
         [run.name, part.label, part.cost.flops, part.cost.seconds]
         for run in runs
@@ -217,12 +222,27 @@ def headline(runs: list[Run], baseline: str | None = None) -> list[str]:
         elif run is base:
             accuracy += "         "
         ratio = _ratio(cost.flops, base_cost.flops), _ratio(cost.seconds, base_cost.seconds)
+        at_least = "≥ " if run.lineage.gaps else ""
         lines.append(
             f"{run.name:<{width}}  {accuracy}  total compute {ratio[0]} {base_name}'s FLOPs "
-            f"({cost.flops:.2e}), {ratio[1]} its seconds ({cost.seconds:.0f} s)"
-            + (" (a lower bound)" if run.lineage.gaps else "")
+            f"({at_least}{cost.flops:.2e}), {ratio[1]} its seconds ({at_least}{cost.seconds:.0f} s)"
+            + _lower_bound_note(run.lineage.gaps)
         )
     return lines
+
+
+def _bounded(total: float, run: Run) -> float | str:
+    """A total as the table shows it: marked `≥` when the run's lineage has gaps, as a lower bound."""
+    return f"≥ {format_number(total)}" if run.lineage.gaps else total
+
+
+def _lower_bound_note(gaps: tuple[str, ...]) -> str:
+    """What the headline says of a total with gaps: that it is a lower bound, and why (the first gap; the
+    report's notes list them all)."""
+    if not gaps:
+        return ""
+    more = f"; {len(gaps) - 1} more in the notes" if len(gaps) > 1 else ""
+    return f" (a lower bound: {gaps[0]}{more})"
 
 
 def _ratio(value: float, base: float) -> str:

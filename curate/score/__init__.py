@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from curate.fileio import basename, local_path, remove_stale_temporaries
+from curate.fileio import basename, output_lock, output_path, remove_stale_temporaries
 from curate.models import ImageTextModel, load_model
 from curate.runtime import Progress, resolve_device, resolve_precision
 from curate.score.config import ScoreConfig, ScoreSummary
@@ -61,7 +61,18 @@ def score_shards(
     re-run, produces exactly what an uninterrupted run would have. `model` (local backend only) skips
     loading `config.model`.
     """
-    folder = local_path(out, "--output")
+    folder = output_path(out)
+    with output_lock(folder):
+        return _score_into(folder, shards, config, progress, model)
+
+
+def _score_into(
+    folder: Path,
+    shards: str | list[str],
+    config: ScoreConfig,
+    progress: Progress | None,
+    model: ImageTextModel | None,
+) -> ScoreSummary:
     remove_stale_temporaries(folder)  # a killed run's half-written score files
     paths = expand_shards(shards)
     summary = ScoreSummary()

@@ -17,6 +17,12 @@ follows upstream, and the sha256 of its weights (`curate.weights`). A folder hol
 (one set of weights) at one resolution: `open_score_folder` checks it, and every stage that reads scores
 goes through it. Score folders are local (`local_path`): DuckDB's index pass and the memory-mapped reads need
 files.
+
+A score file may carry extra columns after these (`write_score_file(extra=...)`): `curate import` passes a
+pool's metadata through (DataComp's `uid`, `url`, `clip_l14_similarity_score`, ...), so `select --where`
+can filter on them. Every reader names the columns it reads, and DuckDB reads the folder by name
+(`union_by_name`), so a file without them reads as before. Such a folder's files record that the
+embeddings were imported, not computed (`curate.imported`: what they are, with `curate.flops` 0).
 """
 
 from __future__ import annotations
@@ -36,13 +42,16 @@ from curate.fileio import atomic_open, basename, local_path
 from curate.shards.schema import OK
 
 NONFINITE = "nonfinite_embedding"  # the status of a row the model embedded as NaN or infinity
+IMPORTED_METADATA_KEY = "curate.imported"  # what imported embeddings are; absent when a model computed them
 
 __all__ = [
     "ELIGIBILITY_COLUMNS",
     "ELIGIBLE_SQL",
+    "IMPORTED_METADATA_KEY",
     "NONFINITE",
     "OK",
     "METADATA_KEYS",
+    "SCORE_COLUMNS",
     "ScoreFolder",
     "ScoreMetadata",
     "embeddings_array",
@@ -69,9 +78,15 @@ METADATA_KEYS = (
     "curate.version",
 )
 EMBEDDINGS = ("image_emb", "text_emb")
+# Rows per Parquet row group: the writer holds one group's encoded columns, not the file's (a 100k-row file of
+# D = 768 would otherwise hold another 0.6 GB while it is written). Readers read whole columns either way.
+ROW_GROUP_ROWS = 1 << 16
 
 
-def score_schema(embed_dim: int, metadata: dict[str, str] | None = None) -> pa.Schema:
+def score_schema(
+    embed_dim: int, metadata: dict[str, str] | None = None, extra: pa.Schema | None = None
+) -> pa.Schema:
+    """The columns of a score file, then `extra`'s (pass-through columns; none from `curate score`)."""
     embedding = pa.list_(pa.float16(), embed_dim)
     schema = pa.schema(
         [
@@ -83,9 +98,13 @@ def score_schema(embed_dim: int, metadata: dict[str, str] | None = None) -> pa.S
             pa.field("similarity", pa.float32()),
             pa.field("status", pa.string()),
             pa.field("sha256", pa.string()),
+            *(extra or ()),
         ]
     )
     return schema.with_metadata(metadata) if metadata else schema
+
+
+SCORE_COLUMNS = tuple(score_schema(1).names)  # what an extra column may not be named
 
 
 def score_file(scores: str | Path, shard: str) -> Path:
@@ -103,8 +122,10 @@ def embeddings_array(values: np.ndarray, valid: np.ndarray) -> pa.FixedSizeListA
     Zeros, not nulls: Parquet readers before apache/arrow#35692's fix (pyarrow's among them, seen on a GPU
     machine's older pyarrow) fail on a null fixed-size list ("Expected all lists to be of size=D but index i
     had size=0"). `status` says which rows hold no embedding; `similarity` is null there."""
-    rows = np.ascontiguousarray(values, dtype=np.float16).copy()
-    rows[~valid] = 0
+    rows = np.ascontiguousarray(values, dtype=np.float16)
+    if not valid.all():  # a copy only when rows must be zeroed: the caller's array is not ours to change
+        rows = rows.copy()
+        rows[~valid] = 0
     return pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), values.shape[1])
 
 
@@ -212,6 +233,7 @@ class ScoringCost:
     uncounted: int  # files that record no cost (written before curate recorded it)
     checkpoint: str  # absolute path of the checkpoint that scored it; "" when the model was not one
     checkpoint_step: int | None  # its steps trained, for a checkpoint of curate train
+    imported: str = ""  # what the embeddings are when they were imported, not computed ("": a model's)
 
 
 def read_scoring_cost(path: str | Path) -> ScoringCost:
@@ -231,7 +253,13 @@ def read_scoring_cost(path: str | Path) -> ScoringCost:
     first = _file_metadata(files[0])
     step = first.get("curate.checkpoint_step", "")
     return ScoringCost(
-        flops, seconds, len(files), uncounted, first.get("curate.checkpoint", ""), int(step) if step else None
+        flops,
+        seconds,
+        len(files),
+        uncounted,
+        first.get("curate.checkpoint", ""),
+        int(step) if step else None,
+        first.get(IMPORTED_METADATA_KEY, ""),
     )
 
 
@@ -257,36 +285,42 @@ def is_score_file(path: str | Path) -> bool:
 
 def write_score_file(
     path: str | Path,
-    shard: str,
-    keys: list[str],
-    captions: list[str],
-    status: list[str],
+    shard: str | Sequence[str] | pa.Array,
+    keys: Sequence[str] | pa.Array,
+    captions: Sequence[str] | pa.Array,
+    status: Sequence[str],
     image_emb: np.ndarray,
     text_emb: np.ndarray,
     similarity: np.ndarray,
     metadata: dict[str, str],
     sha256: list[str | None] | None = None,
+    extra: pa.Table | None = None,
 ) -> None:
-    """Write one shard's score file atomically. Embedding rows of samples whose status is not ok are
-    ignored (stored as zeros, their similarity as null), so callers may pass anything there. `sha256`:
-    each row's image digest (null where unknown)."""
+    """Write one score file atomically. Embedding rows of samples whose status is not ok are ignored
+    (stored as zeros, their similarity as null), so callers may pass anything there. `shard`: the tar every
+    row came from, or each row's (an imported pool file's rows come from many shards, or none yet: "").
+    `sha256`: each row's image digest (null where unknown). `extra`: columns written after the score
+    columns, one row per key, named unlike them."""
     valid = pc.equal(pa.array(status, pa.string()), OK).to_numpy(zero_copy_only=False)
-    schema = score_schema(image_emb.shape[1], metadata)
-    table = pa.table(
-        {
-            "key": pa.array(keys, pa.string()),
-            "shard": pa.array([shard] * len(keys), pa.string()),
-            "caption": pa.array(captions, pa.string()),
-            "image_emb": embeddings_array(image_emb, valid),
-            "text_emb": embeddings_array(text_emb, valid),
-            "similarity": pa.array(np.asarray(similarity, np.float32), pa.float32(), mask=~valid),
-            "status": pa.array(status, pa.string()),
-            "sha256": pa.array(sha256 if sha256 is not None else [None] * len(keys), pa.string()),
-        },
-        schema=schema,
-    )
+    if extra is not None and (clash := set(extra.column_names) & set(SCORE_COLUMNS)):
+        raise ValueError(f"extra columns may not be named like score columns: {sorted(clash)}")
+    schema = score_schema(image_emb.shape[1], metadata, extra.schema if extra is not None else None)
+    shards = [shard] * len(keys) if isinstance(shard, str) else shard
+    columns = {
+        "key": pa.array(keys, pa.string()),
+        "shard": pa.array(shards, pa.string()),
+        "caption": pa.array(captions, pa.string()),
+        "image_emb": embeddings_array(image_emb, valid),
+        "text_emb": embeddings_array(text_emb, valid),
+        "similarity": pa.array(np.asarray(similarity, np.float32), pa.float32(), mask=~valid),
+        "status": pa.array(status, pa.string()),
+        "sha256": pa.array(sha256 if sha256 is not None else [None] * len(keys), pa.string()),
+    }
+    if extra is not None:
+        columns.update(zip(extra.column_names, extra.columns, strict=True))
+    table = pa.table(columns, schema=schema)
     with atomic_open(str(path), "wb") as handle:
-        pq.write_table(table, handle)
+        pq.write_table(table, handle, row_group_size=ROW_GROUP_ROWS)
 
 
 # ---------------------------------------------------------------------------------------------- eligible rows

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from curate.errors import CurateError
-from curate.fileio import is_local, local_path, remove_stale_temporaries
+from curate.fileio import is_local, output_lock, output_path, remove_stale_temporaries
 from curate.runtime import Progress
 from curate.score.schema import open_score_folder
 from curate.select.config import GLOBAL_METHODS, NEEDS_LEARNER, SelectConfig, super_batch_for
@@ -86,7 +86,19 @@ def select(
     byte-identical parts, whichever backend.
     """
     start = time.perf_counter()
-    folder = local_path(out, "--output").absolute()
+    folder = output_path(out).absolute()
+    with output_lock(folder):
+        return _select_into(folder, scores, config, progress, warn, start)
+
+
+def _select_into(
+    folder: Path,
+    scores: str,
+    config: SelectConfig,
+    progress: Progress | None,
+    warn: Callable[[str], None] | None,
+    start: float,
+) -> SelectSummary:
     remove_stale_temporaries(folder)  # a killed run's half-written or staged parts
     reference = open_score_folder(scores, "scores")
     learner = open_score_folder(config.learner, "learner") if config.uses_learner else None

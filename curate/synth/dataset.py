@@ -12,7 +12,7 @@ from dataclasses import asdict
 
 from curate.errors import CurateError
 from curate.evaluate.evalset import write_eval_set
-from curate.fileio import atomic_open, filesystem, join, remove_stale_temporaries
+from curate.fileio import atomic_open, filesystem, join, output_path, remove_stale_temporaries
 from curate.shards import shard_done, write_sizes
 from curate.synth.config import SynthConfig, SynthSummary
 from curate.synth.plan import plan
@@ -30,6 +30,7 @@ def synthesize(
     `progress(done, total)` is called as samples are written.
     """
     check(workers >= 0, "--workers", "0 or more", workers)  # 0 or 1: render in this process
+    out = str(output_path(out, "OUT"))
     _claim(out, config)
     remove_stale_temporaries(out, *(join(out, split) for split in ("web", "curated", "eval")))
     planned = plan(

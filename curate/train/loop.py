@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from curate.distributed import Group, Ranks, lost_contact
 from curate.errors import CurateError
-from curate.fileio import local_path, remove_stale_temporaries
+from curate.fileio import output_lock, output_path, remove_stale_temporaries
 from curate.models import ImageTextModel, load_model
 from curate.runtime import StatusProgress, autocast, resolve_device, resolve_precision
 from curate.seeds import split_seed
@@ -96,7 +96,9 @@ def train(
         torch.cuda.set_device(device)  # NCCL's point-to-point exchanges find their GPU here
     if not ranks.main:
         progress = warn = None
-    with Group(ranks, device, config.collective_timeout) as group, lost_contact(ranks):
+    # Only rank 0 writes the run folder, so only it holds the folder's lock.
+    lock = output_lock(output_path(config.out)) if ranks.main else contextlib.nullcontext()
+    with Group(ranks, device, config.collective_timeout) as group, lost_contact(ranks), lock:
         return _train(config, group, device, progress, warn)
 
 
@@ -110,7 +112,7 @@ def _train(
     # ---------------------------------------------------------------- setup
     clock = time.perf_counter()  # the run's seconds count from here: loading and decoding are paid too
     ranks = group.ranks
-    run = local_path(config.out, "--output")
+    run = output_path(config.out)
     plan = load_plan(config.data.manifest, config.seed) if config.trains_batches else None
     if plan is not None:
         config = config.with_batch_size(plan.batch_size)  # before the resume check: it is a trajectory
