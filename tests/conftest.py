@@ -51,6 +51,7 @@ if _WORKERS > 1:
 
 import pytest  # noqa: E402
 
+from curate.score import ScoreConfig, score_shards  # noqa: E402
 from curate.synth import SynthConfig, synthesize  # noqa: E402
 
 
@@ -60,6 +61,26 @@ def small_synth(tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("synth") / "data")
     synthesize(SynthConfig(n=400, seed=7, samples_per_shard=100, eval_per_class=2), out, workers=1)
     return out
+
+
+@pytest.fixture(scope="module")
+def scores(small_synth, tmp_path_factory) -> str:
+    """One shard's score folder by a random-init model: an input that takes select, dedup and report as far
+    as writing their output. A module that needs other scores defines its own `scores`."""
+    out = str(tmp_path_factory.mktemp("scored") / "scores")
+    config = ScoreConfig(model="siglip-tiny", allow_random_init=True, batch_size=64, workers=0)
+    score_shards(f"{small_synth}/web/00000.tar", out, config)
+    return out
+
+
+# `make test` hands each test file to one worker (pytest-xdist, --dist loadfile) in collection order: the
+# longest files first, so that no worker starts one of them while the others are nearly done.
+LONGEST_FIRST = ("test_distributed.py", "test_ray.py", "test_pipeline.py", "test_train.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
 
 
 # Rich colours a console made on a terminal (`pytest -s`) whatever it later writes to; a pipe has none.

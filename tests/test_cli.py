@@ -12,7 +12,6 @@ import pytest
 from conftest import run_cli, run_cli_subprocess
 
 from curate import __version__
-from curate.score import ScoreConfig, score_shards
 from curate_cli.main import COMMANDS, GROUPS, LISTED
 
 # ---------------------------------------------------------------------------- one real process per command
@@ -150,15 +149,6 @@ def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------- OSErrors from the user's environment: one line
-
-
-@pytest.fixture(scope="module")
-def scores(small_synth, tmp_path_factory) -> str:
-    """One shard's score folder: an input that takes select and report as far as writing their output."""
-    out = str(tmp_path_factory.mktemp("scored") / "scores")
-    config = ScoreConfig(model="siglip-tiny", allow_random_init=True, batch_size=64, workers=0)
-    score_shards(f"{small_synth}/web/00000.tar", out, config)
-    return out
 
 
 def output_commands(small_synth: str, scores: str, url_table: Path) -> dict[str, list[str]]:

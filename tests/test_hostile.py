@@ -23,7 +23,6 @@ from conftest import run_cli
 from curate import fileio
 from curate.errors import CurateError
 from curate.fileio import output_path
-from curate.score import ScoreConfig, score_shards
 from curate.score.schema import cost_metadata
 from curate.select import SelectConfig, select
 from curate.train import DataConfig, TrainConfig
@@ -40,15 +39,6 @@ def assert_one_line_error(result, *fragments: str, code: int = 1) -> str:
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def scores(small_synth, tmp_path_factory) -> str:
-    """One shard's score folder: enough for select, dedup and report to reach their output."""
-    out = str(tmp_path_factory.mktemp("scored") / "scores")
-    config = ScoreConfig(model="siglip-tiny", allow_random_init=True, batch_size=64, workers=0)
-    score_shards(f"{small_synth}/web/00000.tar", out, config)
-    return out
 
 
 @pytest.fixture(scope="module")
