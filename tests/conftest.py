@@ -73,16 +73,6 @@ def scores(small_synth, tmp_path_factory) -> str:
     return out
 
 
-# `make test` hands each test file to one worker (pytest-xdist, --dist loadfile) in collection order: the
-# longest files first, so that no worker starts one of them while the others are nearly done.
-LONGEST_FIRST = ("test_distributed.py", "test_ray.py", "test_pipeline.py", "test_train.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
-
-
 # Rich colours a console made on a terminal (`pytest -s`) whatever it later writes to; a pipe has none.
 _COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
