@@ -179,7 +179,7 @@ def test_a_deleted_score_folder_upstream_is_a_named_gap(learner_of_a_reference, 
 def _dead_pid() -> int:
     """The pid of a process that has exited (and been reaped)."""
     child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
+    child.wait(timeout=60)
     return child.pid
 
 
@@ -210,7 +210,9 @@ def test_a_killed_dedup_leaves_a_spill_that_the_next_dedup_removes(scores, tmp_p
         "from curate.dedup import DedupConfig, dedup\n"
         f"dedup({scores!r}, {str(tmp_path / 'keep')!r}, DedupConfig(0.9, device='cpu', command=''))\n"
     )
-    killed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    killed = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     (left,) = [p for p in tmp_path.iterdir() if p.name.startswith("curate-spill-dedup-")]
     assert not (tmp_path / "keep" / "keep.parquet").exists()
@@ -238,7 +240,7 @@ def test_a_second_command_writing_a_held_folder_is_refused_and_changes_nothing(
         result = run_cli(*commands[command], str(out))
     finally:
         holder.kill()
-        holder.wait()
+        holder.wait(timeout=60)
     assert_one_line_error(
         result, str(out), "another curate command is writing this folder", f"pid {holder.pid}"
     )
@@ -260,7 +262,7 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     holder.kill()  # kill -9: its lock file stays, naming a dead pid
-    holder.wait()
+    holder.wait(timeout=60)
     assert f"pid {holder.pid}" in (out / fileio.LOCK_FILE).read_text()
     with fileio.output_lock(out):
         assert f"pid {os.getpid()}" in (out / fileio.LOCK_FILE).read_text()
