@@ -64,7 +64,8 @@ class Cost:
 class Part:
     """One thing a learner paid for: a run's training (to `step`), a folder's scoring or a selection."""
 
-    kind: str  # "training", "scoring" or "selection"
+    # "training", "scoring", "imported" (embeddings a pool ships: no FLOPs of the user's) or "selection"
+    kind: str
     path: str  # the run, score folder or manifest folder, absolute
     cost: Cost
     step: int | None = None  # training: the steps counted
@@ -72,7 +73,10 @@ class Part:
     @property
     def label(self) -> str:
         name = "/".join(Path(self.path).parts[-2:])
-        return f"{self.kind} {name}" + (f" to step {self.step}" if self.step is not None else "")
+        suffix = f" to step {self.step}" if self.step is not None else ""
+        if self.kind == "imported":
+            suffix = " (imported, not computed: 0 FLOPs to the user)"
+        return f"{self.kind} {name}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -269,7 +273,7 @@ def _scores(path: Path, walk: _Walk, reference: bool = False) -> None:
         return
     if cost.uncounted:
         walk.gap(f"{folder}: {cost.uncounted} of {cost.files} score files record no cost")
-    walk.add(Part("scoring", str(folder), Cost(cost.flops, cost.seconds)))
+    walk.add(Part("imported" if cost.imported else "scoring", str(folder), Cost(cost.flops, cost.seconds)))
     if not cost.checkpoint:
         return
     run = _checkpoint_run(Path(cost.checkpoint))

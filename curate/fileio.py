@@ -128,6 +128,21 @@ def write_json(path: str, value: dict) -> None:
         handle.write("\n")
 
 
+def read_json_object(path: str, what: str, hint: str = "") -> dict:
+    """The JSON object in `path` (a local path or fsspec URL), read as UTF-8 whatever the locale; a file that
+    is missing, not UTF-8, not JSON or not an object is one line naming it and `what` it should be, then
+    `hint` (what to do)."""
+    fs, inner = filesystem(path)
+    try:
+        with fs.open(inner, "rb") as handle:
+            value = json.loads(handle.read().decode("utf-8"))  # UnicodeDecodeError is a ValueError
+    except (OSError, ValueError) as error:
+        raise CurateError(f"cannot read {path} as {what} ({first_line(error)}){hint}") from None
+    if not isinstance(value, dict):
+        raise CurateError(f"{path} is not {what} (JSON, but not an object){hint}")
+    return value
+
+
 def _finite(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from builders import unit, write_scores
 
@@ -169,3 +170,22 @@ def test_a_reference_that_also_scored_as_the_learner_stays_charged(chain):
     # summed in another order: equal up to rounding
     assert cost.without_reference_training.flops == pytest.approx(cost.total.flops, rel=1e-12)
     assert cost.without_reference_training.seconds == pytest.approx(cost.total.seconds, rel=1e-12)
+
+
+def test_imported_embeddings_are_a_named_part_that_costs_nothing(tmp_path):
+    """A learner on a selection of a pool's shipped embeddings (`curate import`) inherits them as a part of
+    its lineage that says they were imported, at zero FLOPs and seconds, with no gap."""
+    scores = _scores(tmp_path / "scores", None, None, (0.0, 0.0))
+    for path in scores.glob("*.parquet"):  # what `curate import` records beside its zero cost
+        table = pq.read_table(path)
+        metadata = {
+            **table.schema.metadata,
+            b"curate.imported": b"OpenAI CLIP ViT-L/14 as shipped by DataComp",
+        }
+        pq.write_table(table.replace_schema_metadata(metadata), path)
+    manifest = _select(scores, tmp_path / "manifest")
+    learner = lineage(_run(tmp_path / "runs/jest", 2e9, 2.0, manifest=str(manifest)))
+    (imported,) = [part for part in learner.upstream if part.kind == "imported"]
+    assert imported.cost == Cost(0.0, 0.0) and not learner.gaps
+    assert imported.label.endswith("(imported, not computed: 0 FLOPs to the user)")
+    assert learner.total.flops == 2e9 * 40

@@ -224,7 +224,9 @@ def test_a_killed_dedup_leaves_a_spill_that_the_next_dedup_removes(scores, tmp_p
     assert not (tmp_path / "keep" / fileio.LOCK_FILE).exists()
 
 
-@pytest.mark.parametrize("command", ["score", "dedup", "select", "export", "train", "report"])
+@pytest.mark.parametrize(
+    "command", ["synth", "download", "score", "dedup", "select", "export", "train", "report"]
+)
 def test_a_second_command_writing_a_held_folder_is_refused_and_changes_nothing(
     command, tmp_path, small_synth, scores, manifest, url_table, monkeypatch
 ):

@@ -60,7 +60,30 @@ def keep_file(keep: str | Path) -> Path:
         path = path / KEEP_FILE
     if not path.is_file():
         raise CurateError(f"no keep-manifest at {keep} (expected {KEEP_FILE}, written by curate dedup)")
+    _refuse_null_keys(path)
     return path
+
+
+def _refuse_null_keys(path: Path) -> None:
+    """A null key or shard matches no sample, so `select --keep` would keep nothing from it silently (and
+    DuckDB's `key IN (...)` turns unknown): refused, by the footer's null counts (no row read)."""
+    try:
+        footer = pq.read_metadata(path)
+        names = footer.schema.names
+        for name in ("key", "shard"):
+            column = names.index(name) if name in names else None
+            if column is None:
+                continue  # not a keep-manifest: the schema check says so
+            nulls = 0
+            for group in range(footer.num_row_groups):
+                stats = footer.row_group(group).column(column).statistics
+                nulls += stats.null_count if stats is not None and stats.has_null_count else 0
+            if nulls:
+                raise CurateError(
+                    f"{path}: {nulls} rows with a null {name} (not written by curate dedup?): dedup anew"
+                )
+    except (OSError, pa.ArrowInvalid) as error:
+        raise CurateError(f"cannot read keep-manifest {path}: {first_line(error)}") from None
 
 
 def read_keep_keys(keep: str | Path, columns: tuple[str, ...] = ("key", "shard")) -> pa.Table:

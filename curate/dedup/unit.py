@@ -14,7 +14,7 @@ import torch
 
 from curate.dedup.config import DedupConfig
 from curate.dedup.grouping import keepers, near_duplicate_groups, nearest, normalise
-from curate.score.schema import ScoreFolder, embeddings_numpy
+from curate.score.schema import ScoreFolder, checked_embeddings, embeddings_numpy
 
 
 def assign_file(
@@ -23,7 +23,7 @@ def assign_file(
     """One score file's `eligible` rows as spill rows (`spill.SPILL_COLUMNS`), each with its nearest
     centroid."""
     table = folder.read_file(file_id, ["key", "shard", "similarity", "image_emb"]).filter(pa.array(eligible))
-    emb = embeddings_numpy(table["image_emb"])
+    emb = checked_embeddings(table["image_emb"], folder.files[file_id], folder.metadata.embed_dim)
     cluster = nearest(normalise(torch.from_numpy(emb).to(centroids.device)), centroids, block)
     return pa.table(
         {

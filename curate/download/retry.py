@@ -20,7 +20,7 @@ from curate.download.config import IMG2DATASET_COLUMNS, DownloadConfig, Download
 from curate.download.run import run_img2dataset, summarise
 from curate.download.urls import fetchable_rows
 from curate.errors import CurateError, first_line
-from curate.fileio import basename, output_path, remove_stale_temporaries
+from curate.fileio import basename, output_path, read_json_object, remove_stale_temporaries
 from curate.runtime import Progress
 from curate.shards.paths import folder_files, shard_sibling
 from curate.shards.reader import ReadStats, iter_members
@@ -178,10 +178,4 @@ def _read_table(path: str) -> pa.Table:
 
 def _read_stats(path: str) -> dict:
     """An earlier `_stats.json`, whose other fields (img2dataset's timings) the rewritten one keeps."""
-    try:
-        stats = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as error:
-        raise CurateError(f"cannot read {path}: {first_line(error)}") from None
-    if not isinstance(stats, dict):
-        raise CurateError(f"{path} is not an img2dataset stats file")
-    return stats
+    return read_json_object(path, "an img2dataset stats file")

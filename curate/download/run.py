@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from curate.download.config import DownloadConfig, DownloadSummary
 from curate.download.urls import UNSUPPORTED_SCHEME, fetchable_rows, read_url_table
 from curate.errors import CurateError, first_line
-from curate.fileio import output_path, remove_stale_temporaries
+from curate.fileio import output_lock, output_path, remove_stale_temporaries
 from curate.runtime import Progress
 from curate.shards.paths import folder_files
 from curate.shards.schema import STATS_SUFFIX, SUCCESS
@@ -41,6 +41,13 @@ def download(
     Re-running resumes: img2dataset skips shards whose `_stats.json` exists.
     """
     folder = output_path(out, "OUT")
+    with output_lock(folder, "OUT"):
+        return _download_into(folder, urls, config, progress)
+
+
+def _download_into(
+    folder: Path, urls: str, config: DownloadConfig, progress: Progress | None
+) -> DownloadSummary:
     remove_stale_temporaries(folder)  # a killed run's half-written sizes.json
     table, skipped = fetchable_rows(read_url_table(urls, config), config)
     if skipped and not table.num_rows:

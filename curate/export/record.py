@@ -6,9 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 
-from curate.errors import CurateError, first_line
+from curate.errors import CurateError
 from curate.export.plan import Planned
-from curate.fileio import atomic_open, filesystem, join
+from curate.fileio import atomic_open, filesystem, join, read_json_object
 from curate.select.manifest import manifest_path
 from curate.shards import STATS_SUFFIX, folder_files
 
@@ -29,7 +29,9 @@ def claim_folder(
     record = join(out, EXPORT_FILE)
     record_path = filesystem(record)[1]
     if fs.exists(record_path):
-        existing = _read_record(fs, record_path, record)
+        existing = read_json_object(
+            record, "a curate export record", "; export into a new folder, or delete it to start over"
+        )
         if {k: existing.get(k) for k in fingerprint} != fingerprint:
             raise CurateError(
                 f"{out} holds another export (another manifest or --samples-per-shard); "
@@ -42,16 +44,3 @@ def claim_folder(
         json.dump(
             {**fingerprint, "manifest": str(manifest_path(manifest).resolve()), "command": command}, handle
         )
-
-
-def _read_record(fs, path: str, record: str) -> dict:
-    try:
-        with fs.open(path, "r") as handle:
-            existing = json.load(handle)
-    except ValueError as error:
-        raise CurateError(
-            f"{record} is damaged ({first_line(error)}); export into a new folder, or delete it to start over"
-        ) from None
-    if not isinstance(existing, dict):
-        raise CurateError(f"{record} is not a curate export record; export into a new folder")
-    return existing

@@ -27,6 +27,8 @@ embeddings were imported, not computed (`curate.imported`: what they are, with `
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -55,6 +57,7 @@ __all__ = [
     "ScoreFolder",
     "ScoreMetadata",
     "embeddings_array",
+    "checked_embeddings",
     "embeddings_numpy",
     "ScoringCost",
     "check_same_model",
@@ -127,6 +130,30 @@ def embeddings_array(values: np.ndarray, valid: np.ndarray) -> pa.FixedSizeListA
         rows = rows.copy()
         rows[~valid] = 0
     return pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), values.shape[1])
+
+
+def checked_embeddings(
+    column: pa.ChunkedArray | pa.FixedSizeListArray, path: str, embed_dim: int, used: np.ndarray | None = None
+) -> np.ndarray:
+    """`embeddings_numpy` of `column`, refused in one line when its width is not the file's
+    `curate.embed_dim` or one of the `used` rows (those a score reads; None: all) holds a NaN or an infinity.
+    curate's writer marks such a row `nonfinite_embedding`; a file from another writer may not, and one NaN
+    would make every pair loss of its super-batch NaN."""
+    if column.type.list_size != embed_dim:
+        raise CurateError(
+            f"score file {path}: embeddings of width {column.type.list_size}, but its metadata says "
+            f"{embed_dim} (written by another tool?): re-score or re-import it"
+        )
+    values = embeddings_numpy(column)
+    used = np.arange(len(values)) if used is None else np.asarray(used)
+    finite = np.isfinite(values[used]).all(axis=1)
+    if not finite.all():
+        raise CurateError(
+            f"score file {path}: {int((~finite).sum())} rows with status ok hold a non-finite embedding "
+            f"(row {int(used[~finite][0])} first; written by another tool, or damaged?): "
+            "re-score or re-import it"
+        )
+    return values
 
 
 def embeddings_numpy(column: pa.ChunkedArray | pa.FixedSizeListArray) -> np.ndarray:
@@ -377,13 +404,33 @@ class ScoreFolder:
 
     def read_embeddings(self, file_id: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rows `rows` of one file's image_emb and text_emb, as (n, D) float16 arrays."""
-        table = self.read_file(file_id, EMBEDDINGS)
-        return embeddings_numpy(table["image_emb"])[rows], embeddings_numpy(table["text_emb"])[rows]
+        table, path, dim = self.read_file(file_id, EMBEDDINGS), self.files[file_id], self.metadata.embed_dim
+        return (
+            checked_embeddings(table["image_emb"], path, dim, rows)[rows],
+            checked_embeddings(table["text_emb"], path, dim, rows)[rows],
+        )
 
     def read_similarity(self, file_id: int, rows: np.ndarray) -> np.ndarray:
         """Rows `rows` of one file's similarity column, float32 (NaN where it is null: not ok)."""
         column = self.read_file(file_id, ["similarity"])["similarity"].combine_chunks()
         return column.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)[rows]
+
+    @cached_property
+    def content_id(self) -> str:
+        """What these scores are, for the readers that combine them with other artefacts (a selection's
+        parts, a resumed run): a digest of the scoring model (its weights' sha256) and of every file's name,
+        size and row count. Reading it costs a footer per file, never the embeddings, so a folder re-scored
+        in place by another model, or with files added or replaced, has another id."""
+        digest = hashlib.sha256(repr(self.metadata.identity).encode())
+        for path in self.files:
+            try:
+                footer = pq.read_metadata(path)
+            except (OSError, pa.ArrowInvalid) as error:
+                raise CurateError(f"cannot read score file {path}: {first_line(error)}") from None
+            weights = (footer.metadata or {}).get(b"curate.weights", b"").decode()
+            size = os.path.getsize(path)
+            digest.update(f"{Path(path).name}\t{size}\t{footer.num_rows}\t{weights}\n".encode())
+        return digest.hexdigest()[:16]
 
     @cached_property
     def _ids_by_name(self) -> dict[str, int]:

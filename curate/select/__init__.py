@@ -108,8 +108,9 @@ def _select_into(
     plan = plan_partitions(reference, config.partitions, config.partition_size, config.steps)
     learner = absolute_folder(learner) if learner else None
     staged = [staged_name(part.number, len(plan)) for part in plan]
+    inputs = (reference.content_id, learner.content_id if learner else "")  # the whole selection's
     tasks = [
-        PartitionTask(part, learner, config, str(folder), name)
+        PartitionTask(part, learner, config, str(folder), name, inputs)
         for part, name in zip(plan, staged, strict=True)
     ]
     summary = SelectSummary()

@@ -29,6 +29,7 @@ and a manifest.parquet, from a run killed while it replaced them) is refused.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -41,7 +42,7 @@ import pyarrow.parquet as pq
 
 from curate import __version__
 from curate.errors import CurateError, first_line
-from curate.fileio import absolute, atomic_open, local_path, temporary_name, write_json
+from curate.fileio import absolute, atomic_open, local_path, read_json_object, temporary_name, write_json
 from curate.score.schema import ScoreFolder
 from curate.select.config import SelectConfig
 
@@ -54,6 +55,7 @@ SUMMARY_FILE = "summary.json"
 SHARDS_METADATA_KEY = "curate.shards"
 SCORES_METADATA_KEY = "curate.scores"
 LEARNER_SCORES_METADATA_KEY = "curate.learner_scores"
+SELECTION_METADATA_KEY = "curate.selection"
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -79,9 +81,10 @@ def manifest_writer(handle, metadata: dict[str, str]) -> pq.ParquetWriter:
 
 
 def manifest_metadata_for(
-    config: SelectConfig, reference: ScoreFolder, learner: ScoreFolder | None
+    config: SelectConfig, reference: ScoreFolder, learner: ScoreFolder | None, inputs: tuple[str, str]
 ) -> dict[str, str]:
-    """Deterministic facts only (no time, no machine), so the manifest stays byte-identical run to run."""
+    """Deterministic facts only (no time, no machine), so the manifest stays byte-identical run to run.
+    `inputs`: the content ids of the whole reference and learner folders (a partition reads part of one)."""
     metadata = {
         "curate.version": __version__,
         "curate.method": config.method,
@@ -105,6 +108,11 @@ def manifest_metadata_for(
         metadata[SHARDS_METADATA_KEY] = absolute(config.shards)
     if config.mask_threshold is not None:  # only when set: manifests without a mask keep their bytes
         metadata["curate.false_negatives"] = config.false_negatives
+    # The selection's identity: its parameters and the content of the scores it read, which every part
+    # records, so that parts of two selections (or a manifest selected anew under a resumed run) are told
+    # apart by what made them, not by their names.
+    made_of = json.dumps([sorted(metadata.items()), list(inputs)]).encode()
+    metadata[SELECTION_METADATA_KEY] = hashlib.sha256(made_of).hexdigest()[:16]
     return metadata
 
 
@@ -209,16 +217,28 @@ def holds_manifest(folder: Path) -> bool:
 
 
 def _check_parts(manifest: str | Path, parts: list[Path]) -> None:
-    """Parts 0..P-1 of one selection of P partitions, each saying so in its metadata."""
+    """Parts 0..P-1 of one selection of P partitions, each saying so in its metadata, and all of the same
+    selection: the same parameters and, where recorded, the same `curate.selection` (its inputs' content)."""
+    first = _file_metadata(parts[0])
+    first.pop(PARTITION_METADATA_KEY, None)
     for number, part in enumerate(parts):
         metadata = _file_metadata(part)
-        if (metadata.get(PARTITION_METADATA_KEY), metadata.get(PARTITIONS_METADATA_KEY)) != (
+        if (metadata.pop(PARTITION_METADATA_KEY, None), metadata.get(PARTITIONS_METADATA_KEY)) != (
             str(number),
             str(len(parts)),
         ):
             raise CurateError(
                 f"{manifest}: its part files are not parts 0..{len(parts) - 1} of one selection ({part.name} "
                 "is not): re-run curate select"
+            )
+        differing = sorted(
+            k for k in {*first, *metadata} - {PARTITION_METADATA_KEY} if first.get(k) != metadata.get(k)
+        )
+        if differing:
+            key = SELECTION_METADATA_KEY if SELECTION_METADATA_KEY in differing else differing[0]
+            raise CurateError(
+                f"{manifest}: {part.name} is of another selection than {parts[0].name} ({key} "
+                f"{metadata.get(key)!r} against {first.get(key)!r}): re-run curate select"
             )
 
 
@@ -249,6 +269,11 @@ def _read_file(path: Path, columns: list[str] | None) -> pa.Table:
     expected = MANIFEST_SCHEMA if columns is None else pa.schema([MANIFEST_SCHEMA.field(c) for c in columns])
     if not table.schema.remove_metadata().equals(expected):
         raise CurateError(f"{path} is not a curate manifest (columns {sorted(present)})")
+    for name in ("key", "shard", "batch"):  # what every reader joins or orders on
+        if name in table.column_names and (nulls := table[name].null_count):
+            raise CurateError(
+                f"{path}: {nulls} rows with a null {name} (not written by curate select?): select anew"
+            )
     return table
 
 
@@ -288,6 +313,15 @@ def require_found(found: int, wanted: int, allow_missing: bool, stage: str) -> N
     )
 
 
+def selection_id(manifest: str | Path) -> str:
+    """The selection's identity: its `curate.selection`, or for a manifest written before curate recorded it,
+    a digest of its parameters."""
+    metadata = manifest_metadata(manifest)
+    if SELECTION_METADATA_KEY in metadata:
+        return metadata[SELECTION_METADATA_KEY]
+    return hashlib.sha256(json.dumps(sorted(metadata.items())).encode()).hexdigest()[:16]
+
+
 def manifest_metadata(manifest: str | Path) -> dict[str, str]:
     """The manifest's `curate.*` file metadata (selection parameters, `curate.shards` when recorded); of a
     manifest in parts, the first part's, less which part it is (every part records the same selection)."""
@@ -308,10 +342,4 @@ def read_summary(manifest: str | Path) -> dict:
     path = manifest_files(manifest)[0].parent / SUMMARY_FILE
     if not path.is_file():
         raise CurateError(f"no {SUMMARY_FILE} beside {manifest_path(manifest)}")
-    try:
-        summary = json.loads(path.read_text())
-    except ValueError:
-        raise CurateError(f"{path} is not valid JSON") from None
-    if not isinstance(summary, dict):
-        raise CurateError(f"{path} is not a curate select summary")
-    return summary
+    return read_json_object(str(path), "a curate select summary")

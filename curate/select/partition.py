@@ -45,6 +45,7 @@ class PartitionTask:
     config: SelectConfig  # the user's: its seed and --steps are the whole selection's
     folder: str  # the output folder, absolute
     staged: str  # the name to write the part under, in `folder`
+    inputs: tuple[str, str]  # the content ids of the whole reference and learner folders (every part's)
     threshold: int | None = None  # a global filter over several partitions: the merged sketch's bin
     sketch_only: bool = False  # ... whose first pass returns the histogram and writes nothing
 
@@ -96,7 +97,7 @@ def _run(task: PartitionTask, progress: Progress | None) -> PartitionResult:
     if not len(index) and config.whole_batches and part.count > 1:
         raise CurateError("no sample is eligible, so it cannot make its share of whole batches")
     metadata = partition_metadata(
-        manifest_metadata_for(task.config, part.reference, learner), part.number, part.count
+        manifest_metadata_for(task.config, part.reference, learner, task.inputs), part.number, part.count
     )
     folder = Path(task.folder)
     if not len(index):  # nothing to select: an empty part (the driver refuses a selection with no sample)

@@ -12,7 +12,7 @@ from dataclasses import asdict
 
 from curate.errors import CurateError
 from curate.evaluate.evalset import write_eval_set
-from curate.fileio import atomic_open, filesystem, join, output_path, remove_stale_temporaries
+from curate.fileio import atomic_open, filesystem, join, output_lock, output_path, remove_stale_temporaries
 from curate.shards import shard_done, write_sizes
 from curate.synth.config import SynthConfig, SynthSummary
 from curate.synth.plan import plan
@@ -31,6 +31,13 @@ def synthesize(
     """
     check(workers >= 0, "--workers", "0 or more", workers)  # 0 or 1: render in this process
     out = str(output_path(out, "OUT"))
+    with output_lock(out, "OUT"):
+        return _synthesize_into(config, out, workers, progress)
+
+
+def _synthesize_into(
+    config: SynthConfig, out: str, workers: int, progress: Callable[[int, int], None] | None
+) -> SynthSummary:
     _claim(out, config)
     remove_stale_temporaries(out, *(join(out, split) for split in ("web", "curated", "eval")))
     planned = plan(

@@ -22,8 +22,22 @@ import torch
 from curate.errors import CurateError
 from curate.fileio import atomic_open
 from curate.models import ImageTextModel, load_checkpoint, save_checkpoint
+from curate.score.schema import ScoreFolder
+from curate.select.manifest import selection_id
 from curate.train.config import TrainConfig, trajectory_changes
 from curate.train.run import LATEST_FILE, BatchLog, checkpoint_path, truncate_metrics
+
+
+def run_inputs(manifest: str | None, reference: ScoreFolder | None) -> dict[str, str]:
+    """What a run trains on, by content, which every checkpoint records and --resume must find again: the
+    selection its manifest holds (`--manifest`; `curate select` run anew under the same name is another
+    one) and the reference scores online JEST reads (`--ref`; re-scored in place, they are others)."""
+    inputs = {}
+    if manifest:
+        inputs["--manifest"] = selection_id(manifest)
+    if reference is not None:
+        inputs["--ref"] = reference.content_id
+    return inputs
 
 
 def save(
@@ -35,6 +49,7 @@ def save(
     config: TrainConfig,
     batches: BatchLog,
     seconds: float,
+    inputs: dict[str, str],
 ) -> None:
     """Write batches.parquet, then step_N.pt, then latest.pt: a kill between them leaves a latest.pt
     older than batches.parquet, which resume cuts back to it."""
@@ -51,6 +66,7 @@ def save(
         rng=torch.get_rng_state(),
         train_config=config.as_dict(),
         seconds=seconds,
+        inputs=inputs,
     )
     with atomic_open(str(run / LATEST_FILE), "wb") as handle, open(path, "rb") as source:
         shutil.copyfileobj(source, handle)
@@ -77,10 +93,11 @@ class Resumed:
         torch.set_rng_state(self.payload["rng"])
 
 
-def resume(run: Path, config: TrainConfig, write: bool = True) -> Resumed:
-    """Open RUN/latest.pt for --resume: refuse it if it is another run or was trained by another number of
-    processes, then (`write`: rank 0 only) cut metrics.jsonl and batches.parquet back to its step. The
-    weights are loaded later, by `Resumed.restore`, on every rank."""
+def resume(run: Path, config: TrainConfig, inputs: dict[str, str], write: bool = True) -> Resumed:
+    """Open RUN/latest.pt for --resume: refuse it if it is another run, was trained by another number of
+    processes or on other inputs (`run_inputs`; a checkpoint from before they were recorded has none), then
+    (`write`: rank 0 only) cut metrics.jsonl and batches.parquet back to its step. The weights are loaded
+    later, by `Resumed.restore`, on every rank."""
     latest = run / LATEST_FILE
     payload = load_checkpoint(latest)
     if "step" not in payload or "optimizer" not in payload:
@@ -100,6 +117,12 @@ def resume(run: Path, config: TrainConfig, write: bool = True) -> Resumed:
             f"--resume with settings other than {latest}'s ({', '.join(changed)}): not the same run"
         )
     step = int(payload["step"])
+    for option, started in (payload.get("inputs") or {}).items():
+        if option in inputs and inputs[option] != started:
+            raise CurateError(
+                f"--resume: {option} holds other data than {latest} was trained on at step {step} (content "
+                f"id {inputs[option]} against {started}): resume with what it started from, or a new run"
+            )
     if not write:
         return Resumed(step, BatchLog(), payload)
     truncate_metrics(run, step)

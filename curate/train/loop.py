@@ -31,7 +31,7 @@ from curate.runtime import StatusProgress, autocast, resolve_device, resolve_pre
 from curate.seeds import split_seed
 from curate.shards.paths import expand_shards
 from curate.train.batch import Batch
-from curate.train.checkpoint import resume, save
+from curate.train.checkpoint import resume, run_inputs, save
 from curate.train.config import OptimConfig, TrainConfig
 from curate.train.data import DataReport, TrainData, load_plan, make_data
 from curate.train.online import OnlineJest, Window
@@ -145,7 +145,9 @@ def _train(
 
     # ---------------------------------------------------------------- resume
     # Refuses another run before any decoding; only rank 0 cuts the log back to the checkpoint.
-    resumed = resume(run, config, write=ranks.main) if config.resume else None
+    reference = Reference.open(config.online.ref) if config.online else None  # its metadata only
+    inputs = run_inputs(config.data.manifest, reference and reference.scores)
+    resumed = resume(run, config, inputs, write=ranks.main) if config.resume else None
     start_step = resumed.step if resumed else 0
     saved_step = start_step if resumed else None  # the last checkpoint written, for a diverged run's error
     batches = resumed.batches if resumed and ranks.main else BatchLog()
@@ -157,7 +159,6 @@ def _train(
 
     # ---------------------------------------------------------------- data
     # Its metadata only: each sample brings its own embeddings from the worker that decodes it.
-    reference = Reference.open(config.online.ref) if config.online else None
     decoding = (lambda done, total: progress(done, total, "decoding")) if progress else None
     data = make_data(config, paths, model, reference, start_step, group, decoding, plan)
     evaluator = _evaluator(config, model, device, precision) if ranks.main else None  # at the model's size
@@ -259,7 +260,7 @@ def _train(
                     raise _diverged(run, f"the weights are not finite after step {done}", saved_step)
                 batches.merge(group.gather_objects(batches.pop_new()), keep=ranks.main)
                 if ranks.main:
-                    save(run, done, model, optimizer, scaler, config, batches, seconds())
+                    save(run, done, model, optimizer, scaler, config, batches, seconds(), inputs)
                 saved_step = done
     report = DataReport.merge(group.gather_objects(data.report))
     return TrainSummary(

@@ -23,8 +23,8 @@ from curate.score.schema import (
     OK,
     ScoreFolder,
     ScoreMetadata,
+    checked_embeddings,
     eligible_rows,
-    embeddings_numpy,
     open_score_folder,
 )
 from curate.shards.batches import ShardBatch, ShardBatches
@@ -73,7 +73,10 @@ class Reference:
         for row, key in enumerate(table["key"].to_pylist()):
             if eligible[row]:
                 index.setdefault(key, row)
-        image, text = embeddings_numpy(table["image_emb"]), embeddings_numpy(table["text_emb"])
+        used = np.fromiter(index.values(), np.int64, len(index))  # the rows it serves: checked
+        path, dim = self.scores.files[file_id], self.metadata.embed_dim
+        image = checked_embeddings(table["image_emb"], path, dim, used)
+        text = checked_embeddings(table["text_emb"], path, dim, used)
         return ShardReference(index, image, text)
 
 

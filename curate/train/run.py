@@ -24,8 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from curate.errors import CurateError, first_line
-from curate.fileio import atomic_open, read_table_with_schema
+from curate.errors import CurateError
+from curate.fileio import atomic_open, read_json_object, read_table_with_schema
 from curate.train.config import TrainConfig
 
 CONFIG_FILE = "config.json"
@@ -55,13 +55,7 @@ def read_config(run: Path) -> TrainConfig | None:
     path = run / CONFIG_FILE
     if not path.is_file():
         return None
-    try:
-        saved = json.loads(path.read_text())
-    except ValueError as error:
-        raise CurateError(f"{path} is not valid JSON: {first_line(error)}") from None
-    if not isinstance(saved, dict):
-        raise CurateError(f"{path} is not a curate train config")
-    return TrainConfig.from_dict(saved.get("train"))
+    return TrainConfig.from_dict(read_json_object(str(path), "a curate train config").get("train"))
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -141,7 +135,10 @@ def truncate_metrics(run: Path, step: int) -> None:
 def _metrics_lines(path: Path) -> list[tuple[str, dict]]:
     if not path.is_file():
         raise CurateError(f"no {path} (is it a run folder of curate train?)")
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CurateError(f"{path} is not UTF-8 text (byte {error.start}): not a metrics log") from None
     lines = text.splitlines()
     out = []
     for number, line in enumerate(lines, 1):
