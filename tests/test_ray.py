@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 from builders import unit, write_scores
-from conftest import run_cli_subprocess
+from conftest import run_cli, run_cli_subprocess
+from test_import import write_datacomp_pool
 
 from curate.backends.ray_cluster import KILL_ONCE_ENV, RayConfig
 from curate.errors import CurateError
@@ -204,3 +205,22 @@ def test_an_unreachable_cluster_gives_one_line_not_a_hang(tmp_path, small_synth,
     assert not (tmp_path / "s").exists() and not (tmp_path / "m").exists()
     with pytest.raises(CurateError, match="need --backend ray"):
         ScoreConfig(model="siglip-tiny", ray=RayConfig(address="127.0.0.1:1"))
+
+
+@pytest.mark.parametrize("method", ["jest", "clipscore"])
+def test_ray_selects_an_imported_datacomp_pool_as_the_local_backend_does(tmp_path, ray_address, method):
+    """Issue 29: a score folder imported from DataComp's shipped embeddings (no image, no model) is selected
+    over partitions on Ray exactly as locally, a JEST selection and DataComp's CLIP-score baseline alike."""
+    pool, scores = tmp_path / "metadata", tmp_path / "scores"
+    write_datacomp_pool(pool)
+    assert run_cli("import", "datacomp", str(pool), "-o", str(scores)).returncode == 0
+    args = ["--method", method, "--ratio", "0.7", "--partitions", "2", "--chunks", "2", "--batch-size", "16"]
+    local = run_cli("select", str(scores), "-o", str(tmp_path / "local"), *args)
+    assert local.returncode == 0, local.stderr
+    ray_args = ["--backend", "ray", "--ray-address", ray_address, "--workers-per-node", "2"]
+    remote = run_cli("select", str(scores), "-o", str(tmp_path / "ray"), *args, *ray_args)
+    assert remote.returncode == 0, remote.stderr
+    names = ["part-00000.parquet", "part-00001.parquet"]
+    assert sorted(p.name for p in (tmp_path / "ray").glob("*.parquet")) == names
+    for name in names:
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
