@@ -110,14 +110,34 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
     except BaseException as error:
         with contextlib.suppress(FileNotFoundError, OSError):
             fs.rm(tmp)
-        if isinstance(error, OSError) and error.errno in _OUT_OF_SPACE and error.filename is None:
-            # A write or close that fails for space says which file it was writing: the one-line error
-            # would otherwise be a bare "File too large".
-            raise OSError(error.errno, f"{error.strerror} (is the disk full?)", path) from None
+        if isinstance(error, OSError):
+            raise naming_the_file(error, path) from None
         raise
 
 
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def naming_the_file(error: OSError, path: str | os.PathLike) -> OSError:
+    """`error`, or when it is a write that failed for space without saying which file it was writing (as
+    Python's and pyarrow's writes fail), the same error naming `path`: the one-line error would otherwise
+    be a bare "No space left on device"."""
+    if error.errno in _OUT_OF_SPACE and error.filename is None:
+        return OSError(error.errno, f"{os.strerror(error.errno)} (is the disk full?)", str(path))
+    return error
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Around writes to `path` that do not go through `atomic_open` (spill files, an appended log): a full
+    disk names the file."""
+    try:
+        yield
+    except OSError as error:
+        raised = naming_the_file(error, path)
+        if raised is error:
+            raise
+        raise raised from None
 
 
 def write_json(path: str, value: dict) -> None:

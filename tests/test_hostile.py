@@ -6,6 +6,7 @@ Each case asserts the exit code, the one line on stderr, and that nothing alread
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -269,3 +270,30 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
     with fileio.output_lock(out):
         assert f"pid {os.getpid()}" in (out / fileio.LOCK_FILE).read_text()
     assert not (out / fileio.LOCK_FILE).exists()
+
+
+def _file_size_limit() -> None:
+    """A full disk, made real by a file size limit (writes past 16 KB fail with EFBIG, as with ENOSPC)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write, do not kill the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 14, 1 << 14))
+
+
+# dedup's first big write is a spill bucket (outside `atomic_open`: it used to be a bare "File too large"),
+# export's an output shard
+@pytest.mark.parametrize("command, full", [("dedup", "bucket-00000.arrow"), ("export", "out/00000.tar")])
+def test_a_full_disk_names_the_file(command, full, tmp_path, small_synth, scores, manifest):
+    args = {
+        "dedup": ["dedup", scores, "--threshold", "0.9"],
+        "export": ["export", manifest, "--shards", f"{small_synth}/web"],
+    }[command]
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "curate_cli", *args, "-o", str(tmp_path / "out")],
+        capture_output=True, text=True, preexec_fn=_file_size_limit, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    assert error.endswith(f"{full}: File too large (is the disk full?)"), error
+    assert str(tmp_path) in error
+    assert not any(p.name.startswith("curate-spill-") for p in tmp_path.iterdir())  # removed on the way out

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from curate.fileio import writing
+
 SPILL_COLUMNS = ("cluster", "file", "row", "key", "shard", "similarity", "image_emb")
 
 
@@ -42,10 +44,11 @@ class Buckets(contextlib.AbstractContextManager):
         """Append `table`'s rows (SPILL_COLUMNS) to their buckets, in their order."""
         bucket = table["cluster"].to_numpy() // self.clusters_per_bucket
         for b in np.unique(bucket):
-            if b not in self._writers:
-                sink = pa.OSFile(str(self.paths[b]), "wb")
-                self._writers[b] = sink, pa.ipc.new_stream(sink, self.schema)
-            self._writers[b][1].write_table(table.filter(pa.array(bucket == b)).cast(self.schema))
+            with writing(self.paths[b]):
+                if b not in self._writers:
+                    sink = pa.OSFile(str(self.paths[b]), "wb")
+                    self._writers[b] = sink, pa.ipc.new_stream(sink, self.schema)
+                self._writers[b][1].write_table(table.filter(pa.array(bucket == b)).cast(self.schema))
 
     def read(self, b: int) -> pa.Table:
         """Bucket `b`'s rows (an empty table when no row went there)."""
@@ -56,9 +59,10 @@ class Buckets(contextlib.AbstractContextManager):
 
     def close(self) -> None:
         """Finish every bucket file (before reading any)."""
-        for sink, writer in self._writers.values():
-            writer.close()
-            sink.close()
+        for b, (sink, writer) in self._writers.items():
+            with writing(self.paths[b]):
+                writer.close()
+                sink.close()
         self._writers = {}
 
     def __exit__(self, *exc) -> None:

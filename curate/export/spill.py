@@ -18,6 +18,7 @@ from curate.export.config import ExportSummary
 from curate.export.exported import export_columns, exported_members
 from curate.export.plan import Slot
 from curate.export.sources import Source, parquet_rows
+from curate.fileio import writing
 from curate.shards import shard_name
 
 # A spill record: kind, position in the output shard, extension length, data length; then both.
@@ -49,7 +50,7 @@ def spill_source(source: Source, slots: dict[str, list[Slot]], folder: str, summ
     offset = 0
     for output, group in itertools.groupby(found, key=lambda entry: entry[0].output):
         group = list(group)
-        with open(spill_path(folder, output), "ab") as handle:
+        with writing(spill_path(folder, output)), open(spill_path(folder, output), "ab") as handle:
             for slot, key in group:
                 for extension, data in exported_members(source.members[key], key, slot):
                     _write_record(handle, _MEMBER, slot.position, extension, data)

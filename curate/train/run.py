@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import torch
 
 from curate.errors import CurateError
-from curate.fileio import atomic_open, read_json_object, read_table_with_schema
+from curate.fileio import atomic_open, read_json_object, read_table_with_schema, writing
 from curate.train.config import TrainConfig
 
 CONFIG_FILE = "config.json"
@@ -104,11 +104,13 @@ class MetricsWriter:
     """Appends records to metrics.jsonl, one flushed line each, so a reader never waits for the run to end."""
 
     def __init__(self, run: Path):
-        self._handle = open(run / METRICS_FILE, "a")  # noqa: SIM115 - closed by __exit__
+        self._path = run / METRICS_FILE
+        self._handle = open(self._path, "a", encoding="utf-8")  # noqa: SIM115 - closed by __exit__
 
     def write(self, record: LogRecord | EvalRecord) -> None:
-        self._handle.write(json.dumps(record) + "\n")
-        self._handle.flush()
+        with writing(self._path):
+            self._handle.write(json.dumps(record) + "\n")
+            self._handle.flush()
 
     def __enter__(self) -> MetricsWriter:
         return self
