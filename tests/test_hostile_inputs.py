@@ -274,3 +274,18 @@ def test_a_run_config_that_is_not_a_json_object_is_one_line(tmp_path, small_synt
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
     result = run_cli("report", str(run), "-o", str(tmp_path / "report"))
     assert_one_line_error(result, "config.json", "a curate train config")
+
+
+def test_a_keep_file_of_scores_since_made_anew_in_place_is_refused(tmp_path):
+    scores = planted(tmp_path / "scores")
+    keep, out = tmp_path / "keep", tmp_path / "m"
+    assert run_cli("dedup", str(scores), "--threshold", "0.99", "-o", str(keep)).returncode == 0
+    select = ["select", str(scores), "--ratio", "0.5", "--chunks", "2", "--keep", str(keep), "-o", str(out)]
+    assert run_cli(*select).returncode == 0  # the scores it was made from, as they were
+    for path in scores.glob("*.parquet"):  # the crawl scored anew in place
+        path.unlink()
+    planted(scores, per_shard=41, seed=2)
+    before = snapshot(out, keep)
+    result = run_cli(*select)
+    assert_one_line_error(result, f"--keep {keep} was made from {scores} as it was before", "dedup them anew")
+    assert snapshot(out, keep) == before

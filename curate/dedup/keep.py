@@ -21,10 +21,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.errors import CurateError, first_line
-from curate.fileio import atomic_open, local_path, read_table_with_schema, write_json
+from curate.fileio import absolute, atomic_open, local_path, read_table_with_schema, write_json
+from curate.score.schema import ScoreFolder
 
 KEEP_FILE = "keep.parquet"
 SUMMARY_FILE = "summary.json"
+
+SCORES_CONTENT_METADATA_KEY = "curate.scores_content"  # the content id of the score folder it was made from
 
 KEEP_SCHEMA = pa.schema(
     [
@@ -90,6 +93,19 @@ def read_keep_keys(keep: str | Path, columns: tuple[str, ...] = ("key", "shard")
     """The kept rows' `columns` (key and shard by default), checked against KEEP_SCHEMA."""
     table = read_table_with_schema(keep_file(keep), KEEP_SCHEMA, "a curate keep-manifest")
     return table.select(list(columns))
+
+
+def check_keep_made_from(keep: str | Path, scores: ScoreFolder) -> None:
+    """Refuse a keep-manifest made from `scores`' folder as it was before it was scored anew in place (its
+    rows name samples of other scores); one made from another folder (another model's scores of the crawl)
+    is the user's choice, and one from before the content id was recorded is not checked."""
+    metadata = keep_metadata(keep)
+    made_from, content = metadata.get("curate.scores"), metadata.get(SCORES_CONTENT_METADATA_KEY)
+    if content and made_from == absolute(scores.path) and content != scores.content_id:
+        raise CurateError(
+            f"--keep {keep} was made from {made_from} as it was before (content id {content}, now "
+            f"{scores.content_id}): those scores were made anew; dedup them anew"
+        )
 
 
 def keep_metadata(keep: str | Path) -> dict[str, str]:

@@ -35,7 +35,7 @@ import torch
 from curate import __version__
 from curate.dedup.config import DedupConfig
 from curate.dedup.grouping import kmeans, normalise
-from curate.dedup.keep import write_keep, write_summary
+from curate.dedup.keep import SCORES_CONTENT_METADATA_KEY, write_keep, write_summary
 from curate.dedup.spill import Buckets
 from curate.dedup.unit import assign_file, group_bucket
 from curate.errors import CurateError
@@ -193,4 +193,6 @@ def _metadata(config: DedupConfig, folder: ScoreFolder, clusters: int) -> dict[s
         "curate.seed": str(config.seed),
         "curate.reference_model": folder.metadata.model,
         "curate.scores": absolute(folder.path),
+        # what those scores held: select --keep refuses the file once they were made anew in place
+        SCORES_CONTENT_METADATA_KEY: folder.content_id,
     }

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from curate.dedup.keep import check_keep_made_from
 from curate.errors import CurateError
 from curate.fileio import is_local, output_lock, output_path, remove_stale_temporaries
 from curate.runtime import Progress
@@ -102,6 +103,8 @@ def _select_into(
     remove_stale_temporaries(folder)  # a killed run's half-written or staged parts
     reference = open_score_folder(scores, "scores")
     learner = open_score_folder(config.learner, "learner") if config.uses_learner else None
+    if config.keep:
+        check_keep_made_from(config.keep, reference)
     if config.learner and not config.uses_learner and warn:
         used_by = f"--method {config.method}" if config.is_global else f"--criterion {config.criterion}"
         warn(f"--learner is not used by {used_by}; selecting from the reference alone")
