@@ -405,10 +405,17 @@ def budget_section(seeds: Sequence[Path]) -> tuple[list[str], list[Claim]]:
         for method in BUDGET_METHODS
         for k in budgets
     }
+    # uniform at 3x each budget, where a budget's folder trained it too: more of uniform's schedules
+    longers = [
+        [Learner(by_k[k] / "runs/uniform-3x") for by_k in folders]
+        for k in budgets
+        if all(done(by_k[k] / "runs/uniform-3x") for by_k in folders)
+    ]
     rows = []
     for (method, k), seeds_runs in runs.items():
         rows.append(budget_row(f"{BUDGET_METHODS[method]}, {k} steps", seeds_runs))
-    rows.append(budget_row(f"uniform-3x, {read_config(longer[0].folder).steps} steps", longer))
+    for runs_3x in longers:
+        rows.append(budget_row(f"uniform-3x, {read_config(runs_3x[0].folder).steps} steps", runs_3x))
     lines = table(
         ["learner, schedule", f"{TOP1} (mean ± std)", "per seed", f"total FLOPs ({CHARGED})",
          f"total FLOPs ({GIVEN})"],
@@ -425,7 +432,7 @@ def budget_section(seeds: Sequence[Path]) -> tuple[list[str], list[Claim]]:
         )
         claims += big_claims
         ratio_lines += big_lines
-    uniform_best = best_uniform(runs, budgets, longer)
+    uniform_best = best_uniform(runs, budgets, longers or [longer])
     ratio_lines += uniform_best
     return lines + ratio_lines, claims
 
@@ -481,14 +488,19 @@ def compute_claims(
 
 
 def best_uniform(
-    runs: dict[tuple[str, int], Sequence[Learner]], budgets: Sequence[int], longer: Sequence[Learner]
+    runs: dict[tuple[str, int], Sequence[Learner]],
+    budgets: Sequence[int],
+    longers: Sequence[Sequence[Learner]],
 ) -> list[str]:
     """Where JEST's curves first reach uniform's best final top-1 over its schedules (every budget and
-    uniform-3x), over the total FLOPs of that uniform run."""
+    every uniform-3x), over the total FLOPs of that uniform run."""
     jest = {k: runs[("jest", k)] for k in budgets}
     bests = [
-        max([*(runs[("uniform", k)][seed] for k in budgets), longer[seed]], key=lambda run: run.final())
-        for seed in range(len(longer))
+        max(
+            [*(runs[("uniform", k)][seed] for k in budgets), *(runs_3x[seed] for runs_3x in longers)],
+            key=lambda run: run.final(),
+        )
+        for seed in range(len(longers[0]))
     ]
     found = {given: reach_ratios(jest, bests, given) for given in (True, False)}
     lines = ["", "JEST reaching uniform's best final top-1 over its schedules (the same-size learner):"]
