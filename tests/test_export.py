@@ -234,10 +234,9 @@ def test_missing_samples_and_shards_are_reported(small_synth, tmp_path):
 
 def test_a_manifest_whose_keys_are_not_in_the_shards_writes_nothing(selected, small_synth, tmp_path):
     """The probe's case: every key absent (another crawl, re-keyed) exported 16 empty shards with exit 0."""
-    keys = read_manifest(selected)["key"].to_pylist()
-    write_manifest_rows(
-        tmp_path / "m", [f"9{key}" for key in keys], read_manifest(selected)["shard"].to_pylist()
-    )
+    rows = read_manifest(selected).to_pydict()
+    keys = rows["key"]
+    write_manifest_rows(tmp_path / "m", [f"9{key}" for key in keys], rows["shard"], rows["batch"])
     result = run_cli(
         "export", str(tmp_path / "m"), "-o", str(tmp_path / "out"), "--shards", f"{small_synth}/web"
     )

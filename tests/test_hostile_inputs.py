@@ -289,3 +289,25 @@ def test_a_keep_file_of_scores_since_made_anew_in_place_is_refused(tmp_path):
     result = run_cli(*select)
     assert_one_line_error(result, f"--keep {keep} was made from {scores} as it was before", "dedup them anew")
     assert snapshot(out, keep) == before
+
+
+@pytest.mark.parametrize("command", ["train", "export"])
+def test_a_manifest_repeating_a_key_within_a_batch_is_refused(tmp_path, small_synth, command):
+    """Found by hand beyond the cases above: `train --manifest` trained such a batch one sample short,
+    exit 0. The format says a key never repeats within a batch (across batches, passes repeat it)."""
+    folder = write_manifest_rows(tmp_path / "m", ["a", "b", "a", "c", "a", "d"], batches=[0, 0, 0, 1, 2, 2])
+    args = {
+        "train": [
+            "train",
+            f"{small_synth}/web",
+            "--manifest",
+            str(folder),
+            *TINY_TRAIN,
+            "-o",
+            str(tmp_path / "r"),
+        ],
+        "export": ["export", str(folder), "--shards", f"{small_synth}/web", "-o", str(tmp_path / "r")],
+    }[command]
+    result = run_cli(*args)
+    assert_one_line_error(result, "key a repeats within batch 0 (1 repeats in all", "select anew")
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.pt"))

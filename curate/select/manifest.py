@@ -38,6 +38,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate import __version__
@@ -250,9 +251,20 @@ def manifest_path(manifest: str | Path) -> Path:
 
 
 def read_manifest(manifest: str | Path, columns: list[str] | None = None) -> pa.Table:
-    """The manifest's rows (every part's, in part order), checked against MANIFEST_SCHEMA."""
+    """The manifest's rows (every part's, in part order), checked against MANIFEST_SCHEMA and its rule that
+    a key never repeats within one batch (read with both columns)."""
     tables = [_read_file(path, columns) for path in manifest_files(manifest)]
-    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    if {"batch", "key"} <= set(table.column_names):
+        pairs = table.select(["batch", "key"]).group_by(["batch", "key"]).aggregate([([], "count_all")])
+        if pairs.num_rows < table.num_rows:
+            repeated = pairs.filter(pc.greater(pairs["count_all"], 1))
+            raise CurateError(
+                f"{manifest_path(manifest)}: key {repeated['key'][0]} repeats within batch "
+                f"{repeated['batch'][0]} ({table.num_rows - pairs.num_rows} repeats in all; not written by "
+                "curate select?): select anew"
+            )
+    return table
 
 
 def _read_file(path: Path, columns: list[str] | None) -> pa.Table:
