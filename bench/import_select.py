@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,22 +27,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from measured_cli import run_measured
 
 XLARGE = 12_800_000_000
 DIM = 768
-# The CLI in a child that reports its own peak resident set (kB on Linux) as it exits.
-DRIVER = """import resource, sys
-from curate_cli.main import main
-sys.argv = ["curate", *sys.argv[1:]]
-try:
-    main()
-except SystemExit as exit:
-    code = exit.code
-else:
-    code = 0
-print(f"peak_rss_kb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
-sys.exit(code)
-"""
 
 
 def write_pool(folder: Path, n: int, rows_per_file: int, concepts: int, noise: float, seed: int = 0) -> None:
@@ -81,17 +68,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def run(*args: str) -> tuple[float, float, str]:
     """`curate ARGS` in a fresh process: (seconds, peak RSS in MiB, its summary line)."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", DRIVER, *args], env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode:
-        errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
-        raise SystemExit(
-            f"curate {' '.join(args[:2])} failed: {errors[-1] if errors else done.stderr[-2000:]}"
-        )
-    peak = next(line for line in done.stderr.splitlines() if line.startswith("peak_rss_kb="))
-    return seconds, int(peak.split("=")[1]) / 1024, done.stdout.strip().splitlines()[-1]
+    measured = run_measured(*args)
+    return measured.seconds, measured.peak_mib, measured.line
 
 
 def folder_bytes(folder: Path) -> int:

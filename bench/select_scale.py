@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,24 +26,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from measured_cli import run_measured
 
 from curate.score.schema import OK, ScoreMetadata, write_score_file
 
 MIB = 1 << 20
-# Run the CLI in this child and report its own peak RSS (kB on Linux) as it exits: children it may start
-# (Ray's processes, DataLoader workers) are not counted in RUSAGE_SELF.
-DRIVER = """import resource, sys
-from curate_cli.main import main
-sys.argv = ["curate", *sys.argv[1:]]
-try:
-    main()
-except SystemExit as exit:
-    code = exit.code
-else:
-    code = 0
-print(f"peak_rss_kb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
-sys.exit(code)
-"""
 
 
 def make_score_folder(
@@ -125,21 +111,13 @@ class WorkerPeak:
 
 def run_select(scores: Path, out: Path, backend: str, extra: list[str]) -> dict:
     """One `curate select` in a fresh process: seconds, driver peak MiB, worker peak MiB (Ray)."""
-    command = [sys.executable, "-c", DRIVER, "select", str(scores), "-o", str(out), "--backend", backend]
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
     with WorkerPeak() as workers:
-        start = time.perf_counter()
-        done = subprocess.run(command + extra, env=env, capture_output=True, text=True)
-        seconds = time.perf_counter() - start
-    if done.returncode:
-        errors = [line for line in done.stderr.splitlines() if not line.startswith("peak_rss_kb=")]
-        raise SystemExit(f"curate select failed ({backend}): {errors[-1] if errors else done.returncode}")
-    peak = next(line for line in done.stderr.splitlines() if line.startswith("peak_rss_kb="))
+        measured = run_measured("select", str(scores), "-o", str(out), "--backend", backend, *extra)
     return {
-        "seconds": seconds,
-        "driver_mib": int(peak.split("=")[1]) / 1024,
+        "seconds": measured.seconds,
+        "driver_mib": measured.peak_mib,
         "worker_mib": workers.peak_kb / 1024 if backend == "ray" else None,
-        "line": done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "",
+        "line": measured.line,
     }
 
 
