@@ -311,3 +311,25 @@ def test_a_manifest_repeating_a_key_within_a_batch_is_refused(tmp_path, small_sy
     result = run_cli(*args)
     assert_one_line_error(result, "key a repeats within batch 0 (1 repeats in all", "select anew")
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.pt"))
+
+
+@pytest.mark.parametrize("command", ["select", "dedup"])
+def test_a_score_row_with_a_null_key_is_refused_naming_its_file(tmp_path, command):
+    """Found by hand: select wrote it into a manifest (which every reader then refused)."""
+    scores = planted(tmp_path / "scores")
+    path = scores / "00001.parquet"
+    table = pq.read_table(path)
+    keys = table["key"].to_pylist()
+    keys[5] = None
+    table = table.set_column(table.schema.get_field_index("key"), "key", pa.array(keys, pa.string()))
+    pq.write_table(table, path)
+    options = ["--ratio", "0.5", "--chunks", "2"] if command == "select" else ["--threshold", "0.9"]
+    result = run_cli(command, str(scores), *options, "-o", str(tmp_path / "out"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert (
+        last.startswith("error: score file ")
+        and str(path) in last
+        and "1 eligible rows with a null key" in last
+    )
+    assert not any((tmp_path / "out").glob("*.parquet"))

@@ -14,6 +14,7 @@ import torch
 
 from curate.dedup.config import DedupConfig
 from curate.dedup.grouping import keepers, near_duplicate_groups, nearest, normalise
+from curate.errors import CurateError
 from curate.score.schema import ScoreFolder, checked_embeddings, embeddings_numpy
 
 
@@ -23,6 +24,11 @@ def assign_file(
     """One score file's `eligible` rows as spill rows (`spill.SPILL_COLUMNS`), each with its nearest
     centroid."""
     table = folder.read_file(file_id, ["key", "shard", "similarity", "image_emb"]).filter(pa.array(eligible))
+    if nulls := table["key"].null_count + table["shard"].null_count:  # the keep-manifest could not name it
+        raise CurateError(
+            f"score file {folder.files[file_id]}: {nulls} eligible rows with a null key or shard (written by "
+            "another tool?): re-score or re-import it"
+        )
     emb = checked_embeddings(table["image_emb"], folder.files[file_id], folder.metadata.embed_dim)
     cluster = nearest(normalise(torch.from_numpy(emb).to(centroids.device)), centroids, block)
     return pa.table(

@@ -112,6 +112,7 @@ def build_index(
         # ok rows that are not eligible: embeddings NaN or infinite (scored before score refused them)
         nonfinite = sum(bad for status, _, _, bad in by_status if status == OK)
         con.execute(FIRST_OF_EACH_KEY)
+        _refuse_null_keys(con, reference)
         unique = con.sql("SELECT count(*) FROM kept").fetchall()[0][0]
         not_kept = (
             con.execute(NOT_IN_KEEP.format(keep=_sql_list((keep_path,)))).fetchall()[0][0] if keep_path else 0
@@ -184,3 +185,16 @@ def _file_table(files: tuple[str, ...]) -> pa.Table:
 def _sql_list(values: tuple[str, ...]) -> str:
     """A DuckDB list literal of strings (views cannot take prepared parameters)."""
     return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
+
+
+def _refuse_null_keys(con: duckdb.DuckDBPyConnection, reference: ScoreFolder) -> None:
+    """An eligible row without a key or shard (another writer's file) would reach the manifest, which no
+    reader takes: refused here, naming its score file."""
+    nulls, file = con.sql(
+        "SELECT count(*), min(file) FROM kept WHERE key IS NULL OR shard IS NULL"
+    ).fetchall()[0]
+    if nulls:
+        raise CurateError(
+            f"score file {reference.files[file]}: {nulls} eligible rows with a null key or shard (written by "
+            "another tool?): re-score or re-import it"
+        )
