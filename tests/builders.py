@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from curate.score.schema import OK, ScoreMetadata, score_file, write_score_file
 
@@ -54,8 +55,6 @@ def write_manifest_rows(
     batches: list[int] | None = None,
 ) -> Path:
     """A manifest as `curate select` writes it, of the given rows (one batch unless `batches` says)."""
-    import pyarrow as pa
-
     from curate.select.manifest import MANIFEST_SCHEMA, write_manifest
 
     folder = Path(folder)
@@ -76,3 +75,23 @@ def write_manifest_rows(
     )
     write_manifest(folder, {}, [table])
     return folder
+
+
+def write_keep_rows(folder: str | Path, scored: pa.Table, keys: list[str | None] | None = None) -> Path:
+    """A keep-manifest as `curate dedup` writes it, keeping the score rows `scored` (key, shard, similarity),
+    each in a group of its own; `keys` replaces their keys (a hostile file's)."""
+    from curate.dedup.keep import write_keep
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    n = scored.num_rows
+    rows = pa.table(
+        {
+            "key": scored["key"] if keys is None else pa.array(keys, pa.string()),
+            "shard": scored["shard"],
+            "similarity": scored["similarity"],
+            "cluster": pa.array([0] * n, pa.int32()),
+            "group_size": pa.array([1] * n, pa.int32()),
+        }
+    )
+    return write_keep(folder, rows, {})

@@ -14,11 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from builders import unit, write_manifest_rows, write_scores
+from builders import unit, write_keep_rows, write_manifest_rows, write_scores
 from conftest import run_cli
 from test_hostile import TINY_TRAIN, assert_one_line_error
 
-from curate.dedup.keep import write_keep
 from curate.score.schema import OK, ScoreMetadata, score_file, write_score_file
 from curate.select import SelectConfig, select
 
@@ -166,17 +165,7 @@ def test_a_keep_file_with_null_keys_is_refused_by_select(tmp_path):
     table = pq.read_table(scores / "00000.parquet")
     keys = table["key"].to_pylist()
     keys[3] = None
-    rows = pa.table(
-        {
-            "key": pa.array(keys, pa.string()),
-            "shard": table["shard"],
-            "similarity": table["similarity"],
-            "cluster": pa.array([0] * table.num_rows, pa.int32()),
-            "group_size": pa.array([1] * table.num_rows, pa.int32()),
-        }
-    )
-    (tmp_path / "keep").mkdir()
-    write_keep(tmp_path / "keep", rows, {})
+    write_keep_rows(tmp_path / "keep", table, keys)
     result = run_cli(
         "select", str(scores), "-o", str(tmp_path / "m"), "--ratio", "0.5", "--keep", str(tmp_path / "keep")
     )

@@ -12,10 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from builders import unit, write_scores
+from builders import unit, write_keep_rows, write_scores
 from conftest import run_cli
 
-from curate.dedup.keep import write_keep
 from curate.errors import CurateError
 from curate.score.schema import OK, open_score_folder
 from curate.seeds import negclip_pass_seed
@@ -205,17 +204,7 @@ def test_keep_lets_only_a_dedup_keep_manifests_keys_be_selected(tmp_path, partit
     planted_scores(scores, shards=3, per_shard=40)
     table = pa.concat_tables(pq.read_table(p) for p in sorted(scores.glob("*.parquet")))
     kept = table.filter(pa.array([i % 3 != 0 for i in range(table.num_rows)]))  # 80 of 120
-    rows = pa.table(
-        {
-            "key": kept["key"],
-            "shard": kept["shard"],
-            "similarity": kept["similarity"],
-            "cluster": pa.array([0] * kept.num_rows, pa.int32()),
-            "group_size": pa.array([1] * kept.num_rows, pa.int32()),
-        }
-    )
-    (tmp_path / "keep").mkdir()
-    write_keep(tmp_path / "keep", rows, {})
+    write_keep_rows(tmp_path / "keep", kept)
     config = SelectConfig(
         ratio=0.5, super_batch=16, chunks=2, keep=str(tmp_path / "keep"), partitions=partitions
     )

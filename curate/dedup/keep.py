@@ -9,8 +9,9 @@
 
 Rows that are not eligible (`curate.score.schema.eligible_rows`) are in no group and not in the file: a
 keep-manifest names what may be selected. The file's metadata (`curate.*`) records the threshold, clusters,
-seed and the score folder it was made from; `summary.json` beside it the counts and time. `curate select
---keep KEEP` reads it with `read_keep_keys`. The folder is local.
+seed, the score folder it was made from and that folder's content id (`curate.scores_content`: select
+refuses a keep-manifest of scores since made anew in place); `summary.json` beside it the counts and time.
+`curate select --keep KEEP` reads it (a null key or shard is refused). The folder is local.
 """
 
 from __future__ import annotations

@@ -50,7 +50,8 @@ def spill_source(source: Source, slots: dict[str, list[Slot]], folder: str, summ
     offset = 0
     for output, group in itertools.groupby(found, key=lambda entry: entry[0].output):
         group = list(group)
-        with writing(spill_path(folder, output)), open(spill_path(folder, output), "ab") as handle:
+        path = spill_path(folder, output)
+        with writing(path), open(path, "ab") as handle:
             for slot, key in group:
                 for extension, data in exported_members(source.members[key], key, slot):
                     _write_record(handle, _MEMBER, slot.position, extension, data)

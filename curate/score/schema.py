@@ -133,25 +133,27 @@ def embeddings_array(values: np.ndarray, valid: np.ndarray) -> pa.FixedSizeListA
 
 
 def checked_embeddings(
-    column: pa.ChunkedArray | pa.FixedSizeListArray, path: str, embed_dim: int, used: np.ndarray | None = None
+    column: pa.ChunkedArray | pa.FixedSizeListArray, path: str, embed_dim: int, rows: np.ndarray | None = None
 ) -> np.ndarray:
-    """`embeddings_numpy` of `column`, refused in one line when its width is not the file's
-    `curate.embed_dim` or one of the `used` rows (those a score reads; None: all) holds a NaN or an infinity.
-    curate's writer marks such a row `nonfinite_embedding`; a file from another writer may not, and one NaN
-    would make every pair loss of its super-batch NaN."""
+    """`embeddings_numpy` of `column`'s `rows` (None: all of them), refused in one line when the column's
+    width is not the file's `curate.embed_dim` or a returned row holds a NaN or an infinity. curate's writer
+    marks such a row `nonfinite_embedding`; a file from another writer may not, and one NaN would make every
+    pair loss of its super-batch NaN."""
     if column.type.list_size != embed_dim:
         raise CurateError(
             f"score file {path}: embeddings of width {column.type.list_size}, but its metadata says "
             f"{embed_dim} (written by another tool?): re-score or re-import it"
         )
     values = embeddings_numpy(column)
-    used = np.arange(len(values)) if used is None else np.asarray(used)
-    finite = np.isfinite(values[used]).all(axis=1)
+    if rows is not None:
+        values = values[rows]
+    finite = np.isfinite(values).all(axis=1)
     if not finite.all():
+        first = int(np.flatnonzero(~finite)[0])
         raise CurateError(
             f"score file {path}: {int((~finite).sum())} rows with status ok hold a non-finite embedding "
-            f"(row {int(used[~finite][0])} first; written by another tool, or damaged?): "
-            "re-score or re-import it"
+            f"(row {first if rows is None else int(rows[first])} first; written by another tool, or "
+            "damaged?): re-score or re-import it"
         )
     return values
 
@@ -406,8 +408,8 @@ class ScoreFolder:
         """Rows `rows` of one file's image_emb and text_emb, as (n, D) float16 arrays."""
         table, path, dim = self.read_file(file_id, EMBEDDINGS), self.files[file_id], self.metadata.embed_dim
         return (
-            checked_embeddings(table["image_emb"], path, dim, rows)[rows],
-            checked_embeddings(table["text_emb"], path, dim, rows)[rows],
+            checked_embeddings(table["image_emb"], path, dim, rows),
+            checked_embeddings(table["text_emb"], path, dim, rows),
         )
 
     def read_similarity(self, file_id: int, rows: np.ndarray) -> np.ndarray:

@@ -15,15 +15,18 @@ key in different batches, never within one. Manifests written before the `batch`
 read as if it equalled `super_batch`, and those from before `sha256` with nulls there.
 The file's key/value metadata (`curate.*`) repeats the selection parameters and, when known, where the
 source shards live (`curate.shards`), which `curate export` uses when it is not given `--shards`, and the
-score folders it read (`curate.scores`, `curate.learner_scores`), which a learner's cost follows upstream.
-`summary.json` sits beside it (its content is built in `select/summary.py`). Manifest folders are local.
+score folders it read (`curate.scores`, `curate.learner_scores`), which a learner's cost follows upstream,
+and `curate.selection`: a digest of those parameters and of the content ids of the score folders read, the
+selection's identity, which every part records and resume checks. `summary.json` sits beside it (its
+content is built in `select/summary.py`). Manifest folders are local.
 
 A selection of several partitions (select/plan.py) writes one part per partition instead of
 `manifest.parquet`: `part-00000.parquet`, `part-00001.parquet`, ..., each with `curate.partition` and
 `curate.partitions` in its metadata. Batch ids are unique across parts and interleave them (partition k of P
 holds batches k, k + P, k + 2P, ...), so training order is batch order with gaps where one partition made
-fewer batches than another. The readers below read every part; a folder mixing parts of two runs (or parts
-and a manifest.parquet, from a run killed while it replaced them) is refused.
+fewer batches than another. The readers below read every part; a folder mixing parts of two runs (parts
+that disagree on any parameter or on `curate.selection`, or parts and a manifest.parquet, from a run
+killed while it replaced them) is refused, as is a null key, shard or batch or a key repeated in a batch.
 """
 
 from __future__ import annotations
@@ -232,9 +235,7 @@ def _check_parts(manifest: str | Path, parts: list[Path]) -> None:
                 f"{manifest}: its part files are not parts 0..{len(parts) - 1} of one selection ({part.name} "
                 "is not): re-run curate select"
             )
-        differing = sorted(
-            k for k in {*first, *metadata} - {PARTITION_METADATA_KEY} if first.get(k) != metadata.get(k)
-        )
+        differing = sorted(k for k in {*first, *metadata} if first.get(k) != metadata.get(k))
         if differing:
             key = SELECTION_METADATA_KEY if SELECTION_METADATA_KEY in differing else differing[0]
             raise CurateError(

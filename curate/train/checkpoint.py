@@ -1,7 +1,8 @@
 """A run's checkpoints: save (step_N.pt, then latest.pt as an atomic copy) and --resume.
 
 A checkpoint (the format is `curate.models.checkpoint`) holds the model, AdamW's state, the GradScaler's
-(fp16 only; empty otherwise), the step, torch's CPU RNG and the config. It holds no scheduler state, which
+(fp16 only; empty otherwise), the step, torch's CPU RNG, the config and the run's inputs by content
+(`run_inputs`: what --resume must find again). It holds no scheduler state, which
 docs/reference/formats.md explains: the learning rate is a pure function of the step (loop.py), so the step is
 all a resumed run needs to continue the schedule (nanoGPT does the same).
 

@@ -34,7 +34,7 @@ NO_REFERENCE = "no_reference_score"  # the skip reason of a sample without an el
 
 @dataclass(frozen=True)
 class ShardReference:
-    """One shard's reference rows: key -> row of `image` and `text` ((n, D) float16)."""
+    """One shard's reference rows: key -> row of `image` and `text` ((n, D) float16: its eligible rows)."""
 
     index: dict[str, int]
     image: np.ndarray
@@ -69,15 +69,15 @@ class Reference:
             return ShardReference({}, empty, empty)
         table = self.scores.read_file(file_id, ["key", "image_emb", "text_emb", *ELIGIBILITY_COLUMNS])
         eligible = eligible_rows(table)
-        index: dict[str, int] = {}
+        first: dict[str, int] = {}  # key -> its first eligible row in the file
         for row, key in enumerate(table["key"].to_pylist()):
             if eligible[row]:
-                index.setdefault(key, row)
-        used = np.fromiter(index.values(), np.int64, len(index))  # the rows it serves: checked
+                first.setdefault(key, row)
+        rows = np.fromiter(first.values(), np.int64, len(first))  # the rows it serves, kept and checked
         path, dim = self.scores.files[file_id], self.metadata.embed_dim
-        image = checked_embeddings(table["image_emb"], path, dim, used)
-        text = checked_embeddings(table["text_emb"], path, dim, used)
-        return ShardReference(index, image, text)
+        image = checked_embeddings(table["image_emb"], path, dim, rows)
+        text = checked_embeddings(table["text_emb"], path, dim, rows)
+        return ShardReference({key: i for i, key in enumerate(first)}, image, text)
 
 
 def with_reference(
