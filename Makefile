@@ -15,11 +15,13 @@ STAMP := $(VENV)/.installed-stamp
 
 install: $(STAMP)
 
-# Re-installs only when pyproject.toml changes; the stamp marks a finished install.
+# Re-installs only when pyproject.toml changes; the stamp marks a finished install. uv resolves and
+# unpacks the wheels in parallel: from a fresh clone on this project's 2-core machine it installed in 17 s
+# where pip took 78 s (docs/development.md); it reads the same PyPI, not pip's configuration files.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev,ray]'
 	touch $(STAMP)
 
 # The command reference is generated from the Typer app on every build (never committed, so it cannot
