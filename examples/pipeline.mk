@@ -122,11 +122,10 @@ FLEXI_STEPS ?= 347
 $(OUT)/runs/flexi/.done: $(OUT)/scores/reference/.done
 	$(TRAIN) $(OUT)/data/web --steps $(FLEXI_STEPS) --online-jest --ref $(OUT)/scores/reference \
 		--ratio $(RATIO) --score-resolution $(FLEXI_RES) --multi-resolution $(FLEXI_RES) && touch $@
-# Under make -j, in this order as cores free up: the longest runs, then the reference and its scores (every
-# selection waits on them), the selections' learners, and uniform last (it waits on nothing).
+# The longest runs first, then the reference and its scores (every selection waits on them): under make -j
+# each starts as soon as a core is free.
 learners: $(foreach run,$(filter online flexi uniform-%x,$(LEARNERS)),$(OUT)/runs/$(run)/.done) \
-	$(OUT)/scores/reference/.done $(foreach run,$(filter-out uniform,$(LEARNERS)),$(OUT)/runs/$(run)/.done) \
-	$(OUT)/curated/sizes.json $(if $(filter uniform,$(LEARNERS)),$(OUT)/runs/uniform/.done)
+	$(OUT)/scores/reference/.done $(foreach run,$(LEARNERS),$(OUT)/runs/$(run)/.done) $(OUT)/curated/sizes.json
 
 # 6. Every learner and the reference on the eval set, and the comparison page; its last lines, the headline:
 #    each learner's top-1 and total compute (its reference's training and scoring counted) against uniform's.
