@@ -33,18 +33,39 @@ XLARGE = 12_800_000_000
 DIM = 768
 
 
-def write_pool(folder: Path, n: int, rows_per_file: int, concepts: int, noise: float, seed: int = 0) -> None:
-    """`n` samples in DataComp's layout, planted as the module docstring says."""
+def write_pool(
+    folder: Path,
+    n: int,
+    rows_per_file: int,
+    concepts: int,
+    noise: float,
+    seed: int = 0,
+    distinct_arrays: int | None = None,
+) -> None:
+    """`n` samples in DataComp's layout, planted as the module docstring says. With `distinct_arrays` K,
+    pool file i's `.npz` is a hard link to file i mod K's (its Parquet gets new uids and urls, the same
+    text and similarity): a pool that takes K files' disk, for a machine that cannot hold the whole pool
+    beside its score folder."""
     rng = np.random.default_rng(seed)
     centroids = rng.standard_normal((concepts, DIM), np.float32)
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
     folder.mkdir(parents=True, exist_ok=True)
-    for start in range(0, n, rows_per_file):
+    made: list[tuple[Path, np.ndarray, np.ndarray]] = []  # (npz, described, similarity) of the K made
+    for index, start in enumerate(range(0, n, rows_per_file)):
         rows = min(rows_per_file, n - start)
-        concept = rng.integers(0, concepts, rows)
-        described = np.where(rng.random(rows) < noise, rng.integers(0, concepts, rows), concept)
-        image = _unit(centroids[concept] + 1.2 * rng.standard_normal((rows, DIM), np.float32) / DIM**0.5)
-        text = _unit(centroids[described] + 1.2 * rng.standard_normal((rows, DIM), np.float32) / DIM**0.5)
+        name = f"{rng.integers(0, 2**63):016x}"
+        if distinct_arrays and index >= distinct_arrays and len(made[index % distinct_arrays][1]) == rows:
+            source, described, similarity = made[index % distinct_arrays]
+            os.link(source, folder / f"{name}.npz")
+        else:
+            concept = rng.integers(0, concepts, rows)
+            described = np.where(rng.random(rows) < noise, rng.integers(0, concepts, rows), concept)
+            image = _unit(centroids[concept] + 1.2 * rng.standard_normal((rows, DIM), np.float32) / DIM**0.5)
+            text = _unit(centroids[described] + 1.2 * rng.standard_normal((rows, DIM), np.float32) / DIM**0.5)
+            similarity = np.einsum("nd,nd->n", image, text)
+            arrays = {"l14_img": image.astype(np.float16), "l14_txt": text.astype(np.float16)}
+            np.savez(folder / f"{name}.npz", **arrays)
+            made.append((folder / f"{name}.npz", described, similarity))
         halves = rng.integers(0, 2**63, (rows, 2), dtype=np.int64)
         uids = [f"{a:016x}{b:016x}" for a, b in halves.tolist()]
         table = pa.table(
@@ -54,12 +75,10 @@ def write_pool(folder: Path, n: int, rows_per_file: int, concepts: int, noise: f
                 "text": [f"concept {c}" for c in described.tolist()],
                 "original_width": rng.integers(64, 2048, rows),
                 "original_height": rng.integers(64, 2048, rows),
-                "clip_l14_similarity_score": np.einsum("nd,nd->n", image, text),
+                "clip_l14_similarity_score": similarity,
             }
         )
-        name = f"{rng.integers(0, 2**63):016x}"
         pq.write_table(table, folder / f"{name}.parquet")
-        np.savez(folder / f"{name}.npz", l14_img=image.astype(np.float16), l14_txt=text.astype(np.float16))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -86,6 +105,12 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.3)
     parser.add_argument("--methods", nargs="+", default=["clipscore", "jest"])
     parser.add_argument("--ratio", type=float, default=0.7)
+    parser.add_argument(
+        "--distinct-arrays",
+        type=int,
+        default=None,
+        help="K: only K pool files' arrays on disk, the rest hard links to them (see write_pool)",
+    )
     parser.add_argument("--work", default=None, help="folder for the pool and outputs (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the generated pool and score folder")
     args = parser.parse_args()
@@ -95,7 +120,14 @@ def main() -> None:
     try:
         if not pool.exists():
             start = time.perf_counter()
-            write_pool(pool, args.samples, args.rows_per_file, args.concepts, args.noise)
+            write_pool(
+                pool,
+                args.samples,
+                args.rows_per_file,
+                args.concepts,
+                args.noise,
+                distinct_arrays=args.distinct_arrays,
+            )
             print(
                 f"(generated {args.samples:,} samples in {time.perf_counter() - start:.0f} s)",
                 file=sys.stderr,
