@@ -85,12 +85,6 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def run(*args: str) -> tuple[float, float, str]:
-    """`curate ARGS` in a fresh process: (seconds, peak RSS in MiB, its summary line)."""
-    measured = run_measured(*args)
-    return measured.seconds, measured.peak_mib, measured.line
-
-
 def folder_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
@@ -141,22 +135,27 @@ def main() -> None:
         print("| stage | seconds | samples/s | peak RSS (MiB) |")
         print("|---|---|---|---|")
         rates = {}
-        seconds, peak, line = run("import", "datacomp", str(pool), "-o", str(scores))
-        rates["import"] = args.samples / seconds
-        print(f"| import datacomp | {seconds:.0f} | {rates['import']:,.0f} | {peak:.0f} |", flush=True)
-        print(f"  {line}", file=sys.stderr)
+        imported = run_measured("import", "datacomp", str(pool), "-o", str(scores))
+        rates["import"] = args.samples / imported.seconds
+        print(
+            f"| import datacomp | {imported.seconds:.0f} | {rates['import']:,.0f} "
+            f"| {imported.peak_mib:.0f} |",
+            flush=True,
+        )
+        print(f"  {imported.line}", file=sys.stderr)
         for method in args.methods:
             out = work / f"manifest-{method}"
             shutil.rmtree(out, ignore_errors=True)
-            seconds, peak, line = run(
+            selected = run_measured(
                 "select", str(scores), "-o", str(out), "--method", method, "--ratio", str(args.ratio)
             )
-            rates[method] = args.samples / seconds
+            rates[method] = args.samples / selected.seconds
             print(
-                f"| select --method {method} | {seconds:.0f} | {rates[method]:,.0f} | {peak:.0f} |",
+                f"| select --method {method} | {selected.seconds:.0f} | {rates[method]:,.0f} "
+                f"| {selected.peak_mib:.0f} |",
                 flush=True,
             )
-            print(f"  {line}", file=sys.stderr)
+            print(f"  {selected.line}", file=sys.stderr)
 
         per_sample = folder_bytes(scores) / args.samples
         pool_per_sample = folder_bytes(pool) / args.samples

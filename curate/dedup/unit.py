@@ -14,8 +14,7 @@ import torch
 
 from curate.dedup.config import DedupConfig
 from curate.dedup.grouping import keepers, near_duplicate_groups, nearest, normalise
-from curate.errors import CurateError
-from curate.score.schema import ScoreFolder, checked_embeddings, embeddings_numpy
+from curate.score.schema import ScoreFolder, checked_embeddings, embeddings_numpy, refuse_null_keys
 
 
 def assign_file(
@@ -24,11 +23,7 @@ def assign_file(
     """One score file's `eligible` rows as spill rows (`spill.SPILL_COLUMNS`), each with its nearest
     centroid."""
     table = folder.read_file(file_id, ["key", "shard", "similarity", "image_emb"]).filter(pa.array(eligible))
-    if nulls := table["key"].null_count + table["shard"].null_count:  # the keep-manifest could not name it
-        raise CurateError(
-            f"score file {folder.files[file_id]}: {nulls} eligible rows with a null key or shard (written by "
-            "another tool?): re-score or re-import it"
-        )
+    refuse_null_keys(folder.files[file_id], table["key"].null_count + table["shard"].null_count)
     emb = checked_embeddings(table["image_emb"], folder.files[file_id], folder.metadata.embed_dim)
     cluster = nearest(normalise(torch.from_numpy(emb).to(centroids.device)), centroids, block)
     return pa.table(

@@ -132,6 +132,16 @@ def embeddings_array(values: np.ndarray, valid: np.ndarray) -> pa.FixedSizeListA
     return pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), values.shape[1])
 
 
+def refuse_null_keys(path: str, nulls: int) -> None:
+    """Eligible rows without a key or shard (a file from another writer) cannot be named by a manifest or a
+    keep file: refused in one line naming the score file."""
+    if nulls:
+        raise CurateError(
+            f"score file {path}: {nulls} eligible rows with a null key or shard (written by another tool?): "
+            "re-score or re-import it"
+        )
+
+
 def checked_embeddings(
     column: pa.ChunkedArray | pa.FixedSizeListArray, path: str, embed_dim: int, rows: np.ndarray | None = None
 ) -> np.ndarray:

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from curate.dedup.keep import keep_file
 from curate.errors import CurateError, first_line
-from curate.score.schema import ELIGIBLE_SQL, OK, ScoreFolder
+from curate.score.schema import ELIGIBLE_SQL, OK, ScoreFolder, refuse_null_keys
 
 # The reference's rows, each with whether it passes the filters. Materialised once, so the predicate
 # (which may read embeddings) is evaluated in a single scan.
@@ -188,13 +188,9 @@ def _sql_list(values: tuple[str, ...]) -> str:
 
 
 def _refuse_null_keys(con: duckdb.DuckDBPyConnection, reference: ScoreFolder) -> None:
-    """An eligible row without a key or shard (another writer's file) would reach the manifest, which no
-    reader takes: refused here, naming its score file."""
+    """An eligible row without a key or shard would reach the manifest, which no reader takes."""
     nulls, file = con.sql(
         "SELECT count(*), min(file) FROM kept WHERE key IS NULL OR shard IS NULL"
     ).fetchall()[0]
     if nulls:
-        raise CurateError(
-            f"score file {reference.files[file]}: {nulls} eligible rows with a null key or shard (written by "
-            "another tool?): re-score or re-import it"
-        )
+        refuse_null_keys(reference.files[file], nulls)
