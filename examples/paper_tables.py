@@ -351,16 +351,24 @@ def chunks_figure(named: dict[str, list[float]], counts: list[int], path: Path) 
 
 
 def big_section(seeds: Sequence[Path]) -> tuple[list[str], list[Claim]]:
+    """Bootstrapping: the reference against the same-size JEST learner at every budget every seed trained,
+    and against the siglip-small learners once they are all done."""
     reference = learners(seeds, "runs/reference")
-    tiny_jest = learners(seeds, "runs/jest")
+    budgets = common([budget_folders(seed) for seed in seeds])
+    tiny_jest = {
+        steps: runs
+        for steps in budgets
+        if (runs := learners([budget_folders(seed)[steps] for seed in seeds], "runs/jest")) is not None
+    }
     big = {name: learners(seeds, "big/runs", name) for name in BIG_LEARNERS}
-    if reference is None or tiny_jest is None or any(v is None for v in big.values()):
-        return ["(the bigger learner's runs are not all done)"], []
+    big_done = all(v is not None for v in big.values())
+    if reference is None or not tiny_jest:
+        return ["(the reference or the same-size JEST learner is not done in every seed)"], []
+    named = [("reference (curated set)", reference)]
+    named += [("JEST, same model as the reference", runs) for runs in tiny_jest.values()]
+    named += [(f"{name}, bigger learner", runs) for name, runs in big.items()] if big_done else []
     rows = []
-    for label, runs in [
-        ("reference (curated set)", reference),
-        ("JEST, same model as the reference", tiny_jest),
-    ] + [(f"{name}, bigger learner", runs) for name, runs in big.items()]:
+    for label, runs in named:
         config = read_config(runs[0].folder)
         top1 = [r.final() for r in runs]
         rows.append(
@@ -372,12 +380,14 @@ def big_section(seeds: Sequence[Path]) -> tuple[list[str], list[Claim]]:
          f"total FLOPs ({GIVEN})"],
         rows,
     )  # fmt: skip
+    if not big_done:
+        lines += ["", "(the bigger learner's runs are not all done)"]
     ref_top1 = [r.final() for r in reference]
+    steered = [(f"the bigger (siglip-small) JEST learner, {read_config(big['jest'][0].folder).steps} steps",
+                big["jest"])] if big_done else []  # fmt: skip
+    steered += [(f"the same-size JEST learner, {steps} steps", runs) for steps, runs in tiny_jest.items()]
     claims = []
-    for label, runs in (
-        ("the bigger (siglip-small) JEST learner", big["jest"]),
-        ("the same-size JEST learner", tiny_jest),
-    ):
+    for label, runs in steered:
         top1 = [r.final() for r in runs]
         claims.append(
             Claim(
