@@ -5,7 +5,7 @@
 # make experiment — docs/results/experiments.md's table: every learner over 3 seeds (about 90 minutes on 2 cores)
 # make false-negatives — issue 18: JEST with and without the false-negative mask and dedup, 2 crawls x 3 seeds
 # make paper — paper/paper.md: the paper's further claims (filter ratio, chunks, a learner larger than its
-#   reference, budgets), 3 seeds (about 3 hours on 2 cores, 2.5 to 3.5: an estimate from the step counts)
+#   reference, budgets), 3 seeds (about 4 hours on 2 cores, 3.5 to 5: an estimate from the step counts)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

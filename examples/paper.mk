@@ -14,9 +14,10 @@
 # Then $(OUT)/paper.md (examples/paper_tables.py): each claim's verdict and the tables; $(OUT)/figures.
 # Resumable (make skips what is done; a killed run resumes from its checkpoint), -j aware.
 # Time, an estimate from the step counts (siglip-tiny 0.6 s a step of 64 on one core as in `make
-# experiment`, siglip-small 5 to 8 times that): per seed about 4,100 siglip-tiny steps and 600 siglip-small
-# ones, in all about 3 hours (2.5 to 3.5) with -j2 on 2 cores. Shorter: BIG_STEPS=50 (25 to 40 minutes
-# less), BUDGETS=100 (about 20 less), EVAL_EVERY=40 (about 15 less).
+# experiment`; siglip-small 2.85 s, evaluations every 50 steps included, measured with two runs at once on
+# the 2 cores): per seed about 4,100 siglip-tiny steps and 1,200 siglip-small ones, in all about 4 hours
+# (3.5 to 5) with -j2 on 2 cores. Shorter: BIG_STEPS=100 (about an hour less), BUDGETS=100 (about 20
+# minutes less), EVAL_EVERY=40 (about 15 less).
 # At toy size (as tests/test_pipeline.py runs the pipeline; minutes):
 #   make -f examples/paper.mk OUT=/tmp/paper-toy CURATE=curate PYTHON=python SEEDS=0 N=300 REF_STEPS=4 \
 #     STEPS=4 BATCH=16 EARLY=2 WORKERS=0 BUDGETS="2 8" BIG_STEPS=4 \
@@ -27,9 +28,11 @@ OUT ?= paper
 SEEDS ?= 0 1 2
 RATIOS ?= 0.5 0.9
 BUDGETS ?= 100 400
-# The siglip-small learners train half the pipeline's 200 steps: at 8.4 times siglip-tiny's FLOPs a sample,
-# 200 would add about an hour on 2 cores.
-BIG_STEPS ?= 100
+# The siglip-small learners train the pipeline's 200 steps (uniform-3x 600), as long as their reference:
+# with fewer, the bootstrapping claim is read before the learner could have passed it. On 2 cores the
+# twelve runs took 89 minutes started longest first (docs/results/experiments.md); this rule runs a seed's
+# four one after another, about two hours with -j2.
+BIG_STEPS ?= 200
 CHUNK_COUNTS ?= 1 2 4 16
 # The pipeline's batch size and filter ratio (its defaults; a value given on the command line reaches the
 # pipeline too), at which the chunks experiment draws its batches; CHUNK_FLAGS: more of its options.
