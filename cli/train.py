@@ -263,6 +263,9 @@ def train_command(
         summary = train(config, progress, warn)  # under torchrun, only rank 0's progress and warnings
     if summary.rank != 0:
         return  # rank 0 reports for the job
+    if summary.start_step == summary.steps:  # a --resume of a finished run (make re-running a pipeline)
+        out.print(f"already trained to step {summary.steps}: nothing left to train → {summary.run}/latest.pt")
+        return
     for shard, why in summary.damaged.items():
         warn(f"{shard} is damaged ({why}); trained without the samples it did not hold")
     if summary.trimmed:

@@ -30,8 +30,8 @@ RATIOS ?= 0.5 0.9
 BUDGETS ?= 100 400
 # The siglip-small learners train the pipeline's 200 steps (uniform-3x 600), as long as their reference:
 # with fewer, the bootstrapping claim is read before the learner could have passed it. On 2 cores the
-# twelve runs took 89 minutes started longest first (docs/results/experiments.md); this rule runs a seed's
-# four one after another, about two hours with -j2.
+# twelve runs took 89 minutes with -j2, longest first, as the rules below order them
+# (docs/results/experiments.md).
 BIG_STEPS ?= 200
 CHUNK_COUNTS ?= 1 2 4 16
 # The pipeline's batch size and filter ratio (its defaults; a value given on the command line reaches the
@@ -43,7 +43,7 @@ CHUNK_FLAGS ?= --super-batches 16
 # (learnability needs the early learner's scores, which uniform's checkpoint gives).
 BASE_LEARNERS = uniform uniform-3x clipscore independent jest learnability
 BUDGET_LEARNERS = uniform jest clipscore
-BIG_LEARNERS = uniform uniform-3x clipscore jest
+BIG_LEARNERS = uniform-3x jest clipscore uniform
 # Each line that runs it starts with `+`, so that it shares this make's job slots (make sees $(MAKE) only
 # when written in the line itself); a `+` inside the variable would reach the shell after `&&` in a loop.
 PIPELINE = $(MAKE) --no-print-directory -f examples/pipeline.mk CURATE="$(CURATE)"
@@ -73,18 +73,28 @@ $(OUT)/seed%/.budgets: $(OUT)/seed%/.base
 		STEPS=$(k) WARMUP=$$(( $(k) / 2 )) $(foreach l,$(BUDGET_LEARNERS),$(@D)/steps-$(k)/runs/$(l)/.done) &&) true
 	touch $@
 
-$(OUT)/seed%/.big: $(OUT)/seed%/.base
-	$(call link_setting,$(@D)/big)
-	+$(PIPELINE) OUT=$(@D)/big SEED=$* MODEL=siglip-small STEPS=$(BIG_STEPS) WARMUP=$$(( $(BIG_STEPS) / 2 )) \
-		$(foreach l,$(BIG_LEARNERS),$(@D)/big/runs/$(l)/.done)
+# The bigger learners one target each (not one pipeline call a seed), so that -j runs them across seeds;
+# paper.md lists them first, the longest first.
+$(OUT)/seed%/big/.linked: $(OUT)/seed%/.base
+	$(call link_setting,$(@D)) && touch $@
+define big_learner
+$(OUT)/seed%/big/runs/$(1)/.done: $(OUT)/seed%/big/.linked
+	+$$(PIPELINE) OUT=$(OUT)/seed$$*/big SEED=$$* MODEL=siglip-small STEPS=$(BIG_STEPS) \
+		WARMUP=$$$$(( $(BIG_STEPS) / 2 )) $$@
+endef
+$(foreach l,$(BIG_LEARNERS),$(eval $(call big_learner,$(l))))
+$(OUT)/seed%/.big: $(foreach l,$(BIG_LEARNERS),$(OUT)/seed%/big/runs/$(l)/.done)
 	touch $@
+# Made by pattern rules only: without this make would delete them as intermediates when it ends.
+.PRECIOUS: $(OUT)/seed%/big/.linked $(foreach l,$(BIG_LEARNERS),$(OUT)/seed%/big/runs/$(l)/.done)
 
 $(OUT)/seed%/chunks.json: $(OUT)/seed%/.base
 	$(PYTHON) examples/chunks_vs_gibbs.py $(@D)/scores/reference $(@D)/scores/learner --chunks $(CHUNK_COUNTS) \
 		--seed $* --batch-size $(BATCH) --ratio $(RATIO) $(CHUNK_FLAGS) -o $@
 
 SETTINGS = .base .ratio .budgets .big chunks.json
-$(OUT)/paper.md: $(foreach s,$(SEEDS),$(foreach t,$(SETTINGS),$(OUT)/seed$(s)/$(t)))
+$(OUT)/paper.md: $(foreach l,$(BIG_LEARNERS),$(foreach s,$(SEEDS),$(OUT)/seed$(s)/big/runs/$(l)/.done)) \
+		$(foreach s,$(SEEDS),$(foreach t,$(SETTINGS),$(OUT)/seed$(s)/$(t)))
 	$(PYTHON) examples/paper_tables.py $(foreach s,$(SEEDS),$(OUT)/seed$(s)) --figures $(OUT)/figures > $@.tmp
 	mv $@.tmp $@
 	cat $@

@@ -60,6 +60,19 @@ def test_a_diverging_run_stops_in_one_line_and_saves_no_nan(tmp_path, small_synt
     assert assert_checkpoints_finite(run) == ["step_1.pt", "latest.pt"]
 
 
+def test_resuming_a_finished_run_says_so_instead_of_a_nan_loss(tmp_path, small_synth):
+    """It printed `trained steps 2→2 …: final loss nan, 0 samples/s`, as a pipeline re-run shows it."""
+    run = tmp_path / "run"
+    args = ["train", f"{small_synth}/web", "-o", str(run), "--steps", "2", "--batch-size", "16"]
+    args += ["--workers", "0", "--cache", "memory"]
+    assert run_cli(*args).returncode == 0
+    again = run_cli(*args, "--resume")
+    assert again.returncode == 0, again.stderr
+    assert f"already trained to step 2: nothing left to train → {run}/latest.pt" in again.stdout
+    assert "nan" not in again.stdout
+    assert torch.load(run / "latest.pt", weights_only=True)["step"] == 2
+
+
 def test_no_checkpoint_is_written_when_the_weights_turned_nan_under_a_finite_loss(tmp_path, small_synth):
     """The loss of a step comes before its update: a non-finite update (here from AdamW moments made NaN in
     the checkpoint it resumes from) shows in the weights at the save, not yet in any loss."""
