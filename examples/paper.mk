@@ -30,8 +30,8 @@ RATIOS ?= 0.5 0.9
 BUDGETS ?= 100 400
 # The siglip-small learners train the pipeline's 200 steps (uniform-3x 600), as long as their reference:
 # with fewer, the bootstrapping claim is read before the learner could have passed it. On 2 cores the
-# twelve runs took 89 minutes with -j2, longest first, as the rules below order them
-# (docs/results/experiments.md).
+# twelve runs took 89 minutes two at a time, longest first (docs/results/experiments.md), the order the
+# rules below give -j2.
 BIG_STEPS ?= 200
 CHUNK_COUNTS ?= 1 2 4 16
 # The pipeline's batch size and filter ratio (its defaults; a value given on the command line reaches the
