@@ -354,11 +354,11 @@ def big_section(seeds: Sequence[Path]) -> tuple[list[str], list[Claim]]:
     """Bootstrapping: the reference against the same-size JEST learner at every budget every seed trained,
     and against the siglip-small learners once they are all done."""
     reference = learners(seeds, "runs/reference")
-    budgets = common([budget_folders(seed) for seed in seeds])
+    folders = [budget_folders(seed) for seed in seeds]
     tiny_jest = {
         steps: runs
-        for steps in budgets
-        if (runs := learners([budget_folders(seed)[steps] for seed in seeds], "runs/jest")) is not None
+        for steps in common(folders)
+        if (runs := learners([f[steps] for f in folders], "runs/jest")) is not None
     }
     big = {name: learners(seeds, "big/runs", name) for name in BIG_LEARNERS}
     big_done = all(v is not None for v in big.values())
